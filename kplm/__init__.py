@@ -1,0 +1,61 @@
+"""kplm: pretrain and fine-tune Transformer language models on TensorFlow + Keras 3.
+
+The public API. Names are imported lazily, so ``import kplm`` stays cheap and TensorFlow is only
+imported when a model, a dataset or a training run is asked for.
+
+Example:
+    >>> import kplm
+    >>> sorted(kplm.get_registry().names("objective"))[:1]
+    ['masked_lm']
+"""
+import importlib
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # plugin core
+    "hookimpl": "kplm.hookspecs",
+    "get_registry": "kplm.plugins",
+    "get_plugin_manager": "kplm.plugins",
+    "DataSource": "kplm.components",
+    "Objective": "kplm.components",
+    "Head": "kplm.components",
+    "Tokenizer": "kplm.components",
+    "KplmError": "kplm.errors",
+    "ConfigError": "kplm.errors",
+    "DataError": "kplm.errors",
+    # configs and runs
+    "load_yaml": "kplm.config",
+    "apply_overrides": "kplm.config",
+    "TrainerConfig": "kplm.training.trainer_config",
+    "pretrain": "kplm.training.pretrain",
+    "load_backbone": "kplm.runs",
+    "load_tokenizer": "kplm.runs",
+    # components
+    "TextFiles": "kplm.data.text_files",
+    "JsonLines": "kplm.data.jsonl",
+    "WordPiece": "kplm.tokenizers.wordpiece",
+    "MaskedLMObjective": "kplm.objectives.masked_lm",
+    "Encoder": "kplm.models.encoder",
+    "MaskedLM": "kplm.models.masked_lm",
+    "build_optimizer": "kplm.training.optimizer",
+    "WarmupDecay": "kplm.training.optimizer",
+    "TrainingMonitor": "kplm.training.logging",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kplm' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

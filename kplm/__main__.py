@@ -1,0 +1,3 @@
+from kplm.cli import main
+
+main()

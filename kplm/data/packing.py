@@ -1,0 +1,48 @@
+"""Sequence packing: concatenate tokenized examples and cut the stream into full-length rows."""
+import tensorflow as tf
+
+
+def pack_tokens(token_ds, sequence_length, start_id, end_id, separator_id=None):
+    """Pack a dataset of ragged token batches into dense rows of exactly ``sequence_length``.
+
+    Each example's tokens are followed by ``separator_id`` (if given); the concatenated stream is cut
+    into chunks of ``sequence_length - 2`` and every chunk framed as ``[start] chunk [end]``. The
+    remainder of one batch is carried into the next (``Dataset.scan``), so nothing is dropped but
+    the final partial chunk of the whole stream. No padding is produced.
+
+    Args:
+        token_ds: ``tf.data.Dataset`` of ``tf.RaggedTensor`` ``[examples, (tokens)]`` int32.
+        sequence_length: int, length of every output row (>= 3).
+        start_id, end_id: ids framing each row (e.g. ``[CLS]`` and ``[SEP]``).
+        separator_id: id appended after each example (e.g. ``[SEP]``), or None.
+
+    Returns:
+        A dataset of int32 ``[rows, sequence_length]`` tensors (a variable number of rows per
+        element, possibly zero); ``unbatch()`` and re-``batch()`` it.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> ds = tf.data.Dataset.from_tensors(tf.ragged.constant([[5, 6, 7], [8, 9]], tf.int32))
+    >>> [r.numpy().tolist() for r in pack_tokens(ds, 5, 1, 2, separator_id=3)]
+    [[[1, 5, 6, 7, 2], [1, 3, 8, 9, 2]]]
+    """
+    chunk = sequence_length - 2
+    if chunk < 1:
+        raise ValueError(f"sequence_length must be >= 3, got {sequence_length}")
+
+    def flatten(ragged):
+        ragged = tf.cast(ragged, tf.int32)
+        if separator_id is not None:
+            sep = tf.fill([ragged.nrows(), 1], tf.constant(separator_id, tf.int32))
+            ragged = tf.concat([ragged, tf.RaggedTensor.from_tensor(sep)], axis=1)
+        return ragged.flat_values
+
+    def step(carry, tokens):
+        stream = tf.concat([carry, tokens], axis=0)
+        n = tf.size(stream) // chunk
+        rows = tf.reshape(stream[: n * chunk], [n, chunk])
+        framed = tf.concat([tf.fill([n, 1], start_id), rows, tf.fill([n, 1], end_id)], axis=1)
+        return stream[n * chunk:], framed
+
+    flat = token_ds.map(flatten)
+    return flat.scan(tf.zeros([0], tf.int32), step)

@@ -1,0 +1,8 @@
+"""Backbones and task models. Importing this package does not import TensorFlow: the backbones
+are registered lazily by their import path."""
+from kplm.hookspecs import hookimpl
+
+
+@hookimpl
+def register_backbones(register):
+    register("encoder", "kplm.models.encoder:Encoder")

@@ -1,0 +1,140 @@
+"""The ``masked_lm`` objective: BERT's dynamic masked language modelling."""
+import math
+from typing import Literal, Optional
+
+from kplm.components import Objective
+from kplm.errors import ConfigError
+from kplm.hookspecs import hookimpl
+
+
+class MaskedLMObjective(Objective):
+    """Masked language modelling with dynamic masking drawn in ``tf.data`` at every step.
+
+    Text is tokenized in-graph, packed into full rows of ``sequence_length`` (examples separated by
+    ``[SEP]``; no padding), then ``mask_rate`` of the tokens are chosen (whole words with
+    ``whole_word``) and replaced 80/10/10 by ``[MASK]`` / a random token / themselves. The masks are
+    stateless functions of ``(seed, batch index)``: the same run masks the same way every time. The
+    loss is the cross-entropy averaged over the masked tokens only; metrics are masked-token
+    accuracy and perplexity.
+
+    Args:
+        mask_rate: float. Share of (non-special) tokens to predict. Defaults to 0.15.
+        mask_token_rate: float. Share of those replaced by ``[MASK]``. Defaults to 0.8.
+        random_token_rate: float. Share replaced by a random token. Defaults to 0.1.
+        whole_word: bool. Mask all pieces of a word together. Defaults to False.
+        max_predictions: int or None. Prediction slots per row; None means
+            ``ceil(mask_rate * sequence_length)``. Defaults to None.
+        packing: ``"pack"`` (concatenate examples into full rows) or ``"pad"`` (one example per
+            row, truncated and padded). Defaults to ``"pack"``.
+        shuffle_buffer: int. Examples held for shuffling the training stream. Defaults to 10000.
+
+    Example:
+    >>> objective = MaskedLMObjective(mask_rate=0.15, whole_word=True)
+    >>> objective.max_predictions_for(128)
+    20
+    """
+
+    def __init__(
+        self,
+        mask_rate: float = 0.15,
+        mask_token_rate: float = 0.8,
+        random_token_rate: float = 0.1,
+        whole_word: bool = False,
+        max_predictions: Optional[int] = None,
+        packing: Literal["pack", "pad"] = "pack",
+        shuffle_buffer: int = 10000,
+    ):
+        if not 0.0 < mask_rate < 1.0:
+            raise ConfigError(f"objective.mask_rate must be in (0, 1), got {mask_rate}")
+        if mask_token_rate < 0 or random_token_rate < 0 or mask_token_rate + random_token_rate > 1:
+            raise ConfigError("objective.mask_token_rate + objective.random_token_rate must be "
+                              f"within [0, 1], got {mask_token_rate} + {random_token_rate}")
+        if max_predictions is not None and max_predictions < 1:
+            raise ConfigError(f"objective.max_predictions must be >= 1, got {max_predictions}")
+        self.mask_rate = mask_rate
+        self.mask_token_rate = mask_token_rate
+        self.random_token_rate = random_token_rate
+        self.whole_word = whole_word
+        self.max_predictions = max_predictions
+        self.packing = packing
+        self.shuffle_buffer = shuffle_buffer
+
+    def max_predictions_for(self, sequence_length):
+        return self.max_predictions or max(1, math.ceil(self.mask_rate * sequence_length))
+
+    # --- data -------------------------------------------------------------------------------
+    def token_rows(self, source_ds, tokenizer, sequence_length, training=True, seed=0):
+        """Raw examples -> int32 rows ``[sequence_length]`` (packed or padded) and padding masks."""
+        import keras_hub
+        import tensorflow as tf
+
+        layer = tokenizer.build()
+        cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+        texts = source_ds.map(lambda ex: ex["text"])
+        if training and self.shuffle_buffer > 1:
+            texts = texts.shuffle(self.shuffle_buffer, seed=seed)
+        tokens = texts.batch(256).map(layer, num_parallel_calls=tf.data.AUTOTUNE)
+        if self.packing == "pack":
+            from kplm.data.packing import pack_tokens
+            rows = pack_tokens(tokens, sequence_length, cls_id, sep_id, separator_id=sep_id)
+            return rows.unbatch().map(lambda r: (r, tf.ones_like(r)))
+        packer = keras_hub.layers.StartEndPacker(
+            sequence_length=sequence_length, start_value=cls_id, end_value=sep_id,
+            pad_value=pad_id, return_padding_mask=True)
+        return tokens.map(packer).unbatch().map(lambda r, m: (r, tf.cast(m, tf.int32)))
+
+    def dataset(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
+                training=True):
+        """A ``tf.data.Dataset`` of ``(x, y, sample_weight)`` batches for ``model.fit``.
+
+        Training streams repeat forever and are shuffled; validation streams are finite and
+        deterministic (fixed masks), so validation metrics are comparable across runs.
+        """
+        import tensorflow as tf
+
+        from kplm.objectives.masking import mask_tokens
+
+        rows = self.token_rows(source_ds, tokenizer, sequence_length, training, seed)
+        if training:
+            # An empty stream would make repeat() spin forever: check for one row first.
+            if not any(True for _ in rows.take(1)):
+                from kplm.errors import DataError
+                raise DataError(f"too little text to fill one sequence of {sequence_length} "
+                                "tokens")
+            rows = rows.repeat()
+        batches = rows.batch(batch_size, drop_remainder=training)
+        max_predictions = self.max_predictions_for(sequence_length)
+        continuation = tokenizer.continuation_mask() if self.whole_word else None
+        specials = tokenizer.special_token_ids
+        mask_id = tokenizer.token_to_id("[MASK]")
+        vocabulary_size = len(tokenizer.tokens)
+        stream = 0 if training else 1
+
+        def mask(index, batch):
+            token_ids, padding_mask = batch
+            out = mask_tokens(
+                token_ids, tf.stack([tf.cast(seed, tf.int64) * 2 + stream, index]),
+                mask_token_id=mask_id, vocabulary_size=vocabulary_size,
+                special_token_ids=specials, max_predictions=max_predictions,
+                mask_rate=self.mask_rate, mask_token_rate=self.mask_token_rate,
+                random_token_rate=self.random_token_rate, continuation_mask=continuation)
+            x = {"token_ids": out["token_ids"], "segment_ids": tf.zeros_like(token_ids),
+                 "padding_mask": padding_mask, "mask_positions": out["mask_positions"]}
+            return x, out["mask_ids"], out["mask_weights"]
+
+        return batches.enumerate().map(mask, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE)
+
+    # --- model ------------------------------------------------------------------------------
+    def build_model(self, backbone):
+        """The ``kplm.models.MaskedLM`` task model over ``backbone`` (compiles itself)."""
+        from kplm.models.masked_lm import MaskedLM
+        return MaskedLM(backbone)
+
+    def tokens_per_row(self, sequence_length):
+        return sequence_length
+
+
+@hookimpl
+def register_objectives(register):
+    register("masked_lm", MaskedLMObjective)

@@ -1,0 +1,189 @@
+"""The plugin manager: built-in plugins, then installed ones (entry-point group ``kplm``).
+
+Environment:
+    KPLM_LOAD_PLUGINS     comma-separated entry-point names: load only these installed plugins
+                          ("" loads none).
+    KPLM_DISABLE_PLUGINS  comma-separated plugin names (built-in module names or entry-point names)
+                          not to load.
+    KPLM_STRICT_PLUGINS   "1": a plugin that fails to load is an error instead of a report.
+
+The plugin manager (and the registry filled from it) is the only global state in kplm.
+"""
+import importlib
+import importlib.metadata
+import os
+import traceback
+
+import pluggy
+
+from kplm import hookspecs
+from kplm.errors import PluginError
+from kplm.registry import KINDS, Registry
+
+DEFAULT_PLUGINS = (
+    "kplm.data.text_files",
+    "kplm.data.jsonl",
+    "kplm.tokenizers.wordpiece",
+    "kplm.models",
+    "kplm.objectives.masked_lm",
+    "kplm.training.callbacks",
+    "kplm.commands",
+)
+
+ENTRY_POINT_GROUP = "kplm"
+
+
+class PluginFailure:
+    """A plugin that failed to load or to register: kept for ``kplm plugins``."""
+
+    def __init__(self, name, distribution, error, tb=""):
+        self.name, self.distribution, self.error, self.traceback = name, distribution, error, tb
+
+    def to_dict(self):
+        return {"name": self.name, "distribution": self.distribution, "error": self.error}
+
+
+class _State:
+    pm = None
+    registry = None
+    failures = []
+    info = {}  # plugin name -> {"distribution", "version", "builtin"}
+
+
+def _env_list(var):
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def _strict():
+    return os.environ.get("KPLM_STRICT_PLUGINS", "").lower() in ("1", "true", "yes")
+
+
+def _fail(failure):
+    if _strict():
+        raise PluginError(f"plugin {failure.name} ({failure.distribution}) failed: {failure.error}")
+    _State.failures.append(failure)
+
+
+def get_plugin_manager():
+    """The process-wide ``pluggy.PluginManager``, with built-in and installed plugins loaded."""
+    if _State.pm is not None:
+        return _State.pm
+    pm = pluggy.PluginManager("kplm")
+    pm.add_hookspecs(hookspecs)
+    _State.failures, _State.info = [], {}
+    disabled = _env_list("KPLM_DISABLE_PLUGINS") or set()
+    from kplm import __version__
+
+    for module_name in DEFAULT_PLUGINS:
+        if module_name in disabled:
+            continue
+        module = importlib.import_module(module_name)
+        pm.register(module, name=module_name)
+        _State.info[module_name] = {"distribution": "kplm", "version": __version__, "builtin": True}
+
+    only = _env_list("KPLM_LOAD_PLUGINS")
+    # pluggy's load_setuptools_entrypoints stops at the first failing plugin (PITFALLS 7), so
+    # each entry point is loaded on its own and its failure recorded.
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in disabled or (only is not None and ep.name not in only):
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue
+        dist = ep.dist.metadata["Name"] if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as e:  # any import-time failure of a third-party plugin is isolated
+            _fail(PluginFailure(ep.name, f"{dist} {version}", f"{type(e).__name__}: {e}",
+                                traceback.format_exc()))
+            continue
+        _State.info[ep.name] = {"distribution": dist, "version": version, "builtin": False}
+    _State.pm = pm
+    return pm
+
+
+def get_registry():
+    """The registry of every component the loaded plugins registered."""
+    if _State.registry is not None:
+        return _State.registry
+    pm = get_plugin_manager()
+    registry = Registry()
+    for kind, (hook_name, _) in KINDS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            plugin = impl.plugin_name
+
+            def register(name, component, _kind=kind, _plugin=plugin):
+                registry.register(_kind, name, component, _plugin)
+
+            try:
+                impl.function(register=register)
+            except Exception as e:
+                info = _State.info.get(plugin, {})
+                if info.get("builtin") or (_strict() and isinstance(e, PluginError)):
+                    raise
+                error = str(e) if isinstance(e, PluginError) else f"{type(e).__name__}: {e}"
+                _fail(PluginFailure(plugin, _dist_label(plugin), error, traceback.format_exc()))
+                _unload(pm, registry, plugin)
+    _State.registry = registry
+    return registry
+
+
+def _unload(pm, registry, plugin):
+    """Remove a failed plugin: its hooks, what it registered so far, its listing."""
+    registry.forget_plugin(plugin)
+    if pm.get_plugin(plugin) is not None:
+        pm.unregister(name=plugin)
+    _State.info.pop(plugin, None)
+
+
+def register_commands(cli):
+    """Let every plugin add its commands to ``cli``; a third-party plugin whose hook fails is
+    reported (``kplm plugins``) instead of taking the launcher down."""
+    pm = get_plugin_manager()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as e:
+            if _State.info.get(impl.plugin_name, {}).get("builtin") or _strict():
+                if isinstance(e, PluginError):
+                    raise
+                raise PluginError(f"plugin {impl.plugin_name} failed to add its commands: "
+                                  f"{type(e).__name__}: {e}") from e
+            _fail(PluginFailure(impl.plugin_name, _dist_label(impl.plugin_name),
+                                f"{type(e).__name__}: {e}", traceback.format_exc()))
+
+
+def _dist_label(plugin):
+    info = _State.info.get(plugin, {})
+    return f"{info.get('distribution', '?')} {info.get('version', '?')}"
+
+
+def plugin_failures():
+    """Plugins that failed to load or register (empty in strict mode, which raises instead)."""
+    get_registry()
+    return list(_State.failures)
+
+
+def list_plugins():
+    """One dict per loaded plugin: name, distribution, version, builtin, and its components."""
+    registry = get_registry()
+    rows = []
+    for name, info in _State.info.items():
+        components = {}
+        for entry in registry.entries():
+            if entry.plugin == name:
+                components.setdefault(entry.kind, []).append(entry.name)
+        commands = [impl for impl in get_plugin_manager().hook.register_commands.get_hookimpls()
+                    if impl.plugin_name == name]
+        rows.append({"name": name, **info, "components": components,
+                     "adds_commands": bool(commands)})
+    return rows
+
+
+def reset():
+    """Forget the loaded plugins (tests use this after changing the environment)."""
+    _State.pm, _State.registry, _State.failures, _State.info = None, None, [], {}

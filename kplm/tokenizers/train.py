@@ -1,0 +1,27 @@
+"""``kplm tokenizer train``: learn a vocabulary from a config's training data."""
+from kplm.config import check_keys, check_section
+from kplm.errors import ConfigError
+
+
+def train_tokenizer(config, output, progress=True):
+    """Learn the tokenizer ``config['tokenizer']`` describes from ``config['data']['train']`` and
+    save it into ``output``; returns the vocabulary. Other sections of a run config are ignored,
+    so the same YAML serves ``kplm pretrain`` and ``kplm tokenizer train``."""
+    from kplm.plugins import get_registry
+
+    registry = get_registry()
+    check_keys(config, list(config), "")
+    data = config.get("data")
+    if not isinstance(data, dict) or "train" not in data:
+        raise ConfigError("config key 'data.train' is required: the text to learn from")
+    source_cls, source_args = check_section(data["train"], "data_source", "data.train", registry)
+    tok_cls, tok_args = check_section(config.get("tokenizer", {"name": "wordpiece"}),
+                                      "tokenizer", "tokenizer", registry)
+    source = source_cls(**{k: v for k, v in source_args.items() if k != "name"})
+    tokenizer = tok_cls(**{k: v for k, v in {**tok_args, "vocabulary": None}.items()
+                           if k != "name"})
+    source.check()
+    tokens = tokenizer.train(source.texts(), progress=progress,
+                             total_bytes=getattr(source, "size_bytes", lambda: None)())
+    tokenizer.save(output)
+    return tokens

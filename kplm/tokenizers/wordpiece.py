@@ -1,0 +1,189 @@
+"""WordPiece tokenizers: learned from a data source, saved in a run directory, run in-graph."""
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+from kplm.components import Tokenizer
+from kplm.errors import ConfigError, DataError
+from kplm.hookspecs import hookimpl
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB_FILE = "vocab.txt"
+CONFIG_FILE = "tokenizer.json"
+
+
+class WordPiece(Tokenizer):
+    """A BERT WordPiece tokenizer (``keras_hub.models.BertTokenizer`` over tensorflow-text ops).
+
+    Either loads ``vocabulary`` (a ``vocab.txt`` file, or a directory holding one such as a run's
+    ``tokenizer/``) or learns one of about ``vocabulary_size`` tokens with ``train()``. The special
+    tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` come first.
+
+    Args:
+        vocabulary: str or None. Path of a vocabulary to load; None to train one. Defaults to None.
+        vocabulary_size: int. Target size when training (a small corpus may give fewer).
+            Defaults to 8000.
+        lowercase: bool. Lowercase before splitting. Defaults to True.
+        strip_accents: bool. Remove accents before splitting. Defaults to True.
+        max_training_lines: int or None. Learn from at most this many examples. Defaults to None.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> tok = WordPiece(vocabulary_size=60)
+    >>> vocab = tok.train(tf.data.Dataset.from_tensor_slices(["the cat sat", "the hat"] * 5),
+    ...                   progress=False)
+    >>> tok.build().detokenize(tok.build()(["the cat"]))[0]
+    'the cat'
+    """
+
+    def __init__(
+        self,
+        vocabulary: Optional[str] = None,
+        vocabulary_size: int = 8000,
+        lowercase: bool = True,
+        strip_accents: bool = True,
+        max_training_lines: Optional[int] = None,
+    ):
+        self.vocabulary = vocabulary
+        self.vocabulary_size = vocabulary_size
+        self.lowercase = lowercase
+        self.strip_accents = strip_accents
+        self.max_training_lines = max_training_lines
+        self.tokens = None
+        self._layer = None
+        if vocabulary is not None:
+            self.tokens = _read_vocabulary(vocabulary)
+
+    # --- learning -------------------------------------------------------------------------
+    def train(self, texts, progress=True, total_bytes=None):
+        """Learn the vocabulary from a ``tf.data.Dataset`` of scalar strings; returns it."""
+        import keras_hub
+        import tensorflow as tf
+
+        if self.max_training_lines:
+            texts = texts.take(self.max_training_lines)
+        texts = texts.batch(1024)
+        meter = _Progress(total_bytes, enabled=progress)
+        if progress:
+            def tick(batch):
+                n = tf.reduce_sum(tf.strings.length(batch))
+                done = tf.py_function(meter.add, [n], Tout=tf.int64)
+                with tf.control_dependencies([done]):
+                    return tf.identity(batch)
+            texts = texts.map(tick)
+        tokens = keras_hub.tokenizers.compute_word_piece_vocabulary(
+            texts, vocabulary_size=self.vocabulary_size, lowercase=self.lowercase,
+            strip_accents=self.strip_accents, reserved_tokens=SPECIAL_TOKENS)
+        meter.finish(f"learned {len(tokens)} tokens")
+        if len(tokens) <= len(SPECIAL_TOKENS):
+            raise DataError("the tokenizer's training data holds no text")
+        self.tokens = list(tokens)
+        self._layer = None
+        return self.tokens
+
+    # --- use --------------------------------------------------------------------------------
+    def build(self):
+        """The in-graph tokenizer (a ``keras_hub.models.BertTokenizer``), built once."""
+        if self.tokens is None:
+            raise ConfigError("tokenizer has no vocabulary: set tokenizer.vocabulary or train it")
+        if self._layer is None:
+            import keras_hub
+            self._layer = keras_hub.models.BertTokenizer(
+                vocabulary=self.tokens, lowercase=self.lowercase,
+                strip_accents=self.strip_accents)
+        return self._layer
+
+    @property
+    def vocabulary_size_actual(self):
+        return len(self.tokens)
+
+    def token_to_id(self, token):
+        return self.tokens.index(token)
+
+    @property
+    def special_token_ids(self):
+        return [i for i, t in enumerate(self.tokens) if t in SPECIAL_TOKENS]
+
+    def continuation_mask(self):
+        """Booleans over the vocabulary: True for word-piece continuations (``##...``)."""
+        return [t.startswith("##") for t in self.tokens]
+
+    # --- persistence ------------------------------------------------------------------------
+    def save(self, directory):
+        """Write ``vocab.txt`` and ``tokenizer.json`` into ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        _atomic_write(os.path.join(directory, VOCAB_FILE), "\n".join(self.tokens) + "\n")
+        config = {"name": "wordpiece", "lowercase": self.lowercase,
+                  "strip_accents": self.strip_accents, "vocabulary_size": len(self.tokens)}
+        _atomic_write(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory):
+        """Load a tokenizer saved with ``save()`` (e.g. a run's ``tokenizer/``)."""
+        path = os.path.join(directory, CONFIG_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+        except FileNotFoundError:
+            config = {}
+        return cls(vocabulary=directory, lowercase=config.get("lowercase", True),
+                   strip_accents=config.get("strip_accents", True),
+                   vocabulary_size=config.get("vocabulary_size", 8000))
+
+
+def _read_vocabulary(path):
+    if os.path.isdir(path):
+        path = os.path.join(path, VOCAB_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            tokens = [line.rstrip("\n") for line in f]
+    except FileNotFoundError:
+        raise ConfigError(f"tokenizer.vocabulary: {path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"tokenizer.vocabulary: cannot read {path}: {e}") from None
+    while tokens and not tokens[-1]:
+        tokens.pop()
+    missing = [t for t in SPECIAL_TOKENS if t not in tokens]
+    if missing:
+        raise ConfigError(f"tokenizer.vocabulary: {path} lacks the special tokens {missing}")
+    return tokens
+
+
+def _atomic_write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """A one-line progress display on stderr (bytes read, rate, percent when the total is known)."""
+
+    def __init__(self, total, enabled=True):
+        self.total, self.enabled, self.done, self.start, self.last = total, enabled, 0, time.time(), 0
+
+    def add(self, n):
+        self.done += int(n)
+        now = time.time()
+        if self.enabled and now - self.last > 0.5:
+            self.last = now
+            self._show()
+        return self.done
+
+    def _show(self, suffix=""):
+        mb = self.done / 1e6
+        rate = mb / max(time.time() - self.start, 1e-9)
+        pct = f" {100 * self.done / self.total:5.1f}%" if self.total else ""
+        sys.stderr.write(f"\rtokenizer: read{pct} {mb:8.1f} MB ({rate:5.1f} MB/s){suffix}")
+        sys.stderr.flush()
+
+    def finish(self, message):
+        if self.enabled:
+            self._show(f", {message} in {time.time() - self.start:.1f} s\n")
+
+
+@hookimpl
+def register_tokenizers(register):
+    register("wordpiece", WordPiece)

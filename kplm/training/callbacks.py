@@ -1,0 +1,9 @@
+"""Built-in callbacks usable from a config's ``callbacks:`` list (registered lazily)."""
+from kplm.hookspecs import hookimpl
+
+
+@hookimpl
+def register_callbacks(register):
+    register("early_stopping", "keras.callbacks:EarlyStopping")
+    register("terminate_on_nan", "keras.callbacks:TerminateOnNaN")
+    register("csv_logger", "keras.callbacks:CSVLogger")

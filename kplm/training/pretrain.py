@@ -1,0 +1,205 @@
+"""``kplm pretrain``: one function that reads top to bottom, from config to saved backbone."""
+import os
+import shutil
+import time
+import warnings
+
+import yaml
+
+from kplm import runs
+from kplm.config import check_arguments, check_keys, check_section
+from kplm.errors import ConfigError, DataError, KplmError
+from kplm.training.trainer_config import TrainerConfig
+
+TOP_LEVEL_KEYS = ["run_dir", "seed", "tokenizer", "data", "backbone", "objective", "trainer",
+                  "callbacks"]
+
+
+class PretrainSpec:
+    """A checked pretraining config: component classes plus their resolved arguments."""
+
+    def __init__(self, raw):
+        from kplm.plugins import get_registry
+
+        registry = get_registry()
+        check_keys(raw, TOP_LEVEL_KEYS, "")
+        self.run_dir = raw.get("run_dir")
+        if not isinstance(self.run_dir, str) or not self.run_dir:
+            raise ConfigError("config key 'run_dir' is required: the directory this run writes")
+        self.seed = raw.get("seed", 0)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"config key 'seed': expected int, got {self.seed!r}")
+
+        self.tokenizer_cls, self.tokenizer = check_section(
+            raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer", registry)
+        data = raw.get("data")
+        if not isinstance(data, dict) or "train" not in data:
+            raise ConfigError("config key 'data.train' is required: the training data source")
+        check_keys(data, ["train", "validation"], "data")
+        self.train_cls, self.train = check_section(data["train"], "data_source", "data.train",
+                                                   registry)
+        self.validation_cls = self.validation = None
+        if data.get("validation") is not None:
+            self.validation_cls, self.validation = check_section(
+                data["validation"], "data_source", "data.validation", registry)
+        self.backbone_cls, self.backbone = check_section(
+            raw.get("backbone", {"name": "encoder"}), "backbone", "backbone", registry,
+            provided=("vocabulary_size", "dtype"))
+        self.objective_cls, self.objective = check_section(
+            raw.get("objective", {"name": "masked_lm"}), "objective", "objective", registry)
+        self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
+        callbacks = raw.get("callbacks") or []
+        if not isinstance(callbacks, list):
+            raise ConfigError("config key 'callbacks': expected a list of {name: ...} sections")
+        self.callbacks = [check_section(c, "callback", f"callbacks[{i}]", registry)
+                          for i, c in enumerate(callbacks)]
+
+    def resolved(self):
+        """The config with every default filled in, as written to ``run_dir/config.yaml``."""
+        return {"run_dir": self.run_dir, "seed": self.seed, "tokenizer": self.tokenizer,
+                "data": {"train": self.train, "validation": self.validation},
+                "backbone": self.backbone, "objective": self.objective, "trainer": self.trainer,
+                "callbacks": [c for _, c in self.callbacks]}
+
+
+def _build(cls, section):
+    return cls(**{k: v for k, v in section.items() if k != "name"})
+
+
+def _strategy(name):
+    import tensorflow as tf
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _prepare_run_dir(run_dir, overwrite):
+    """Refuse to mix two runs in one directory; ``overwrite`` starts it afresh."""
+    if os.path.exists(run_dir) and os.listdir(run_dir):
+        if not overwrite:
+            raise KplmError(f"run_dir {run_dir} already holds a run; choose another run_dir or "
+                            "pass --overwrite")
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+
+
+def pretrain(config, *, overwrite=False, echo=print, progress=True):
+    """Pretrain a backbone as ``config`` (a dict, as read from YAML) says; return its metrics.
+
+    Writes the run directory: ``config.yaml``, ``tokenizer/``, ``checkpoints/``,
+    ``tensorboard/``, ``backbone.weights.h5`` + ``backbone.json``, ``metrics.json``.
+
+    Example:
+        metrics = kplm.pretrain(kplm.config.load_yaml("configs/bert_tiny_mlm.yaml"))
+    """
+    # --- check everything before touching the disk --------------------------------------------
+    spec = PretrainSpec(config)
+    trainer = TrainerConfig(**spec.trainer)
+    train_source = _build(spec.train_cls, spec.train)
+    validation_source = _build(spec.validation_cls, spec.validation) if spec.validation else None
+    objective = _build(spec.objective_cls, spec.objective)
+    tokenizer = _build(spec.tokenizer_cls, spec.tokenizer)
+    train_source.check()
+    if validation_source is not None:
+        validation_source.check()
+    callbacks = [_build(cls, section) for cls, section in spec.callbacks]
+
+    import keras
+    # Expected here: the pooler gets no gradient from a token-level objective, and a finite
+    # validation set "runs out" at the end of every evaluation.
+    warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+
+    run_dir = spec.run_dir
+    _prepare_run_dir(run_dir, overwrite)
+    resolved = spec.resolved()
+    config_text = yaml.safe_dump(resolved, sort_keys=False)
+    _write_text(os.path.join(run_dir, runs.CONFIG), config_text)
+    keras.utils.set_random_seed(spec.seed)
+
+    # --- tokenizer: given, or learned from the training data ----------------------------------
+    if tokenizer.tokens is None:
+        if echo:
+            echo(f"learning a {spec.tokenizer['name']} vocabulary from data.train")
+        tokenizer.train(train_source.texts(), progress=progress,
+                        total_bytes=getattr(train_source, "size_bytes", lambda: None)())
+    tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
+
+    # --- model, optimizer, compile, under the distribution strategy ---------------------------
+    if trainer.mixed_precision:
+        keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
+    strategy = _strategy(trainer.strategy)
+    with strategy.scope():
+        backbone = _build(spec.backbone_cls, {**spec.backbone,
+                                              "vocabulary_size": len(tokenizer.tokens)})
+        model = objective.build_model(backbone)
+        from kplm.training.optimizer import build_optimizer
+        optimizer = build_optimizer(trainer)
+        if trainer.mixed_precision == "float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, jit_compile=trainer.jit_compile)
+
+    # --- data: tokenized, packed and masked in tf.data ----------------------------------------
+    sequence_length = backbone.sequence_length
+    try:
+        train_ds = objective.dataset(train_source.build(), tokenizer,
+                                     batch_size=trainer.batch_size,
+                                     sequence_length=sequence_length, seed=spec.seed,
+                                     training=True)
+    except DataError as e:
+        raise DataError(f"data.train: {e}") from None
+    validation_ds = None
+    if validation_source is not None:
+        validation_ds = objective.dataset(validation_source.build(), tokenizer,
+                                          batch_size=trainer.batch_size,
+                                          sequence_length=sequence_length, seed=spec.seed,
+                                          training=False)
+        if trainer.validation_steps:
+            validation_ds = validation_ds.take(trainer.validation_steps)
+        validation_ds = validation_ds.cache()
+
+    # --- callbacks and fit --------------------------------------------------------------------
+    from kplm.training.checkpoints import CheckpointSaver
+    from kplm.training.logging import TrainingMonitor
+    tokens_per_step = trainer.batch_size * objective.tokens_per_row(sequence_length)
+    monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD), tokens_per_step,
+                              trainer.batch_size, trainer.log_every, trainer.steps,
+                              config_text=config_text, echo=echo)
+    saver = CheckpointSaver(os.path.join(run_dir, runs.CHECKPOINTS), trainer.checkpoint_every,
+                            trainer.keep_checkpoints)
+    if echo:
+        echo(f"pretraining {spec.backbone['name']} ({backbone.count_params():,} parameters, "
+             f"vocabulary {len(tokenizer.tokens):,}) with {spec.objective['name']} for "
+             f"{trainer.steps} steps of {trainer.batch_size} x {sequence_length} tokens "
+             f"on {strategy.num_replicas_in_sync} replica(s)")
+    start = time.perf_counter()
+    history = model.fit(train_ds, steps_per_epoch=trainer.eval_every, epochs=trainer.epochs,
+                        validation_data=validation_ds, callbacks=[monitor, saver, *callbacks],
+                        verbose=0, shuffle=False)
+    wall = time.perf_counter() - start
+
+    # --- save what fine-tuning needs ----------------------------------------------------------
+    runs.save_backbone(backbone, run_dir)
+    metrics = {
+        "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "train": {k: float(v[-1]) for k, v in history.history.items() if not k.startswith("val_")},
+        "validation": {k[4:]: float(v[-1]) for k, v in history.history.items()
+                       if k.startswith("val_")},
+        "first_logged_loss": monitor.history[0][1]["loss"] if monitor.history else None,
+        "tokens_per_second": monitor.last_throughput,
+        "wall_seconds": wall,
+        "parameters": int(backbone.count_params()),
+        "vocabulary_size": len(tokenizer.tokens),
+    }
+    runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
+    if echo:
+        echo(f"done in {wall:.0f} s; run directory {run_dir}")
+    return metrics
+
+
+def _write_text(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

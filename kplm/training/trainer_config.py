@@ -1,0 +1,88 @@
+"""The ``trainer:`` section of a run config (no TensorFlow needed to check it)."""
+from typing import Literal, Optional
+
+from kplm.errors import ConfigError
+
+
+class TrainerConfig:
+    """How to train: steps, batch size, optimizer, schedule, evaluation, logging, hardware.
+
+    Args:
+        steps: int. Optimizer steps in the whole run. Defaults to 1000.
+        batch_size: int. Global batch size (split across replicas). Defaults to 32.
+        learning_rate: float. Peak learning rate. Defaults to 5e-4.
+        warmup_steps: int. Linear warmup from 0. Defaults to 0.
+        decay: ``"linear"``, ``"cosine"`` or ``"constant"`` after warmup. Defaults to ``"linear"``.
+        end_learning_rate_fraction: float. Final rate as a share of the peak. Defaults to 0.0.
+        weight_decay: float. AdamW decoupled weight decay (not on biases or layer norms).
+            Defaults to 0.01.
+        beta_1, beta_2, epsilon: AdamW moments. Defaults to 0.9, 0.999, 1e-6.
+        clip_norm: float or None. Global gradient-norm clipping. Defaults to 1.0.
+        eval_every: int. Steps between validations (and Keras epochs). Defaults to 100.
+        validation_steps: int or None. Validation batches per evaluation; None reads the whole
+            validation set. Defaults to None.
+        log_every: int. Steps between TensorBoard/console logs. Defaults to 10.
+        checkpoint_every: int or None. Steps between checkpoints; None means ``eval_every``.
+        keep_checkpoints: int. Newest checkpoints kept. Defaults to 3.
+        strategy: ``"auto"``, ``"default"`` or ``"mirrored"``. Defaults to ``"auto"``.
+        mixed_precision: None, ``"bfloat16"`` or ``"float16"``. Defaults to None.
+        jit_compile: bool. Compile train steps with XLA. Defaults to False (slower start on CPU).
+
+    Example:
+    >>> TrainerConfig(steps=200, eval_every=100).epochs
+    2
+    """
+
+    def __init__(
+        self,
+        steps: int = 1000,
+        batch_size: int = 32,
+        learning_rate: float = 5e-4,
+        warmup_steps: int = 0,
+        decay: Literal["linear", "cosine", "constant"] = "linear",
+        end_learning_rate_fraction: float = 0.0,
+        weight_decay: float = 0.01,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-6,
+        clip_norm: Optional[float] = 1.0,
+        eval_every: int = 100,
+        validation_steps: Optional[int] = None,
+        log_every: int = 10,
+        checkpoint_every: Optional[int] = None,
+        keep_checkpoints: int = 3,
+        strategy: Literal["auto", "default", "mirrored"] = "auto",
+        mixed_precision: Optional[Literal["bfloat16", "float16"]] = None,
+        jit_compile: bool = False,
+    ):
+        for key, value in (("steps", steps), ("batch_size", batch_size),
+                           ("eval_every", eval_every), ("log_every", log_every),
+                           ("keep_checkpoints", keep_checkpoints)):
+            if value < 1:
+                raise ConfigError(f"config key 'trainer.{key}' must be >= 1, got {value}")
+        if learning_rate <= 0:
+            raise ConfigError(f"config key 'trainer.learning_rate' must be > 0, got {learning_rate}")
+        if warmup_steps < 0 or warmup_steps > steps:
+            raise ConfigError(f"config key 'trainer.warmup_steps' must be within [0, steps={steps}],"
+                              f" got {warmup_steps}")
+        eval_every = min(eval_every, steps)
+        if steps % eval_every:
+            raise ConfigError(f"config key 'trainer.steps' ({steps}) must be a multiple of "
+                              f"'trainer.eval_every' ({eval_every})")
+        self.steps, self.batch_size = steps, batch_size
+        self.learning_rate, self.warmup_steps, self.decay = learning_rate, warmup_steps, decay
+        self.end_learning_rate_fraction = end_learning_rate_fraction
+        self.weight_decay, self.beta_1, self.beta_2, self.epsilon = (
+            weight_decay, beta_1, beta_2, epsilon)
+        self.clip_norm = clip_norm
+        self.eval_every, self.validation_steps, self.log_every = (
+            eval_every, validation_steps, log_every)
+        self.checkpoint_every = checkpoint_every or eval_every
+        self.keep_checkpoints = keep_checkpoints
+        self.strategy, self.mixed_precision, self.jit_compile = (
+            strategy, mixed_precision, jit_compile)
+
+    @property
+    def epochs(self):
+        """Keras epochs: one per validation interval."""
+        return self.steps // self.eval_every

@@ -1,0 +1,62 @@
+"""Data sources: text files (lines, documents, gzip, globs), JSONL, and their errors."""
+import gzip
+
+import pytest
+
+from kplm.data.jsonl import JsonLines
+from kplm.data.text_files import TextFiles
+from kplm.errors import DataError
+
+
+def texts(source):
+    return [x["text"].numpy().decode() for x in source.build()]
+
+
+def test_lines_skip_blanks_and_strip(tmp_path):
+    (tmp_path / "a.txt").write_text(" first \n\n second\r\n")
+    assert texts(TextFiles(paths=[str(tmp_path / "a.txt")])) == ["first", "second"]
+
+
+def test_documents_never_cross_files(tmp_path):
+    (tmp_path / "a.txt").write_text("a1\na2\n\n\nb1\n")
+    with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
+        f.write("c1\n\nd1\nd2")
+    source = TextFiles(paths=[str(tmp_path / "*.txt*")], format="documents")
+    source.check()
+    assert texts(source) == ["a1\na2", "b1", "c1", "d1\nd2"]
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"good line\nbad \xff line\n")
+    with pytest.raises(DataError, match=rf"{path}:2: invalid UTF-8 \(byte 0xff at column 5\)"):
+        TextFiles(paths=[str(path)]).check()
+    replaced = TextFiles(paths=[str(path)], encoding_errors="replace")
+    replaced.check()
+    assert texts(replaced) == ["good line", "bad \ufffd line"]
+
+
+def test_empty_corpus_and_missing_files(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n   \n")
+    with pytest.raises(DataError, match="the corpus is empty"):
+        TextFiles(paths=[str(tmp_path / "empty.txt")]).check()
+    with pytest.raises(DataError, match="no file matches"):
+        TextFiles(paths=[str(tmp_path / "nope*.txt")]).check()
+
+
+def test_jsonl_field_and_errors(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"body": "hello"}\n\n{"body": "world", "id": 2}\n')
+    source = JsonLines(paths=[str(path)], text_field="body")
+    source.check()
+    assert texts(source) == ["hello", "world"]
+    with pytest.raises(DataError, match=rf"{path}:1: no field 'text'"):
+        JsonLines(paths=[str(path)]).check()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": "unterminated}\n')
+    with pytest.raises(DataError, match=rf"{bad}:2: invalid JSON"):
+        JsonLines(paths=[str(bad)]).check()
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"text": 3}\n')
+    with pytest.raises(DataError, match=rf"{wrong}:1: field 'text' must be a string"):
+        JsonLines(paths=[str(wrong)]).check()

@@ -1,0 +1,172 @@
+"""Hook registration, duplicate and unknown names, failure isolation, env switches."""
+import importlib.metadata
+import json
+import sys
+import types
+
+import pytest
+
+from kplm import plugins
+from kplm.components import DataSource
+from kplm.errors import PluginError
+from kplm.registry import Registry, UnknownComponentError
+
+from conftest import run_kplm
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins(monkeypatch):
+    for var in ("KPLM_LOAD_PLUGINS", "KPLM_DISABLE_PLUGINS", "KPLM_STRICT_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+class FakeDist:
+    def __init__(self, name):
+        self.metadata = {"Name": name}
+        self.version = "9.9"
+
+
+class FakeEntryPoint:
+    def __init__(self, name, load):
+        self.name, self.value, self._load = name, f"{name}.module", load
+        self.dist = FakeDist(f"kplm-{name}")
+
+    def load(self):
+        return self._load()
+
+
+def fake_entry_points(monkeypatch, eps):
+    real = importlib.metadata.entry_points
+
+    def entry_points(group=None, **kw):
+        if group == "kplm":
+            return eps
+        return real(group=group, **kw)
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+
+
+def good_plugin():
+    class Lines(DataSource):
+        def __init__(self, paths: list[str]):
+            self.paths = paths
+
+    module = types.ModuleType("good")
+
+    from kplm.hookspecs import hookimpl
+
+    @hookimpl
+    def register_data_sources(register):
+        register("good_lines", Lines)
+    module.register_data_sources = register_data_sources
+    return module
+
+
+def broken_import():
+    raise ImportError("No module named 'missing_dependency'")
+
+
+def test_builtins_register_through_hooks():
+    registry = plugins.get_registry()
+    assert registry.names("objective") == ["masked_lm"]
+    assert {"text_files", "jsonl"} <= set(registry.names("data_source"))
+    assert registry.entry("data_source", "text_files").plugin == "kplm.data.text_files"
+    assert registry.names("backbone") == ["encoder"]
+
+
+def test_duplicate_name_names_both_plugins():
+    registry = Registry()
+    registry.register("data_source", "lines", DataSource, "plugin_a")
+    with pytest.raises(PluginError) as e:
+        registry.register("data_source", "lines", DataSource, "plugin_b")
+    assert "plugin_a" in str(e.value) and "plugin_b" in str(e.value)
+
+
+def test_unknown_name_suggests_and_lists():
+    with pytest.raises(UnknownComponentError) as e:
+        plugins.get_registry().get("data_source", "text_file")
+    message = str(e.value)
+    assert "Did you mean 'text_files'?" in message
+    assert "jsonl" in message and "text_files" in message
+
+
+def test_wrong_base_class_refused():
+    with pytest.raises(PluginError, match="not a subclass of kplm.components.DataSource"):
+        Registry().register("data_source", "bad", dict, "plugin_x")
+
+
+def test_lazy_backbone_checked_on_first_use():
+    registry = Registry()
+    registry.register("backbone", "nothing", "json:dumps", "plugin_y")
+    with pytest.raises(PluginError, match="plugin_y"):
+        registry.get("backbone", "nothing")
+
+
+def test_failing_plugin_is_isolated_and_reported(monkeypatch):
+    fake_entry_points(monkeypatch, [FakeEntryPoint("broken", broken_import),
+                                    FakeEntryPoint("good", good_plugin)])
+    registry = plugins.get_registry()
+    assert "good_lines" in registry.names("data_source")  # loaded after the broken one
+    (failure,) = plugins.plugin_failures()
+    assert failure.name == "broken"
+    assert failure.distribution == "kplm-broken 9.9"
+    assert "missing_dependency" in failure.error
+
+
+def test_strict_mode_raises(monkeypatch):
+    fake_entry_points(monkeypatch, [FakeEntryPoint("broken", broken_import)])
+    monkeypatch.setenv("KPLM_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="broken"):
+        plugins.get_registry()
+
+
+def test_load_and_disable_switches(monkeypatch):
+    fake_entry_points(monkeypatch, [FakeEntryPoint("broken", broken_import),
+                                    FakeEntryPoint("good", good_plugin)])
+    monkeypatch.setenv("KPLM_LOAD_PLUGINS", "good")
+    assert "good_lines" in plugins.get_registry().names("data_source")
+    assert plugins.plugin_failures() == []
+    plugins.reset()
+    monkeypatch.delenv("KPLM_LOAD_PLUGINS")
+    monkeypatch.setenv("KPLM_DISABLE_PLUGINS", "broken,kplm.data.jsonl")
+    registry = plugins.get_registry()
+    assert "jsonl" not in registry.names("data_source")
+    assert plugins.plugin_failures() == []
+
+
+def test_duplicate_from_third_party_is_reported(monkeypatch):
+    def duplicate():
+        module = types.ModuleType("dup")
+        from kplm.hookspecs import hookimpl
+
+        @hookimpl
+        def register_data_sources(register):
+            register("text_files", DataSource)
+        module.register_data_sources = register_data_sources
+        return module
+    fake_entry_points(monkeypatch, [FakeEntryPoint("dup", duplicate)])
+    plugins.get_registry()
+    (failure,) = plugins.plugin_failures()
+    assert "kplm.data.text_files" in failure.error and "dup" in failure.error
+
+
+def test_cli_help_and_plugins_do_not_import_tensorflow():
+    code = ("import sys; from click.testing import CliRunner; from kplm.cli import cli; "
+            "r1 = CliRunner().invoke(cli, ['--help']); r2 = CliRunner().invoke(cli, ['plugins', '--all']); "
+            "assert r1.exit_code == 0 and r2.exit_code == 0, (r1.output, r2.output); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_plugins_json_lists_builtins():
+    result = run_kplm("plugins", "--json", "--all")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    by_name = {p["name"]: p for p in data["plugins"]}
+    assert by_name["kplm.objectives.masked_lm"]["components"] == {"objective": ["masked_lm"]}
+    assert by_name["kplm.data.text_files"]["version"]

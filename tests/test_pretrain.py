@@ -1,0 +1,125 @@
+"""Pretraining end to end: loss goes down on real text, TensorBoard scalars, run directory."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from kplm.errors import KplmError
+from kplm.runs import load_backbone, load_tokenizer
+from kplm.training.pretrain import pretrain
+
+from conftest import ROOT, TINY, run_kplm
+
+
+def read_scalars(directory):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(directory, size_guidance={"tensors": 0})
+    acc.Reload()
+    import tensorflow as tf
+    out = {}
+    for tag in acc.Tags()["tensors"]:
+        values = [(e.step, tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+        out[tag] = [(s, v.item() if v.dtype.kind == "f" else v) for s, v in values]
+    return out
+
+
+def test_mlm_loss_goes_down_on_real_text(pretrained_run):
+    metrics = pretrained_run["metrics"]
+    assert metrics["steps"] == 60
+    first, last = metrics["first_logged_loss"], metrics["train"]["loss"]
+    assert last < first - 0.5, (first, last)
+    assert metrics["validation"]["loss"] < np.log(metrics["vocabulary_size"])  # beats uniform
+    assert 0 < metrics["validation"]["accuracy"] <= 1
+    assert metrics["validation"]["perplexity"] == pytest.approx(
+        np.exp(metrics["validation"]["loss"]), rel=0.05)
+
+
+def test_tensorboard_has_named_scalars(pretrained_run):
+    tb = os.path.join(pretrained_run["run_dir"], "tensorboard")
+    train = read_scalars(os.path.join(tb, "train"))
+    for tag in ("train/loss", "train/accuracy", "train/perplexity", "train/learning_rate",
+                "train/tokens_per_second", "train/examples_per_second"):
+        assert tag in train, sorted(train)
+    assert [s for s, _ in train["train/loss"]] == list(range(5, 61, 5))
+    assert b"masked_lm" in train["config"][0][1].ravel()[0]  # the resolved config, as text
+    lr = dict(train["train/learning_rate"])
+    assert lr[5] == pytest.approx(3e-3) and lr[60] == pytest.approx(0.0, abs=1e-9)
+    validation = read_scalars(os.path.join(tb, "validation"))
+    assert [s for s, _ in validation["validation/loss"]] == [30, 60]
+    assert "validation/perplexity" in validation and "validation/accuracy" in validation
+
+
+def test_run_directory_contract(pretrained_run):
+    run_dir = pretrained_run["run_dir"]
+    for name in ("config.yaml", "metrics.json", "backbone.json", "backbone.weights.h5",
+                 "tokenizer/vocab.txt", "tokenizer/tokenizer.json", "checkpoints/checkpoint"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    assert not glob.glob(os.path.join(run_dir, "**", "*.tmp*"), recursive=True)
+    resolved = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
+    assert resolved["trainer"]["weight_decay"] == 0.01  # defaults written out
+    checkpoints = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.index")))
+    assert [os.path.basename(c) for c in checkpoints] == ["ckpt-30.index", "ckpt-60.index"]
+    assert json.load(open(os.path.join(run_dir, "metrics.json")))["steps"] == 60
+
+
+def test_saved_backbone_and_tokenizer_reload(pretrained_run):
+    run_dir = pretrained_run["run_dir"]
+    backbone = load_backbone(run_dir)
+    tokenizer = load_tokenizer(run_dir)
+    assert backbone.vocabulary_size == len(tokenizer.tokens)
+    ids = np.array([tokenizer.build()(["the lobster is blue"])[0] + [0] * 3], "int32")
+    inputs = {"token_ids": ids, "segment_ids": np.zeros_like(ids),
+              "padding_mask": (ids > 0).astype("int32")}
+    again = load_backbone(run_dir)
+    np.testing.assert_allclose(backbone(inputs)["sequence_output"],
+                               again(inputs)["sequence_output"], atol=1e-6)
+
+
+def test_existing_run_dir_is_refused(pretrained_run):
+    config = dict(pretrained_run["config"])
+    with pytest.raises(KplmError, match="already holds a run"):
+        pretrain(config, echo=None, progress=False)
+
+
+def test_too_little_text_is_refused(tmp_path, tiny_config):
+    small = tmp_path / "small.txt"
+    small.write_text("just a few words\n")
+    tiny_config["data"] = {"train": {"name": "text_files", "paths": [str(small)]}}
+    with pytest.raises(KplmError, match="data.train: too little text"):
+        pretrain(tiny_config, echo=None, progress=False)
+
+
+def _write_config(tmp_path, **trainer):
+    config = json.loads(json.dumps(TINY))
+    config["run_dir"] = str(tmp_path / "run")
+    config["trainer"].update(trainer)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config["run_dir"]
+
+
+@pytest.mark.slow
+def test_cli_pretrain_with_clirunner(tmp_path):
+    from kplm.cli import cli
+    path, run_dir = _write_config(tmp_path, steps=10, eval_every=10, log_every=5)
+    result = CliRunner().invoke(cli, ["pretrain", str(path), "--set", "trainer.batch_size=8"])
+    assert result.exit_code == 0, result.output
+    assert "step 10/10" in result.output and "validation at step 10" in result.output
+    assert yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["trainer"]["batch_size"] == 8
+
+
+@pytest.mark.slow
+def test_cli_pretrain_as_subprocess(tmp_path):
+    path, run_dir = _write_config(tmp_path, steps=10, eval_every=5, log_every=5)
+    result = run_kplm("pretrain", str(path))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["validation"]["loss"] > 0
+    assert os.path.exists(os.path.join(run_dir, "backbone.weights.h5"))
+    again = run_kplm("pretrain", str(path), "--overwrite", "--set", "trainer.steps=5")
+    assert again.returncode == 0, again.stderr
+    assert json.load(open(os.path.join(run_dir, "metrics.json")))["steps"] == 5
