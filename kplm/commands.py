@@ -9,6 +9,24 @@ import click
 from kplm.hookspecs import hookimpl
 
 
+def import_tensorflow_quietly():
+    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) sent to /dev/null,
+    which TF_CPP_MIN_LOG_LEVEL cannot silence; ``--debug`` keeps it."""
+    import sys
+    if "tensorflow" in sys.modules or os.environ.get("KPLM_DEBUG"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _config(path, overrides):
     from kplm.config import apply_overrides, load_yaml
     return apply_overrides(load_yaml(path), overrides)
@@ -24,6 +42,7 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def pretrain(config, overrides, overwrite):
     """Pretrain a backbone as the YAML CONFIG says."""
+    import_tensorflow_quietly()
     from kplm.training.pretrain import pretrain as run
     metrics = run(_config(config, overrides), overwrite=overwrite, echo=click.echo)
     click.echo(json.dumps({"train": metrics["train"], "validation": metrics["validation"]}))
@@ -41,6 +60,7 @@ def tokenizer():
               help="Directory to write the tokenizer (vocab.txt, tokenizer.json) into.")
 def tokenizer_train(config, overrides, output):
     """Learn a vocabulary from CONFIG's data.train with CONFIG's tokenizer section."""
+    import_tensorflow_quietly()
     from kplm.tokenizers.train import train_tokenizer
     tokens = train_tokenizer(_config(config, overrides), output)
     click.echo(f"wrote {len(tokens):,} tokens to {os.path.join(output, 'vocab.txt')}")

@@ -10,6 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
+    from kplm.commands import import_tensorflow_quietly
+    import_tensorflow_quietly()
     os.chdir(ROOT)  # the config's data paths are relative to the repository
     config = load_yaml("configs/bert_tiny_mlm.yaml")
     from kplm.training.pretrain import pretrain
