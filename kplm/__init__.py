@@ -32,6 +32,8 @@ _LAZY = {
     "apply_overrides": "kplm.config",
     "TrainerConfig": "kplm.training.trainer_config",
     "pretrain": "kplm.training.pretrain",
+    "finetune": "kplm.training.finetune",
+    "FinetunedRun": "kplm.training.finetune",
     "load_backbone": "kplm.runs",
     "load_tokenizer": "kplm.runs",
     # components
@@ -39,6 +41,9 @@ _LAZY = {
     "JsonLines": "kplm.data.jsonl",
     "WordPiece": "kplm.tokenizers.wordpiece",
     "MaskedLMObjective": "kplm.objectives.masked_lm",
+    "CsvFiles": "kplm.data.csv_files",
+    "SequenceClassificationHead": "kplm.heads.sequence_classification",
+    "SequenceClassifier": "kplm.models.classifier",
     "Encoder": "kplm.models.encoder",
     "MaskedLM": "kplm.models.masked_lm",
     "build_optimizer": "kplm.training.optimizer",

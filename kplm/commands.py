@@ -20,7 +20,8 @@ def import_tensorflow_quietly():
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        import tensorflow
+        tensorflow.config.list_physical_devices("GPU")  # CUDA probing logs on first use
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -46,6 +47,79 @@ def pretrain(config, overrides, overwrite):
     from kplm.training.pretrain import pretrain as run
     metrics = run(_config(config, overrides), overwrite=overwrite, echo=click.echo)
     click.echo(json.dumps({"train": metrics["train"], "validation": metrics["validation"]}))
+
+
+@click.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+def finetune(config, overrides, overwrite):
+    """Fine-tune a head (on init_from's pretrained backbone) as the YAML CONFIG says."""
+    import_tensorflow_quietly()
+    from kplm.training.finetune import finetune as run
+    metrics = run(_config(config, overrides), overwrite=overwrite, echo=click.echo)
+    click.echo(json.dumps({k: v for k, v in metrics.items() if k in ("validation", "test")}))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--data", "paths", multiple=True, required=True,
+              help="Labelled file(s) in the format of the run's validation data (repeatable).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Where to write the metrics (default RUN_DIR/metrics.json, key 'evaluate').")
+def evaluate(run_dir, paths, output):
+    """Evaluate a fine-tuned RUN_DIR on labelled data; print and write the metrics."""
+    import_tensorflow_quietly()
+    from kplm.runs import write_json
+    from kplm.training.finetune import FinetunedRun
+    run = FinetunedRun(run_dir)
+    metrics = run.evaluate(run.source(paths))
+    result = {"data": list(paths), **metrics}
+    if output:
+        write_json(output, result)
+    else:
+        path = os.path.join(run_dir, "metrics.json")
+        existing = json.load(open(path)) if os.path.exists(path) else {}
+        existing.setdefault("evaluate", {})[",".join(paths)] = metrics
+        write_json(path, existing)
+    click.echo(json.dumps(result))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--input", "-i", "input_path", type=click.File("r", encoding="utf-8"), default="-",
+              help="Text to label, one example per line (a pair: TEXT<TAB>PAIR); - is stdin.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write JSON lines here instead of stdout (written atomically).")
+def predict(run_dir, input_path, output):
+    """Predict with a fine-tuned RUN_DIR; writes one JSON object per input line."""
+    import_tensorflow_quietly()
+    from kplm.errors import DataError
+    from kplm.training.finetune import FinetunedRun
+    run = FinetunedRun(run_dir)
+    head = run.head
+    examples = []
+    for number, line in enumerate(input_path, 1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        if head.pair_field:
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise DataError(f"{input_path.name}:{number}: expected TEXT<TAB>PAIR")
+            examples.append({head.text_field: parts[0], head.pair_field: parts[1]})
+        else:
+            examples.append({head.text_field: line})
+    lines = [json.dumps({**ex, **p}, ensure_ascii=False)
+             for ex, p in zip(examples, run.predict(examples))]
+    if output:
+        tmp = output + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, output)
+    else:
+        for line in lines:
+            click.echo(line)
 
 
 @click.group()
@@ -94,5 +168,8 @@ def plugins(as_json, show_all):
 @hookimpl
 def register_commands(cli):
     cli.add_command(pretrain)
+    cli.add_command(finetune)
+    cli.add_command(evaluate)
+    cli.add_command(predict)
     cli.add_command(tokenizer)
     cli.add_command(plugins)

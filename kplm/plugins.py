@@ -23,9 +23,11 @@ from kplm.registry import KINDS, Registry
 DEFAULT_PLUGINS = (
     "kplm.data.text_files",
     "kplm.data.jsonl",
+    "kplm.data.csv_files",
     "kplm.tokenizers.wordpiece",
     "kplm.models",
     "kplm.objectives.masked_lm",
+    "kplm.heads.sequence_classification",
     "kplm.training.callbacks",
     "kplm.commands",
 )

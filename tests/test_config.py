@@ -87,11 +87,17 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
         load_yaml(str(path))
 
 
-def test_every_shipped_config_is_valid():
+def test_every_shipped_config_is_valid(pretrained_run):
+    from kplm.training.finetune import FinetuneSpec
     configs = os.path.join(ROOT, "configs")
     for name in sorted(os.listdir(configs)):
         raw = load_yaml(os.path.join(configs, name))
-        PretrainSpec(raw)
+        if "head" in raw:
+            if raw.get("init_from"):
+                raw["init_from"] = pretrained_run["run_dir"]
+            FinetuneSpec(raw)
+        else:
+            PretrainSpec(raw)
 
 
 @pytest.mark.parametrize("overrides, message", [

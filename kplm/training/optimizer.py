@@ -42,11 +42,30 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps, "decay": self.decay, "end": self.end}
 
 
-def build_optimizer(trainer):
-    """AdamW with warmup + decay, global-norm clipping and BERT's weight-decay exclusions."""
+class ScaledAdamW(keras.optimizers.AdamW):
+    """AdamW whose learning rate is multiplied by ``scale`` for the variables in
+    ``scaled_variables`` (e.g. a pretrained backbone under a freshly initialised head)."""
+
+    def __init__(self, *args, scaled_variables=(), scale=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        # update_step sees the backend variables (tf.Variable named "<keras path>:0").
+        self._scaled_ids = {id(v) for v in scaled_variables}
+        self._scaled_ids |= {id(getattr(v, "value", v)) for v in scaled_variables}
+        self._scaled_names = {f"{v.path}:0" for v in scaled_variables}
+        self.scale = scale
+
+    def update_step(self, gradient, variable, learning_rate):
+        if id(variable) in self._scaled_ids or getattr(variable, "name", None) in self._scaled_names:
+            learning_rate = learning_rate * self.scale
+        return super().update_step(gradient, variable, learning_rate)
+
+
+def build_optimizer(trainer, scaled_variables=(), scale=1.0):
+    """AdamW with warmup + decay, global-norm clipping and BERT's weight-decay exclusions;
+    ``scaled_variables`` train at ``scale`` times the learning rate."""
     schedule = WarmupDecay(trainer.learning_rate, trainer.warmup_steps, trainer.steps,
                            trainer.decay, trainer.learning_rate * trainer.end_learning_rate_fraction)
-    optimizer = keras.optimizers.AdamW(
+    optimizer = ScaledAdamW(scaled_variables=scaled_variables, scale=scale,
         learning_rate=schedule, weight_decay=trainer.weight_decay, beta_1=trainer.beta_1,
         beta_2=trainer.beta_2, epsilon=trainer.epsilon, global_clipnorm=trainer.clip_norm)
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)

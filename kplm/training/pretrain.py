@@ -1,6 +1,5 @@
 """``kplm pretrain``: one function that reads top to bottom, from config to saved backbone."""
 import os
-import shutil
 import time
 import warnings
 
@@ -8,7 +7,8 @@ import yaml
 
 from kplm import runs
 from kplm.config import check_arguments, check_keys, check_section
-from kplm.errors import ConfigError, DataError, KplmError
+from kplm.errors import ConfigError, DataError
+from kplm.training.runtime import build, prepare_run_dir, strategy_for, write_text
 from kplm.training.trainer_config import TrainerConfig
 
 TOP_LEVEL_KEYS = ["run_dir", "seed", "tokenizer", "data", "backbone", "objective", "trainer",
@@ -62,28 +62,6 @@ class PretrainSpec:
                 "callbacks": [c for _, c in self.callbacks]}
 
 
-def _build(cls, section):
-    return cls(**{k: v for k, v in section.items() if k != "name"})
-
-
-def _strategy(name):
-    import tensorflow as tf
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def _prepare_run_dir(run_dir, overwrite):
-    """Refuse to mix two runs in one directory; ``overwrite`` starts it afresh."""
-    if os.path.exists(run_dir) and os.listdir(run_dir):
-        if not overwrite:
-            raise KplmError(f"run_dir {run_dir} already holds a run; choose another run_dir or "
-                            "pass --overwrite")
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-
-
 def pretrain(config, *, overwrite=False, echo=print, progress=True):
     """Pretrain a backbone as ``config`` (a dict, as read from YAML) says; return its metrics.
 
@@ -96,14 +74,14 @@ def pretrain(config, *, overwrite=False, echo=print, progress=True):
     # --- check everything before touching the disk --------------------------------------------
     spec = PretrainSpec(config)
     trainer = TrainerConfig(**spec.trainer)
-    train_source = _build(spec.train_cls, spec.train)
-    validation_source = _build(spec.validation_cls, spec.validation) if spec.validation else None
-    objective = _build(spec.objective_cls, spec.objective)
-    tokenizer = _build(spec.tokenizer_cls, spec.tokenizer)
+    train_source = build(spec.train_cls, spec.train)
+    validation_source = build(spec.validation_cls, spec.validation) if spec.validation else None
+    objective = build(spec.objective_cls, spec.objective)
+    tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
     train_source.check()
     if validation_source is not None:
         validation_source.check()
-    callbacks = [_build(cls, section) for cls, section in spec.callbacks]
+    callbacks = [build(cls, section) for cls, section in spec.callbacks]
 
     import keras
     # Expected here: the pooler gets no gradient from a token-level objective, and a finite
@@ -112,10 +90,10 @@ def pretrain(config, *, overwrite=False, echo=print, progress=True):
     warnings.filterwarnings("ignore", message="Your input ran out of data")
 
     run_dir = spec.run_dir
-    _prepare_run_dir(run_dir, overwrite)
+    prepare_run_dir(run_dir, overwrite)
     resolved = spec.resolved()
     config_text = yaml.safe_dump(resolved, sort_keys=False)
-    _write_text(os.path.join(run_dir, runs.CONFIG), config_text)
+    write_text(os.path.join(run_dir, runs.CONFIG), config_text)
     keras.utils.set_random_seed(spec.seed)
 
     # --- tokenizer: given, or learned from the training data ----------------------------------
@@ -129,9 +107,9 @@ def pretrain(config, *, overwrite=False, echo=print, progress=True):
     # --- model, optimizer, compile, under the distribution strategy ---------------------------
     if trainer.mixed_precision:
         keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
-    strategy = _strategy(trainer.strategy)
+    strategy = strategy_for(trainer.strategy)
     with strategy.scope():
-        backbone = _build(spec.backbone_cls, {**spec.backbone,
+        backbone = build(spec.backbone_cls, {**spec.backbone,
                                               "vocabulary_size": len(tokenizer.tokens)})
         model = objective.build_model(backbone)
         from kplm.training.optimizer import build_optimizer
@@ -196,10 +174,3 @@ def pretrain(config, *, overwrite=False, echo=print, progress=True):
     if echo:
         echo(f"done in {wall:.0f} s; run directory {run_dir}")
     return metrics
-
-
-def _write_text(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -1,0 +1,123 @@
+"""The ``sequence_classification`` head: single sentences or sentence pairs to labels."""
+from typing import Optional
+
+from kplm.components import Head
+from kplm.errors import ConfigError, DataError
+from kplm.hookspecs import hookimpl
+
+
+class SequenceClassificationHead(Head):
+    """Classifies a text, or a text pair packed as ``[CLS] a [SEP] b [SEP]`` with segment ids,
+    into one of the labels found in the training data (strings; mapped to ids and saved with the
+    model). Metrics: accuracy, macro-F1 and Matthews correlation over the whole evaluation set.
+
+    Args:
+        labels: list of str or None. The label set, in id order; None learns it (sorted) from
+            the training data. Defaults to None.
+        text_field: str. Example field with the text. Defaults to ``"text"``.
+        pair_field: str or None. Field with the second text of a pair. Defaults to None.
+        label_field: str. Field with the label. Defaults to ``"label"``.
+        dropout: float. Dropout before the output layer. Defaults to 0.1.
+        shuffle_buffer: int. Examples held for shuffling. Defaults to 10000.
+
+    Example:
+    >>> head = SequenceClassificationHead(labels=["negative", "positive"])
+    >>> head.postprocess([[0.2, 1.4]])[0]["label"]
+    'positive'
+    """
+
+    metric = "accuracy"
+
+    def __init__(self, labels: Optional[list[str]] = None, text_field: str = "text",
+                 pair_field: Optional[str] = None, label_field: str = "label",
+                 dropout: float = 0.1, shuffle_buffer: int = 10000):
+        self.labels = list(labels) if labels is not None else None
+        self.text_field, self.pair_field, self.label_field = text_field, pair_field, label_field
+        self.dropout, self.shuffle_buffer = dropout, shuffle_buffer
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ConfigError("head.labels: labels must be distinct")
+
+    def get_config(self):
+        return {"labels": self.labels, "text_field": self.text_field,
+                "pair_field": self.pair_field, "label_field": self.label_field,
+                "dropout": self.dropout, "shuffle_buffer": self.shuffle_buffer}
+
+    # --- labels -----------------------------------------------------------------------------
+    def fit_labels(self, source):
+        """Learn the label set from a data source (one streaming pass) unless it was given."""
+        seen = set()
+        for example in source.build().as_numpy_iterator():
+            if self.label_field not in example:
+                raise DataError(f"the data has no field '{self.label_field}' "
+                                f"(fields: {', '.join(example)}); set head.label_field")
+            seen.add(example[self.label_field].decode("utf-8"))
+        if self.labels is None:
+            if len(seen) < 2:
+                raise DataError(f"the training data has {len(seen)} distinct label(s); "
+                                "classification needs at least 2")
+            self.labels = sorted(seen)
+        unknown = seen - set(self.labels)
+        if unknown:
+            raise DataError(f"labels {sorted(unknown)} are not in head.labels {self.labels}")
+        return self.labels
+
+    # --- data -------------------------------------------------------------------------------
+    def dataset(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
+                training=True, with_labels=True):
+        """``(x, y)`` batches (``x`` only when ``with_labels`` is False)."""
+        import keras_hub
+        import tensorflow as tf
+
+        layer = tokenizer.build()
+        cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+        packer = keras_hub.layers.MultiSegmentPacker(
+            sequence_length=sequence_length, start_value=cls_id, end_value=sep_id,
+            pad_value=pad_id, truncate="round_robin")
+        table = None
+        if with_labels:
+            table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(self.labels), tf.range(len(self.labels), dtype=tf.int32)), -1)
+
+        def encode(batch):
+            segments = [layer(batch[self.text_field])]
+            if self.pair_field:
+                segments.append(layer(batch[self.pair_field]))
+            token_ids, segment_ids = packer(tuple(segments))
+            x = {"token_ids": token_ids, "segment_ids": segment_ids,
+                 "padding_mask": tf.cast(token_ids != pad_id, tf.int32)}
+            if not with_labels:
+                return x
+            return x, table.lookup(batch[self.label_field])
+
+        ds = source_ds
+        if training:
+            ds = ds.shuffle(self.shuffle_buffer, seed=seed).repeat()
+        ds = ds.batch(batch_size, drop_remainder=training)
+        return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    # --- model ------------------------------------------------------------------------------
+    def build_model(self, backbone):
+        from kplm.models.classifier import SequenceClassifier
+        return SequenceClassifier(backbone, num_classes=len(self.labels), dropout=self.dropout)
+
+    def metrics(self, labels, logits):
+        import numpy as np
+
+        from kplm.metrics import classification_metrics
+        return classification_metrics(labels, np.argmax(logits, axis=-1), len(self.labels))
+
+    def postprocess(self, logits):
+        """Logits ``[n, classes]`` -> ``[{"label": str, "probabilities": {label: p}}]``."""
+        import numpy as np
+        logits = np.asarray(logits, dtype=np.float64)
+        probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probabilities /= probabilities.sum(axis=-1, keepdims=True)
+        return [{"label": self.labels[int(np.argmax(p))],
+                 "probabilities": {label: round(float(v), 6) for label, v in zip(self.labels, p)}}
+                for p in probabilities]
+
+
+@hookimpl
+def register_heads(register):
+    register("sequence_classification", SequenceClassificationHead)

@@ -1,0 +1,48 @@
+"""Sequence classification task model: a backbone's pooled output, dropout, a linear layer."""
+import keras
+import keras_hub
+
+from kplm.models.initializers import kernel_initializer
+
+
+@keras.saving.register_keras_serializable(package="kplm")
+class SequenceClassifier(keras_hub.models.TextClassifier):
+    """Classifies a sequence (or a sentence pair) from the backbone's ``pooled_output``.
+
+    Outputs logits ``[batch, num_classes]`` in float32. Compiles itself with sparse categorical
+    cross-entropy from logits and accuracy.
+
+    Args:
+        backbone: a kplm ``Encoder``.
+        num_classes: int. Number of labels.
+        dropout: float. Dropout before the output layer. Defaults to 0.1.
+
+    Example:
+    >>> from kplm.models.encoder import Encoder
+    >>> model = SequenceClassifier(Encoder(vocabulary_size=50, num_layers=1, hidden_dim=16,
+    ...                                    num_heads=2, intermediate_dim=32, sequence_length=8),
+    ...                            num_classes=3)
+    >>> model.compile(optimizer="adam")
+    """
+
+    def __init__(self, backbone, num_classes, dropout=0.1, preprocessor=None, **kwargs):
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.output_dropout = keras.layers.Dropout(dropout, dtype=backbone.dtype_policy,
+                                                   name="output_dropout")
+        self.output_dense = keras.layers.Dense(num_classes, kernel_initializer=kernel_initializer(),
+                                               dtype="float32", name="logits")
+        # === Functional Model ===
+        inputs = backbone.input
+        pooled = backbone(inputs)["pooled_output"]
+        outputs = self.output_dense(self.output_dropout(pooled))
+        keras_hub.models.Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
+        # === Config ===
+        self.num_classes = num_classes
+        self.dropout = dropout
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "dropout": self.dropout})
+        return config

@@ -1,0 +1,335 @@
+"""``kplm finetune`` / ``evaluate`` / ``predict``: a head on a (pretrained) backbone."""
+import json
+import os
+import time
+import warnings
+from typing import Optional
+
+import yaml
+
+from kplm import runs
+from kplm.config import check_arguments, check_keys, check_section
+from kplm.errors import ConfigError, DataError, KplmError
+from kplm.training.runtime import build, prepare_run_dir, strategy_for, write_text
+from kplm.training.trainer_config import TrainerConfig
+
+TOP_LEVEL_KEYS = ["run_dir", "seed", "init_from", "tokenizer", "data", "backbone", "head",
+                  "finetune", "trainer", "callbacks"]
+HEAD_CONFIG = "head.json"
+MODEL_CONFIG = "model.json"
+MODEL_WEIGHTS = "model.weights.h5"
+
+
+class FinetuneOptions:
+    """The ``finetune:`` section.
+
+    Args:
+        freeze_backbone: bool. Train the head only. Defaults to False.
+        backbone_learning_rate_scale: float. The backbone's learning rate as a share of the
+            head's (1.0: the same). Defaults to 1.0.
+        early_stopping_patience: int or None. Stop after this many evaluations without a better
+            validation metric; the best weights are kept either way. Defaults to None.
+        sequence_length: int or None. Token length of the inputs; None: the backbone's.
+    """
+
+    def __init__(self, freeze_backbone: bool = False, backbone_learning_rate_scale: float = 1.0,
+                 early_stopping_patience: Optional[int] = None,
+                 sequence_length: Optional[int] = None):
+        if not 0.0 <= backbone_learning_rate_scale <= 1.0:
+            raise ConfigError("config key 'finetune.backbone_learning_rate_scale' must be within "
+                              f"[0, 1], got {backbone_learning_rate_scale}")
+        self.freeze_backbone = freeze_backbone
+        self.backbone_learning_rate_scale = backbone_learning_rate_scale
+        self.early_stopping_patience = early_stopping_patience
+        self.sequence_length = sequence_length
+
+
+class FinetuneSpec:
+    """A checked fine-tuning config."""
+
+    def __init__(self, raw):
+        from kplm.plugins import get_registry
+
+        registry = get_registry()
+        check_keys(raw, TOP_LEVEL_KEYS, "")
+        self.run_dir = raw.get("run_dir")
+        if not isinstance(self.run_dir, str) or not self.run_dir:
+            raise ConfigError("config key 'run_dir' is required: the directory this run writes")
+        self.seed = raw.get("seed", 0)
+        self.init_from = raw.get("init_from")
+        if self.init_from is not None:
+            if not isinstance(self.init_from, str):
+                raise ConfigError(f"config key 'init_from': expected a run directory, got "
+                                  f"{self.init_from!r}")
+            for name in (runs.BACKBONE_CONFIG, runs.BACKBONE_WEIGHTS, runs.TOKENIZER):
+                if not os.path.exists(os.path.join(self.init_from, name)):
+                    raise ConfigError(f"config key 'init_from': {self.init_from} has no {name}; "
+                                      "expected a finished `kplm pretrain` run directory")
+            for key in ("tokenizer", "backbone"):
+                if raw.get(key) is not None:
+                    raise ConfigError(f"config key '{key}': comes from init_from "
+                                      f"({self.init_from}); remove it")
+            self.tokenizer_cls = self.tokenizer = self.backbone_cls = self.backbone = None
+        else:
+            self.tokenizer_cls, self.tokenizer = check_section(
+                raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer", registry)
+            self.backbone_cls, self.backbone = check_section(
+                raw.get("backbone", {"name": "encoder"}), "backbone", "backbone", registry,
+                provided=("vocabulary_size", "dtype"))
+        data = raw.get("data")
+        if not isinstance(data, dict) or "train" not in data:
+            raise ConfigError("config key 'data.train' is required: the training data source")
+        check_keys(data, ["train", "validation", "test"], "data")
+        self.sources = {}
+        for split in ("train", "validation", "test"):
+            if data.get(split) is not None:
+                self.sources[split] = check_section(data[split], "data_source", f"data.{split}",
+                                                    registry)
+        if "head" not in raw:
+            raise ConfigError(f"config key 'head' is required: which head to train "
+                              f"({', '.join(registry.names('head'))})")
+        self.head_cls, self.head = check_section(raw["head"], "head", "head", registry)
+        self.finetune = check_arguments(FinetuneOptions, raw.get("finetune"), "finetune")
+        self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
+        callbacks = raw.get("callbacks") or []
+        if not isinstance(callbacks, list):
+            raise ConfigError("config key 'callbacks': expected a list of {name: ...} sections")
+        self.callbacks = [check_section(c, "callback", f"callbacks[{i}]", registry)
+                          for i, c in enumerate(callbacks)]
+
+    def resolved(self):
+        return {"run_dir": self.run_dir, "seed": self.seed, "init_from": self.init_from,
+                "tokenizer": self.tokenizer, "backbone": self.backbone,
+                "data": {split: section for split, (_, section) in self.sources.items()},
+                "head": self.head, "finetune": self.finetune, "trainer": self.trainer,
+                "callbacks": [c for _, c in self.callbacks]}
+
+
+def finetune(config, *, overwrite=False, echo=print, progress=True):
+    """Fine-tune a head as ``config`` says; returns the evaluation metrics.
+
+    Writes ``RUN_DIR``: ``config.yaml``, ``tokenizer/``, ``head.json``, ``model.json`` +
+    ``model.weights.h5`` (the best weights by the validation metric), ``tensorboard/``,
+    ``metrics.json``.
+
+    Example:
+        metrics = kplm.finetune(kplm.load_yaml("configs/sst2_classification.yaml"))
+    """
+    # --- check everything before touching the disk --------------------------------------------
+    spec = FinetuneSpec(config)
+    trainer = TrainerConfig(**spec.trainer)
+    options = FinetuneOptions(**spec.finetune)
+    sources = {split: build(cls, section) for split, (cls, section) in spec.sources.items()}
+    for source in sources.values():
+        source.check()
+    head = build(spec.head_cls, spec.head)
+    try:
+        head.fit_labels(sources["train"])
+        for split in ("validation", "test"):
+            if split in sources:
+                head.fit_labels(sources[split])
+    except DataError as e:
+        raise DataError(f"data: {e}") from None
+    callbacks = [build(cls, section) for cls, section in spec.callbacks]
+
+    import keras
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
+
+    run_dir = spec.run_dir
+    prepare_run_dir(run_dir, overwrite)
+    resolved = spec.resolved()
+    resolved["head"] = {"name": spec.head["name"], **head.get_config()}
+    config_text = yaml.safe_dump(resolved, sort_keys=False)
+    write_text(os.path.join(run_dir, runs.CONFIG), config_text)
+    keras.utils.set_random_seed(spec.seed)
+
+    # --- tokenizer: the pretrained run's, or given, or learned ---------------------------------
+    if spec.init_from:
+        tokenizer = runs.load_tokenizer(spec.init_from)
+    else:
+        tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
+        if tokenizer.tokens is None:
+            tokenizer.train(sources["train"].texts(), progress=progress)
+    tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
+    runs.write_json(os.path.join(run_dir, HEAD_CONFIG),
+                    {"name": spec.head["name"], **head.get_config()})
+
+    # --- model under the strategy ---------------------------------------------------------------
+    if trainer.mixed_precision:
+        keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
+    strategy = strategy_for(trainer.strategy)
+    with strategy.scope():
+        if spec.init_from:
+            backbone = runs.load_backbone(spec.init_from)
+        else:
+            backbone = build(spec.backbone_cls, {**spec.backbone,
+                                                 "vocabulary_size": len(tokenizer.tokens)})
+        model = head.build_model(backbone)
+        if options.freeze_backbone:
+            backbone.trainable = False
+        from kplm.training.optimizer import build_optimizer
+        optimizer = build_optimizer(trainer, backbone.trainable_variables,
+                                    options.backbone_learning_rate_scale)
+        model.compile(optimizer=optimizer, jit_compile=trainer.jit_compile,
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+    sequence_length = options.sequence_length or backbone.sequence_length
+    if sequence_length > backbone.sequence_length:
+        raise ConfigError(f"config key 'finetune.sequence_length' ({sequence_length}) exceeds the "
+                          f"backbone's sequence_length ({backbone.sequence_length})")
+
+    def data(split, training):
+        return head.dataset(sources[split].build(), tokenizer, batch_size=trainer.batch_size,
+                            sequence_length=sequence_length, seed=spec.seed, training=training)
+
+    train_ds = data("train", True)
+    validation_ds = None
+    if "validation" in sources:
+        validation_ds = data("validation", False)
+        if trainer.validation_steps:
+            validation_ds = validation_ds.take(trainer.validation_steps)
+        validation_ds = validation_ds.cache()
+
+    # --- fit, keeping the best weights by the validation metric ---------------------------------
+    from kplm.training.logging import TrainingMonitor
+    monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD),
+                              trainer.batch_size * sequence_length, trainer.batch_size,
+                              trainer.log_every, trainer.steps, config_text=config_text, echo=echo)
+    best = os.path.join(run_dir, "best.weights.h5")
+    extra = []
+    if validation_ds is not None:
+        extra.append(keras.callbacks.ModelCheckpoint(
+            best, monitor=f"val_{head.metric}", mode="max", save_best_only=True,
+            save_weights_only=True))
+        if options.early_stopping_patience:
+            extra.append(keras.callbacks.EarlyStopping(
+                monitor=f"val_{head.metric}", mode="max",
+                patience=options.early_stopping_patience))
+    if echo:
+        source = f"init_from {spec.init_from}" if spec.init_from else "random initialisation"
+        echo(f"fine-tuning {spec.head['name']} ({len(getattr(head, 'labels', []) or [])} labels) "
+             f"from {source} for {trainer.steps} steps of {trainer.batch_size} examples")
+    start = time.perf_counter()
+    model.fit(train_ds, steps_per_epoch=trainer.eval_every, epochs=trainer.epochs,
+              validation_data=validation_ds, callbacks=[monitor, *extra, *callbacks], verbose=0,
+              shuffle=False)
+    wall = time.perf_counter() - start
+    if os.path.exists(best):
+        model.load_weights(best)
+        os.remove(best)
+
+    # --- save and evaluate ----------------------------------------------------------------------
+    _save_model(model, run_dir)
+    metrics = {"wall_seconds": wall, "train_steps": int(
+        keras.ops.convert_to_numpy(model.optimizer.iterations))}
+    for split in ("validation", "test"):
+        if split in sources:
+            metrics[split] = _evaluate(model, head, data(split, False))
+    metrics["majority_baseline"] = _majority(head, sources)
+    runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
+    if echo:
+        echo(f"done in {wall:.0f} s; run directory {run_dir}")
+    return metrics
+
+
+def _save_model(model, run_dir):
+    import keras
+    weights = os.path.join(run_dir, MODEL_WEIGHTS)
+    model.save_weights(weights + ".tmp.weights.h5")
+    os.replace(weights + ".tmp.weights.h5", weights)
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)  # the optimizer state is not saved; loaders recompile
+    runs.write_json(os.path.join(run_dir, MODEL_CONFIG), config)
+
+
+def _evaluate(model, head, dataset):
+    import numpy as np
+    labels, logits = [], []
+    for x, y in dataset:
+        logits.append(model.predict_on_batch(x))
+        labels.append(np.asarray(y))
+    return head.metrics(np.concatenate(labels), np.concatenate(logits))
+
+
+def _majority(head, sources):
+    """Accuracy of always predicting the most frequent training label, on validation/test."""
+    from collections import Counter
+    counts = Counter(ex[head.label_field] for ex in sources["train"].build().as_numpy_iterator())
+    top = counts.most_common(1)[0][0]
+    for split in ("test", "validation"):
+        if split in sources:
+            values = [ex[head.label_field] for ex in sources[split].build().as_numpy_iterator()]
+            return {"label": top.decode(), "split": split,
+                    "accuracy": sum(v == top for v in values) / max(len(values), 1)}
+    return {"label": top.decode()}
+
+
+# --- using a fine-tuned run ------------------------------------------------------------------
+class FinetunedRun:
+    """A fine-tuned run directory loaded for evaluation and prediction (portable: it reads only
+    the run directory itself).
+
+    Example:
+        run = FinetunedRun("runs/sst2")
+        run.predict([{"text": "a gripping , funny film"}])
+    """
+
+    def __init__(self, run_dir):
+        import keras
+
+        import kplm.models.classifier  # noqa: F401  (serializable classes)
+        import kplm.models.encoder  # noqa: F401
+        from kplm.plugins import get_registry
+
+        self.run_dir = run_dir
+        path = os.path.join(run_dir, HEAD_CONFIG)
+        if not os.path.exists(path):
+            raise KplmError(f"{run_dir}: not a fine-tuned run directory (no {HEAD_CONFIG})")
+        with open(path, encoding="utf-8") as f:
+            head_config = json.load(f)
+        name = head_config.pop("name")
+        self.head = get_registry().get("head", name)(**head_config)
+        self.tokenizer = runs.load_tokenizer(run_dir)
+        with open(os.path.join(run_dir, MODEL_CONFIG), encoding="utf-8") as f:
+            self.model = keras.saving.deserialize_keras_object(json.load(f))
+        self.model.load_weights(os.path.join(run_dir, MODEL_WEIGHTS))
+        with open(os.path.join(run_dir, runs.CONFIG), encoding="utf-8") as f:
+            self.config = yaml.safe_load(f)
+        seq = (self.config.get("finetune") or {}).get("sequence_length")
+        self.sequence_length = seq or self.model.backbone.sequence_length
+
+    def source(self, paths, split="validation"):
+        """A data source like the run's ``data.<split>`` (same format options) over ``paths``."""
+        from kplm.config import check_section
+        from kplm.plugins import get_registry
+        section = dict(self.config["data"].get(split) or self.config["data"]["train"])
+        section["paths"] = list(paths)
+        cls, resolved = check_section(section, "data_source", f"data.{split}", get_registry())
+        source = build(cls, resolved)
+        source.check()
+        return source
+
+    def evaluate(self, source, batch_size=64):
+        self.head.fit_labels(source)
+        ds = self.head.dataset(source.build(), self.tokenizer, batch_size=batch_size,
+                               sequence_length=self.sequence_length, training=False)
+        return _evaluate(self.model, self.head, ds)
+
+    def predict(self, examples, batch_size=64):
+        """``examples``: dicts of the head's text fields -> one prediction dict each."""
+        import tensorflow as tf
+        fields = [self.head.text_field] + ([self.head.pair_field] if self.head.pair_field else [])
+        for i, ex in enumerate(examples):
+            missing = [f for f in fields if f not in ex]
+            if missing:
+                raise DataError(f"input {i + 1}: missing {missing}")
+        if not examples:
+            return []
+        columns = {f: [ex[f] for ex in examples] for f in fields}
+        ds = self.head.dataset(tf.data.Dataset.from_tensor_slices(columns), self.tokenizer,
+                               batch_size=batch_size, sequence_length=self.sequence_length,
+                               training=False, with_labels=False)
+        import numpy as np
+        logits = np.concatenate([self.model.predict_on_batch(x) for x in ds])
+        return self.head.postprocess(logits)

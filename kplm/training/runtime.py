@@ -1,0 +1,36 @@
+"""Pieces every training entry point shares: building components, strategies, run dirs."""
+import os
+import shutil
+
+from kplm.errors import KplmError
+
+
+def build(cls, section):
+    """Instantiate a component from its resolved config section."""
+    return cls(**{k: v for k, v in section.items() if k != "name"})
+
+
+def strategy_for(name):
+    """The tf.distribute strategy a ``trainer.strategy`` setting names."""
+    import tensorflow as tf
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def prepare_run_dir(run_dir, overwrite):
+    """Refuse to mix two runs in one directory; ``overwrite`` starts it afresh."""
+    if os.path.exists(run_dir) and os.listdir(run_dir):
+        if not overwrite:
+            raise KplmError(f"run_dir {run_dir} already holds a run; choose another run_dir or "
+                            "pass --overwrite")
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+
+
+def write_text(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

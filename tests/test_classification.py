@@ -1,0 +1,109 @@
+"""Sequence classification: metrics by hand, the CSV source, fine-tuning, evaluate and predict."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from kplm.data.csv_files import CsvFiles
+from kplm.errors import DataError
+from kplm.metrics import classification_metrics
+
+from conftest import ROOT, run_kplm
+
+SST_TRAIN = os.path.join(ROOT, "data", "sst2", "train.tsv")
+SST_DEV = os.path.join(ROOT, "data", "sst2", "dev.tsv")
+
+
+def test_metrics_match_hand_computed_values():
+    labels = [0, 0, 0, 1, 1, 2]
+    preds = [0, 0, 1, 1, 2, 2]
+    m = classification_metrics(labels, preds, 3)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # per-class F1: c0 2*2/(2+3)=0.8, c1 2*1/(2+2)=0.5, c2 2*1/(2+1)=2/3
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    # Gorodkin R_K: c=4, s=6, p=(2,2,2), t=(3,2,1): (4*6-12)/sqrt((36-14)*(36-12))
+    assert m["matthews_correlation"] == pytest.approx(12 / np.sqrt(22 * 24))
+    binary = classification_metrics([1, 1, 0, 0], [1, 0, 0, 0], 2)
+    # tp=1 tn=2 fp=0 fn=1: (1*2-0)/sqrt(1*2*3*2)
+    assert binary["matthews_correlation"] == pytest.approx(2 / np.sqrt(12))
+
+
+def test_csv_source_columns_and_errors(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text('label,text\npos,"good, really"\nneg,bad\n')
+    rows = [(x["text"].numpy(), x["label"].numpy())
+            for x in CsvFiles(paths=[str(path)], columns={"text": "text", "label": "label"}).build()]
+    assert rows == [(b"good, really", b"pos"), (b"bad", b"neg")]
+    numbered = tmp_path / "b.tsv"
+    numbered.write_text("1\tfirst\n0\tsecond\n0\n")
+    source = CsvFiles(paths=[str(numbered)], columns={"text": 1, "label": 0}, header=False)
+    with pytest.raises(DataError, match=rf"{numbered}:3: expected at least 2 columns, found 1"):
+        source.check()
+    with pytest.raises(DataError, match=rf"{path}:1: no column 'sentence'"):
+        CsvFiles(paths=[str(path)], columns={"text": "sentence"}).check()
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(tmp_path_factory):
+    from kplm.training.finetune import finetune
+    run_dir = str(tmp_path_factory.mktemp("sst2") / "run")
+    config = {
+        "run_dir": run_dir, "seed": 0,
+        "tokenizer": {"name": "wordpiece", "vocabulary_size": 3000},
+        "backbone": {"name": "encoder", "num_layers": 1, "num_heads": 2, "hidden_dim": 64,
+                     "intermediate_dim": 128, "sequence_length": 48, "dropout": 0.1},
+        "data": {"train": {"name": "csv", "paths": [SST_TRAIN],
+                           "columns": {"text": "sentence", "label": "label"}},
+                 "validation": {"name": "csv", "paths": [SST_DEV],
+                                "columns": {"text": "sentence", "label": "label"}}},
+        "head": {"name": "sequence_classification"},
+        "trainer": {"steps": 300, "batch_size": 32, "learning_rate": 1e-3, "warmup_steps": 30,
+                    "eval_every": 100, "log_every": 50},
+    }
+    metrics = finetune(config, echo=None, progress=False)
+    return run_dir, metrics
+
+
+def test_classifier_beats_majority_baseline(finetuned_run):
+    run_dir, metrics = finetuned_run
+    majority = metrics["majority_baseline"]["accuracy"]
+    assert 0.45 < majority < 0.55
+    assert metrics["validation"]["accuracy"] > majority + 0.1, metrics
+    assert -1 <= metrics["validation"]["matthews_correlation"] <= 1
+    head = json.load(open(os.path.join(run_dir, "head.json")))
+    assert head["labels"] == ["negative", "positive"]
+
+
+def test_evaluate_and_predict_from_a_copied_run_dir(finetuned_run, tmp_path):
+    run_dir, metrics = finetuned_run
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)  # a run directory is portable
+    result = run_kplm("evaluate", str(moved), "--data", SST_DEV)
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout.strip().splitlines()[-1])
+    assert evaluated["accuracy"] == pytest.approx(metrics["validation"]["accuracy"], abs=1e-6)
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("a gorgeous , witty , seductive movie .\n\nthe worst film of the year .\n")
+    out = tmp_path / "pred.jsonl"
+    result = run_kplm("predict", str(moved), "-i", str(inputs), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    predictions = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["text"] for p in predictions] == ["a gorgeous , witty , seductive movie .",
+                                                "the worst film of the year ."]
+    for p in predictions:
+        assert p["label"] in ("negative", "positive")
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_finetune_refuses_unknown_head_and_bad_init_from(tmp_path):
+    from kplm.errors import ConfigError
+    from kplm.training.finetune import FinetuneSpec
+    base = {"run_dir": str(tmp_path / "r"),
+            "data": {"train": {"name": "csv", "paths": [SST_TRAIN]}}}
+    with pytest.raises(ConfigError, match="Did you mean 'sequence_classification'"):
+        FinetuneSpec({**base, "head": {"name": "sequence_clasification"}})
+    with pytest.raises(ConfigError, match="init_from.*expected a finished `kplm pretrain`"):
+        FinetuneSpec({**base, "head": {"name": "sequence_classification"},
+                      "init_from": str(tmp_path)})
