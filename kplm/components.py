@@ -53,4 +53,31 @@ class Objective(Component):
 
 
 class Head(Component):
-    """A fine-tuning head (same contract as an objective, plus ``postprocess``)."""
+    """A fine-tuning head: preprocessing, model, metrics and postprocessing of one task.
+
+    Contract used by ``kplm finetune`` / ``evaluate`` / ``predict`` (see
+    ``kplm.heads.sequence_classification`` for a complete example):
+
+    - ``prepare(source)``: learn what the data fixes (e.g. the label set) in one streaming pass;
+      raise ``DataError`` for bad records.
+    - ``dataset(source_ds, tokenizer, *, batch_size, sequence_length, seed, training,
+      with_labels)``: ``(x, y)`` batches for ``fit`` (``x`` only without labels).
+    - ``build_model(backbone)``: a Keras model that compiles itself with its loss and metrics
+      (``model.compile(optimizer=...)``).
+    - ``metric`` / ``metric_mode``: the validation metric that picks the best weights.
+    - ``evaluate(model, source, tokenizer, *, batch_size, sequence_length)``: the task's
+      metrics over a whole data source, as a dict of floats.
+    - ``predict(model, examples, tokenizer, *, batch_size, sequence_length)``: a prediction dict
+      per example dict (e.g. ``{"text": ...}``).
+    - ``get_config()``: everything needed to rebuild the head (saved as ``head.json``).
+    """
+
+    metric = "loss"
+    metric_mode = "min"
+
+    def prepare(self, source):
+        """Learn what the data fixes (label sets, ...). Default: nothing."""
+
+    def baseline(self, train_source, eval_source):
+        """A trivial baseline's metrics on ``eval_source`` (e.g. majority class), or None."""
+        return None

@@ -28,7 +28,7 @@ def main():
     backbone = pretrain_config["backbone"]
     v = metrics["validation"]
     c = classified["validation"]
-    majority = classified["majority_baseline"]
+    majority = classified["baseline"]
     print()
     print("=" * 76)
     print(f"1. Pretrained a {backbone['num_layers']}-layer, {backbone['hidden_dim']}-wide BERT encoder "

@@ -68,7 +68,7 @@ def finetuned_run(tmp_path_factory):
 
 def test_classifier_beats_majority_baseline(finetuned_run):
     run_dir, metrics = finetuned_run
-    majority = metrics["majority_baseline"]["accuracy"]
+    majority = metrics["baseline"]["accuracy"]
     assert 0.45 < majority < 0.55
     assert metrics["validation"]["accuracy"] > majority + 0.1, metrics
     assert -1 <= metrics["validation"]["matthews_correlation"] <= 1

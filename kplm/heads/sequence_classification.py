@@ -27,6 +27,7 @@ class SequenceClassificationHead(Head):
     """
 
     metric = "accuracy"
+    metric_mode = "max"
 
     def __init__(self, labels: Optional[list[str]] = None, text_field: str = "text",
                  pair_field: Optional[str] = None, label_field: str = "label",
@@ -43,7 +44,7 @@ class SequenceClassificationHead(Head):
                 "dropout": self.dropout, "shuffle_buffer": self.shuffle_buffer}
 
     # --- labels -----------------------------------------------------------------------------
-    def fit_labels(self, source):
+    def prepare(self, source):
         """Learn the label set from a data source (one streaming pass) unless it was given."""
         seen = set()
         for example in source.build().as_numpy_iterator():
@@ -101,11 +102,42 @@ class SequenceClassificationHead(Head):
         from kplm.models.classifier import SequenceClassifier
         return SequenceClassifier(backbone, num_classes=len(self.labels), dropout=self.dropout)
 
-    def metrics(self, labels, logits):
+    def evaluate(self, model, source, tokenizer, *, batch_size, sequence_length):
+        """Accuracy, macro-F1 and Matthews correlation over all of ``source``."""
         import numpy as np
 
         from kplm.metrics import classification_metrics
-        return classification_metrics(labels, np.argmax(logits, axis=-1), len(self.labels))
+        self.prepare(source)
+        labels, predictions = [], []
+        for x, y in self.dataset(source.build(), tokenizer, batch_size=batch_size,
+                                 sequence_length=sequence_length, training=False):
+            predictions.append(np.argmax(model.predict_on_batch(x), axis=-1))
+            labels.append(np.asarray(y))
+        return classification_metrics(np.concatenate(labels), np.concatenate(predictions),
+                                      len(self.labels))
+
+    def predict(self, model, examples, tokenizer, *, batch_size, sequence_length):
+        """``[{"text": ...}]`` -> ``[{"label": ..., "probabilities": {...}}]``."""
+        import numpy as np
+        import tensorflow as tf
+        if not examples:
+            return []
+        fields = [self.text_field] + ([self.pair_field] if self.pair_field else [])
+        columns = {f: [ex[f] for ex in examples] for f in fields}
+        ds = self.dataset(tf.data.Dataset.from_tensor_slices(columns), tokenizer,
+                          batch_size=batch_size, sequence_length=sequence_length,
+                          training=False, with_labels=False)
+        return self.postprocess(np.concatenate([model.predict_on_batch(x) for x in ds]))
+
+    def baseline(self, train_source, eval_source):
+        """Accuracy of always predicting the most frequent training label."""
+        from collections import Counter
+        field = self.label_field
+        counts = Counter(ex[field] for ex in train_source.build().as_numpy_iterator())
+        top = counts.most_common(1)[0][0]
+        values = [ex[field] for ex in eval_source.build().as_numpy_iterator()]
+        return {"majority_label": top.decode(),
+                "accuracy": sum(v == top for v in values) / max(len(values), 1)}
 
     def postprocess(self, logits):
         """Logits ``[n, classes]`` -> ``[{"label": str, "probabilities": {label: p}}]``."""

@@ -42,6 +42,16 @@ class SequenceClassifier(keras_hub.models.TextClassifier):
         self.num_classes = num_classes
         self.dropout = dropout
 
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        """``keras.Model.compile`` with defaults: cross-entropy from logits, ``accuracy``."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(5e-5)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics == "auto":
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        keras.Model.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
     def get_config(self):
         config = super().get_config()
         config.update({"num_classes": self.num_classes, "dropout": self.dropout})

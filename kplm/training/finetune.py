@@ -123,13 +123,11 @@ def finetune(config, *, overwrite=False, echo=print, progress=True):
     for source in sources.values():
         source.check()
     head = build(spec.head_cls, spec.head)
-    try:
-        head.fit_labels(sources["train"])
-        for split in ("validation", "test"):
-            if split in sources:
-                head.fit_labels(sources[split])
-    except DataError as e:
-        raise DataError(f"data: {e}") from None
+    for split, source in sources.items():
+        try:
+            head.prepare(source)
+        except DataError as e:
+            raise DataError(f"data.{split}: {e}") from None
     callbacks = [build(cls, section) for cls, section in spec.callbacks]
 
     import keras
@@ -171,8 +169,7 @@ def finetune(config, *, overwrite=False, echo=print, progress=True):
         from kplm.training.optimizer import build_optimizer
         optimizer = build_optimizer(trainer, backbone.trainable_variables,
                                     options.backbone_learning_rate_scale)
-        model.compile(optimizer=optimizer, jit_compile=trainer.jit_compile,
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        model.compile(optimizer=optimizer, jit_compile=trainer.jit_compile)
 
     sequence_length = options.sequence_length or backbone.sequence_length
     if sequence_length > backbone.sequence_length:
@@ -200,16 +197,16 @@ def finetune(config, *, overwrite=False, echo=print, progress=True):
     extra = []
     if validation_ds is not None:
         extra.append(keras.callbacks.ModelCheckpoint(
-            best, monitor=f"val_{head.metric}", mode="max", save_best_only=True,
+            best, monitor=f"val_{head.metric}", mode=head.metric_mode, save_best_only=True,
             save_weights_only=True))
         if options.early_stopping_patience:
             extra.append(keras.callbacks.EarlyStopping(
-                monitor=f"val_{head.metric}", mode="max",
+                monitor=f"val_{head.metric}", mode=head.metric_mode,
                 patience=options.early_stopping_patience))
     if echo:
         source = f"init_from {spec.init_from}" if spec.init_from else "random initialisation"
-        echo(f"fine-tuning {spec.head['name']} ({len(getattr(head, 'labels', []) or [])} labels) "
-             f"from {source} for {trainer.steps} steps of {trainer.batch_size} examples")
+        echo(f"fine-tuning {spec.head['name']} from {source} for {trainer.steps} steps of "
+             f"{trainer.batch_size} examples")
     start = time.perf_counter()
     model.fit(train_ds, steps_per_epoch=trainer.eval_every, epochs=trainer.epochs,
               validation_data=validation_ds, callbacks=[monitor, *extra, *callbacks], verbose=0,
@@ -225,8 +222,12 @@ def finetune(config, *, overwrite=False, echo=print, progress=True):
         keras.ops.convert_to_numpy(model.optimizer.iterations))}
     for split in ("validation", "test"):
         if split in sources:
-            metrics[split] = _evaluate(model, head, data(split, False))
-    metrics["majority_baseline"] = _majority(head, sources)
+            metrics[split] = head.evaluate(model, sources[split], tokenizer,
+                                           batch_size=trainer.batch_size,
+                                           sequence_length=sequence_length)
+    evaluated = "test" if "test" in sources else "validation" if "validation" in sources else None
+    if evaluated:
+        metrics["baseline"] = head.baseline(sources["train"], sources[evaluated])
     runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
     if echo:
         echo(f"done in {wall:.0f} s; run directory {run_dir}")
@@ -241,28 +242,6 @@ def _save_model(model, run_dir):
     config = keras.saving.serialize_keras_object(model)
     config.pop("compile_config", None)  # the optimizer state is not saved; loaders recompile
     runs.write_json(os.path.join(run_dir, MODEL_CONFIG), config)
-
-
-def _evaluate(model, head, dataset):
-    import numpy as np
-    labels, logits = [], []
-    for x, y in dataset:
-        logits.append(model.predict_on_batch(x))
-        labels.append(np.asarray(y))
-    return head.metrics(np.concatenate(labels), np.concatenate(logits))
-
-
-def _majority(head, sources):
-    """Accuracy of always predicting the most frequent training label, on validation/test."""
-    from collections import Counter
-    counts = Counter(ex[head.label_field] for ex in sources["train"].build().as_numpy_iterator())
-    top = counts.most_common(1)[0][0]
-    for split in ("test", "validation"):
-        if split in sources:
-            values = [ex[head.label_field] for ex in sources[split].build().as_numpy_iterator()]
-            return {"label": top.decode(), "split": split,
-                    "accuracy": sum(v == top for v in values) / max(len(values), 1)}
-    return {"label": top.decode()}
 
 
 # --- using a fine-tuned run ------------------------------------------------------------------
@@ -311,25 +290,17 @@ class FinetunedRun:
         return source
 
     def evaluate(self, source, batch_size=64):
-        self.head.fit_labels(source)
-        ds = self.head.dataset(source.build(), self.tokenizer, batch_size=batch_size,
-                               sequence_length=self.sequence_length, training=False)
-        return _evaluate(self.model, self.head, ds)
+        """The head's metrics over a data source."""
+        return self.head.evaluate(self.model, source, self.tokenizer, batch_size=batch_size,
+                                  sequence_length=self.sequence_length)
 
     def predict(self, examples, batch_size=64):
-        """``examples``: dicts of the head's text fields -> one prediction dict each."""
-        import tensorflow as tf
-        fields = [self.head.text_field] + ([self.head.pair_field] if self.head.pair_field else [])
+        """``examples``: dicts of the head's input fields -> one prediction dict each."""
+        fields = [self.head.text_field] + ([self.head.pair_field]
+                                           if getattr(self.head, "pair_field", None) else [])
         for i, ex in enumerate(examples):
             missing = [f for f in fields if f not in ex]
             if missing:
                 raise DataError(f"input {i + 1}: missing {missing}")
-        if not examples:
-            return []
-        columns = {f: [ex[f] for ex in examples] for f in fields}
-        ds = self.head.dataset(tf.data.Dataset.from_tensor_slices(columns), self.tokenizer,
-                               batch_size=batch_size, sequence_length=self.sequence_length,
-                               training=False, with_labels=False)
-        import numpy as np
-        logits = np.concatenate([self.model.predict_on_batch(x) for x in ds])
-        return self.head.postprocess(logits)
+        return self.head.predict(self.model, examples, self.tokenizer, batch_size=batch_size,
+                                 sequence_length=self.sequence_length)
