@@ -44,6 +44,8 @@ _LAZY = {
     "CsvFiles": "kplm.data.csv_files",
     "SequenceClassificationHead": "kplm.heads.sequence_classification",
     "SequenceClassifier": "kplm.models.classifier",
+    "RegressionHead": "kplm.heads.regression",
+    "SequenceRegressor": "kplm.models.classifier",
     "Encoder": "kplm.models.encoder",
     "MaskedLM": "kplm.models.masked_lm",
     "build_optimizer": "kplm.training.optimizer",

@@ -28,6 +28,7 @@ DEFAULT_PLUGINS = (
     "kplm.models",
     "kplm.objectives.masked_lm",
     "kplm.heads.sequence_classification",
+    "kplm.heads.regression",
     "kplm.training.callbacks",
     "kplm.commands",
 )

@@ -74,11 +74,7 @@ class SequenceClassificationHead(Head):
         packer = keras_hub.layers.MultiSegmentPacker(
             sequence_length=sequence_length, start_value=cls_id, end_value=sep_id,
             pad_value=pad_id, truncate="round_robin")
-        table = None
-        if with_labels:
-            table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(self.labels), tf.range(len(self.labels), dtype=tf.int32)), -1)
+        encode_labels = self._label_encoder() if with_labels else None
 
         def encode(batch):
             segments = [layer(batch[self.text_field])]
@@ -89,13 +85,21 @@ class SequenceClassificationHead(Head):
                  "padding_mask": tf.cast(token_ids != pad_id, tf.int32)}
             if not with_labels:
                 return x
-            return x, table.lookup(batch[self.label_field])
+            return x, encode_labels(batch[self.label_field])
 
         ds = source_ds
         if training:
             ds = ds.shuffle(self.shuffle_buffer, seed=seed).repeat()
         ds = ds.batch(batch_size, drop_remainder=training)
         return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def _label_encoder(self):
+        """Label strings -> int32 ids (a lookup table built inside the tf.data graph)."""
+        import tensorflow as tf
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.labels), tf.range(len(self.labels), dtype=tf.int32)), -1)
+        return table.lookup
 
     # --- model ------------------------------------------------------------------------------
     def build_model(self, backbone):

@@ -56,3 +56,30 @@ class SequenceClassifier(keras_hub.models.TextClassifier):
         config = super().get_config()
         config.update({"num_classes": self.num_classes, "dropout": self.dropout})
         return config
+
+
+@keras.saving.register_keras_serializable(package="kplm")
+class SequenceRegressor(SequenceClassifier):
+    """A ``SequenceClassifier`` with one real-valued output, trained with mean squared error;
+    compiles itself with ``pearson`` correlation as its metric.
+
+    Args:
+        backbone: a kplm ``Encoder``.
+        dropout: float. Dropout before the output layer. Defaults to 0.1.
+
+    Example:
+    >>> from kplm.models.encoder import Encoder
+    >>> model = SequenceRegressor(Encoder(vocabulary_size=50, num_layers=1, hidden_dim=16,
+    ...                                   num_heads=2, intermediate_dim=32, sequence_length=8))
+    >>> model.compile(optimizer="adam")
+    """
+
+    def __init__(self, backbone, dropout=0.1, num_classes=1, **kwargs):
+        super().__init__(backbone, num_classes=1, dropout=dropout, **kwargs)
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        if loss == "auto":
+            loss = keras.losses.MeanSquaredError()
+        if metrics == "auto":
+            metrics = [keras.metrics.PearsonCorrelation(axis=0, name="pearson")]  # across the batch
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)

@@ -212,14 +212,15 @@ def finetune(config, *, overwrite=False, echo=print, progress=True):
               validation_data=validation_ds, callbacks=[monitor, *extra, *callbacks], verbose=0,
               shuffle=False)
     wall = time.perf_counter() - start
+    steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if os.path.exists(best):
         model.load_weights(best)
         os.remove(best)
 
     # --- save and evaluate ----------------------------------------------------------------------
     _save_model(model, run_dir)
-    metrics = {"wall_seconds": wall, "train_steps": int(
-        keras.ops.convert_to_numpy(model.optimizer.iterations))}
+    metrics = {"wall_seconds": wall, "train_steps": steps_done,
+               "best_step": int(keras.ops.convert_to_numpy(model.optimizer.iterations))}
     for split in ("validation", "test"):
         if split in sources:
             metrics[split] = head.evaluate(model, sources[split], tokenizer,
@@ -259,6 +260,7 @@ class FinetunedRun:
 
         import kplm.models.classifier  # noqa: F401  (serializable classes)
         import kplm.models.encoder  # noqa: F401
+        import kplm.models.token_classifier  # noqa: F401
         from kplm.plugins import get_registry
 
         self.run_dir = run_dir

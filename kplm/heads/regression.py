@@ -1,0 +1,92 @@
+"""The ``regression`` head: a real-valued score for a text or a text pair (STS-B style)."""
+from typing import Optional
+
+from kplm.errors import DataError
+from kplm.heads.sequence_classification import SequenceClassificationHead
+from kplm.hookspecs import hookimpl
+
+
+class RegressionHead(SequenceClassificationHead):
+    """Predicts a number (e.g. a 0-5 similarity score) from the pooled ``[CLS]`` of a text or a
+    ``[CLS] a [SEP] b [SEP]`` pair, trained with mean squared error. Metrics: Pearson and
+    Spearman correlation over the whole evaluation set (and MSE).
+
+    Args:
+        text_field: str. Field with the (first) text. Defaults to ``"text"``.
+        pair_field: str or None. Field with the second text. Defaults to None.
+        label_field: str. Field with the score (a number written as text). Defaults to ``"label"``.
+        dropout: float. Dropout before the output layer. Defaults to 0.1.
+        shuffle_buffer: int. Examples held for shuffling. Defaults to 10000.
+
+    Example:
+    >>> RegressionHead(pair_field="text_pair").postprocess([[3.25]])
+    [{'score': 3.25}]
+    """
+
+    metric = "pearson"
+    metric_mode = "max"
+
+    def __init__(self, text_field: str = "text", pair_field: Optional[str] = None,
+                 label_field: str = "label", dropout: float = 0.1, shuffle_buffer: int = 10000):
+        super().__init__(labels=None, text_field=text_field, pair_field=pair_field,
+                         label_field=label_field, dropout=dropout, shuffle_buffer=shuffle_buffer)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("labels")
+        return config
+
+    def prepare(self, source):
+        """Every label must be a finite number."""
+        import math
+        for number, example in enumerate(source.build().as_numpy_iterator(), 1):
+            if self.label_field not in example:
+                raise DataError(f"the data has no field '{self.label_field}' "
+                                f"(fields: {', '.join(example)}); set head.label_field")
+            raw = example[self.label_field].decode("utf-8")
+            try:
+                value = float(raw)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise DataError(f"example {number}: label {raw!r} is not a number")
+
+    def _label_encoder(self):
+        import tensorflow as tf
+        return lambda labels: tf.strings.to_number(labels, tf.float32)[:, None]
+
+    def build_model(self, backbone):
+        from kplm.models.classifier import SequenceRegressor
+        return SequenceRegressor(backbone, dropout=self.dropout)
+
+    def _scores(self, model, source, tokenizer, batch_size, sequence_length):
+        import numpy as np
+        gold, predicted = [], []
+        for x, y in self.dataset(source.build(), tokenizer, batch_size=batch_size,
+                                 sequence_length=sequence_length, training=False):
+            predicted.append(np.asarray(model.predict_on_batch(x)).reshape(-1))
+            gold.append(np.asarray(y).reshape(-1))
+        return np.concatenate(gold), np.concatenate(predicted)
+
+    def evaluate(self, model, source, tokenizer, *, batch_size, sequence_length):
+        from kplm.metrics import regression_metrics
+        self.prepare(source)
+        return regression_metrics(*self._scores(model, source, tokenizer, batch_size,
+                                                sequence_length))
+
+    def postprocess(self, outputs):
+        import numpy as np
+        return [{"score": round(float(v), 6)} for v in np.asarray(outputs).reshape(-1)]
+
+    def baseline(self, train_source, eval_source):
+        """Predicting the training mean: its mean squared error (correlations are undefined)."""
+        import numpy as np
+        field = self.label_field
+        mean = np.mean([float(ex[field]) for ex in train_source.build().as_numpy_iterator()])
+        gold = np.array([float(ex[field]) for ex in eval_source.build().as_numpy_iterator()])
+        return {"predict_mean": float(mean), "mse": float(np.mean((gold - mean) ** 2))}
+
+
+@hookimpl
+def register_heads(register):
+    register("regression", RegressionHead)
