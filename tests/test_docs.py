@@ -23,3 +23,23 @@ def test_builtin_components_document_themselves():
         cls = entry.load()
         assert cls.__doc__ and "Example" in cls.__doc__, f"{entry.kind} {entry.name}"
         assert "Args:" in cls.__doc__ or entry.kind == "backbone", f"{entry.kind} {entry.name}"
+
+
+DOCTEST_MODULES = [
+    "kplm", "kplm.config", "kplm.metrics", "kplm.registry", "kplm.data.text_files",
+    "kplm.data.jsonl", "kplm.data.csv_files", "kplm.data.packing", "kplm.objectives.masking",
+    "kplm.objectives.masked_lm", "kplm.tokenizers.wordpiece", "kplm.models.encoder",
+    "kplm.models.masked_lm", "kplm.models.classifier", "kplm.training.optimizer",
+    "kplm.training.trainer_config", "kplm.heads.sequence_classification", "kplm.heads.regression",
+]
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+    failures = {}
+    for name in DOCTEST_MODULES:
+        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        if result.failed:
+            failures[name] = result.failed
+    assert not failures

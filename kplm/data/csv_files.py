@@ -3,13 +3,12 @@ import csv
 import io
 from typing import Literal, Optional
 
-from kplm.components import DataSource
-from kplm.data.files import expand_paths, open_lines
+from kplm.data.files import FileSource, open_lines
 from kplm.errors import DataError
 from kplm.hookspecs import hookimpl
 
 
-class CsvFiles(DataSource):
+class CsvFiles(FileSource):
     """Streams examples from CSV/TSV files, one row each, as ``{field: string}`` dicts.
 
     ``columns`` maps example fields (``text``, ``text_pair``, ``label``, ...) to a column, by header
@@ -49,13 +48,6 @@ class CsvFiles(DataSource):
             if isinstance(column, str) and not header:
                 raise DataError(f"columns.{field}: column '{column}' is a name, but header is "
                                 "false; use a column number")
-        self._files = None
-
-    @property
-    def files(self):
-        if self._files is None:
-            self._files = expand_paths(self.paths, "paths")
-        return self._files
 
     def fields(self):
         return list(self.columns)
@@ -117,10 +109,6 @@ class CsvFiles(DataSource):
         rows = sum(1 for _ in self.records())  # every row: a bad one anywhere is reported now
         if not rows:
             raise DataError(f"{', '.join(self.files)}: no rows")
-
-    def size_bytes(self):
-        import os
-        return sum(os.path.getsize(f) for f in self.files)
 
     def build(self):
         import tensorflow as tf

@@ -3,7 +3,25 @@ import glob
 import gzip
 import os
 
+from kplm.components import DataSource
 from kplm.errors import DataError
+
+
+class FileSource(DataSource):
+    """Base of the data sources that read files named by ``paths`` (globs expanded once)."""
+
+    paths = ()
+    _files = None
+
+    @property
+    def files(self):
+        """The matching files, in order; ``DataError`` when a pattern matches nothing."""
+        if self._files is None:
+            self._files = expand_paths(self.paths, "paths")
+        return self._files
+
+    def size_bytes(self):
+        return sum(os.path.getsize(f) for f in self.files)
 
 
 def expand_paths(patterns, key):

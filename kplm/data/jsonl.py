@@ -1,13 +1,12 @@
 """JSON Lines files: one JSON object per line, the text in a named field."""
 import json
 
-from kplm.components import DataSource
-from kplm.data.files import expand_paths, open_lines
+from kplm.data.files import FileSource, open_lines
 from kplm.errors import DataError
 from kplm.hookspecs import hookimpl
 
 
-class JsonLines(DataSource):
+class JsonLines(FileSource):
     """Streams ``{"text": ...}`` examples from JSONL files (globs, ``.gz``), line by line.
 
     Blank lines are skipped; a line that is not a JSON object, lacks ``text_field`` or holds a
@@ -28,13 +27,6 @@ class JsonLines(DataSource):
     def __init__(self, paths: list[str], text_field: str = "text"):
         self.paths = paths
         self.text_field = text_field
-        self._files = None
-
-    @property
-    def files(self):
-        if self._files is None:
-            self._files = expand_paths(self.paths, "paths")
-        return self._files
 
     def _records(self):
         for path in self.files:
@@ -73,10 +65,6 @@ class JsonLines(DataSource):
             nonempty += bool(text.strip())
         if not nonempty:
             raise DataError(f"{', '.join(self.files)}: no text (the corpus is empty)")
-
-    def size_bytes(self):
-        import os
-        return sum(os.path.getsize(f) for f in self.files)
 
     def build(self):
         import tensorflow as tf

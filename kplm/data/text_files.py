@@ -1,13 +1,12 @@
 """Plain-text corpora: one example per line, or blank-line-separated documents."""
 from typing import Literal
 
-from kplm.components import DataSource
-from kplm.data.files import check_text_file, expand_paths
+from kplm.data.files import FileSource, check_text_file
 from kplm.errors import DataError
 from kplm.hookspecs import hookimpl
 
 
-class TextFiles(DataSource):
+class TextFiles(FileSource):
     """Streams text from files (globs, ``.gz`` read transparently) without loading them whole.
 
     Examples are dicts ``{"text": string}``: each non-blank line (``format: lines``) or each run
@@ -35,13 +34,6 @@ class TextFiles(DataSource):
         self.format = format
         self.encoding_errors = encoding_errors
         self.shuffle_files = shuffle_files
-        self._files = None
-
-    @property
-    def files(self):
-        if self._files is None:
-            self._files = expand_paths(self.paths, "paths")
-        return self._files
 
     def check(self):
         """Files exist and are readable, (strict mode) valid UTF-8, and not all blank."""
@@ -49,10 +41,6 @@ class TextFiles(DataSource):
                     for f in self.files)
         if total == 0:
             raise DataError(f"{', '.join(self.files)}: no text (the corpus is empty)")
-
-    def size_bytes(self):
-        import os
-        return sum(os.path.getsize(f) for f in self.files)
 
     def build(self):
         import tensorflow as tf
