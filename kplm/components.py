@@ -70,10 +70,13 @@ class Head(Component):
     - ``predict(model, examples, tokenizer, *, batch_size, sequence_length)``: a prediction dict
       per example dict (e.g. ``{"text": ...}``).
     - ``get_config()``: everything needed to rebuild the head (saved as ``head.json``).
+    - ``model_module``: the module defining the task model's serializable Keras class.
     """
 
     metric = "loss"
     metric_mode = "min"
+    #: Module whose import registers the task model's Keras class, so saved runs reload.
+    model_module = None
 
     def prepare(self, source):
         """Learn what the data fixes (label sets, ...). Default: nothing."""

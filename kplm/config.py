@@ -238,3 +238,35 @@ def write_yaml(config, path):
     with open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(config, f, sort_keys=False, default_flow_style=None)
     os.replace(tmp, path)
+
+
+def check_run_header(raw, top_level_keys):
+    """The keys every run config shares: returns ``(run_dir, seed)`` after refusing unknown
+    top-level keys."""
+    check_keys(raw, top_level_keys, "")
+    run_dir = raw.get("run_dir")
+    if not isinstance(run_dir, str) or not run_dir:
+        raise ConfigError("config key 'run_dir' is required: the directory this run writes")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"config key 'seed': expected int, got {seed!r}")
+    return run_dir, seed
+
+
+def check_data(raw, splits, registry):
+    """``data: {train: SOURCE, <split>: SOURCE, ...}`` -> ``{split: (class, section)}``."""
+    data = raw.get("data")
+    if not isinstance(data, dict) or "train" not in data:
+        raise ConfigError("config key 'data.train' is required: the training data source")
+    check_keys(data, splits, "data")
+    return {split: check_section(data[split], "data_source", f"data.{split}", registry)
+            for split in splits if data.get(split) is not None}
+
+
+def check_callbacks(raw, registry):
+    """``callbacks: [{name: ...}, ...]`` -> ``[(class, section)]``."""
+    callbacks = raw.get("callbacks") or []
+    if not isinstance(callbacks, list):
+        raise ConfigError("config key 'callbacks': expected a list of {name: ...} sections")
+    return [check_section(c, "callback", f"callbacks[{i}]", registry)
+            for i, c in enumerate(callbacks)]

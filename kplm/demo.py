@@ -44,7 +44,7 @@ def main():
     print(f"   SST-2 dev: accuracy {c['accuracy']:.3f}  macro-F1 {c['macro_f1']:.3f}  "
           f"MCC {c['matthews_correlation']:.3f}  (majority baseline {majority['accuracy']:.3f})")
     print(f"Runs: {pretrain_config['run_dir']}, {classify_config['run_dir']}")
-    print(f"TensorBoard: .venv/bin/tensorboard --logdir runs/")
+    print("TensorBoard: .venv/bin/tensorboard --logdir runs/")
     print(f"Try:  echo 'a warm , funny film' | .venv/bin/kplm predict {classify_config['run_dir']}")
     print("=" * 76)
     return 0

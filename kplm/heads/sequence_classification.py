@@ -28,6 +28,7 @@ class SequenceClassificationHead(Head):
 
     metric = "accuracy"
     metric_mode = "max"
+    model_module = "kplm.models.classifier"
 
     def __init__(self, labels: Optional[list[str]] = None, text_field: str = "text",
                  pair_field: Optional[str] = None, label_field: str = "label",

@@ -8,7 +8,8 @@ from typing import Optional
 import yaml
 
 from kplm import runs
-from kplm.config import check_arguments, check_keys, check_section
+from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
+                         check_section)
 from kplm.errors import ConfigError, DataError, KplmError
 from kplm.training.runtime import build, prepare_run_dir, strategy_for, write_text
 from kplm.training.trainer_config import TrainerConfig
@@ -51,11 +52,7 @@ class FinetuneSpec:
         from kplm.plugins import get_registry
 
         registry = get_registry()
-        check_keys(raw, TOP_LEVEL_KEYS, "")
-        self.run_dir = raw.get("run_dir")
-        if not isinstance(self.run_dir, str) or not self.run_dir:
-            raise ConfigError("config key 'run_dir' is required: the directory this run writes")
-        self.seed = raw.get("seed", 0)
+        self.run_dir, self.seed = check_run_header(raw, TOP_LEVEL_KEYS)
         self.init_from = raw.get("init_from")
         if self.init_from is not None:
             if not isinstance(self.init_from, str):
@@ -76,26 +73,14 @@ class FinetuneSpec:
             self.backbone_cls, self.backbone = check_section(
                 raw.get("backbone", {"name": "encoder"}), "backbone", "backbone", registry,
                 provided=("vocabulary_size", "dtype"))
-        data = raw.get("data")
-        if not isinstance(data, dict) or "train" not in data:
-            raise ConfigError("config key 'data.train' is required: the training data source")
-        check_keys(data, ["train", "validation", "test"], "data")
-        self.sources = {}
-        for split in ("train", "validation", "test"):
-            if data.get(split) is not None:
-                self.sources[split] = check_section(data[split], "data_source", f"data.{split}",
-                                                    registry)
+        self.sources = check_data(raw, ["train", "validation", "test"], registry)
         if "head" not in raw:
             raise ConfigError(f"config key 'head' is required: which head to train "
                               f"({', '.join(registry.names('head'))})")
         self.head_cls, self.head = check_section(raw["head"], "head", "head", registry)
         self.finetune = check_arguments(FinetuneOptions, raw.get("finetune"), "finetune")
         self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
-        callbacks = raw.get("callbacks") or []
-        if not isinstance(callbacks, list):
-            raise ConfigError("config key 'callbacks': expected a list of {name: ...} sections")
-        self.callbacks = [check_section(c, "callback", f"callbacks[{i}]", registry)
-                          for i, c in enumerate(callbacks)]
+        self.callbacks = check_callbacks(raw, registry)
 
     def resolved(self):
         return {"run_dir": self.run_dir, "seed": self.seed, "init_from": self.init_from,
@@ -258,9 +243,9 @@ class FinetunedRun:
     def __init__(self, run_dir):
         import keras
 
-        import kplm.models.classifier  # noqa: F401  (serializable classes)
-        import kplm.models.encoder  # noqa: F401
-        import kplm.models.token_classifier  # noqa: F401
+        import importlib
+
+        import kplm.models.encoder  # noqa: F401  (serializable classes)
         from kplm.plugins import get_registry
 
         self.run_dir = run_dir
@@ -271,6 +256,8 @@ class FinetunedRun:
             head_config = json.load(f)
         name = head_config.pop("name")
         self.head = get_registry().get("head", name)(**head_config)
+        if self.head.model_module:
+            importlib.import_module(self.head.model_module)
         self.tokenizer = runs.load_tokenizer(run_dir)
         with open(os.path.join(run_dir, MODEL_CONFIG), encoding="utf-8") as f:
             self.model = keras.saving.deserialize_keras_object(json.load(f))

@@ -6,8 +6,9 @@ import warnings
 import yaml
 
 from kplm import runs
-from kplm.config import check_arguments, check_keys, check_section
-from kplm.errors import ConfigError, DataError
+from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
+                         check_section)
+from kplm.errors import DataError
 from kplm.training.runtime import build, prepare_run_dir, strategy_for, write_text
 from kplm.training.trainer_config import TrainerConfig
 
@@ -22,37 +23,19 @@ class PretrainSpec:
         from kplm.plugins import get_registry
 
         registry = get_registry()
-        check_keys(raw, TOP_LEVEL_KEYS, "")
-        self.run_dir = raw.get("run_dir")
-        if not isinstance(self.run_dir, str) or not self.run_dir:
-            raise ConfigError("config key 'run_dir' is required: the directory this run writes")
-        self.seed = raw.get("seed", 0)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"config key 'seed': expected int, got {self.seed!r}")
-
+        self.run_dir, self.seed = check_run_header(raw, TOP_LEVEL_KEYS)
         self.tokenizer_cls, self.tokenizer = check_section(
             raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer", registry)
-        data = raw.get("data")
-        if not isinstance(data, dict) or "train" not in data:
-            raise ConfigError("config key 'data.train' is required: the training data source")
-        check_keys(data, ["train", "validation"], "data")
-        self.train_cls, self.train = check_section(data["train"], "data_source", "data.train",
-                                                   registry)
-        self.validation_cls = self.validation = None
-        if data.get("validation") is not None:
-            self.validation_cls, self.validation = check_section(
-                data["validation"], "data_source", "data.validation", registry)
+        sources = check_data(raw, ["train", "validation"], registry)
+        self.train_cls, self.train = sources["train"]
+        self.validation_cls, self.validation = sources.get("validation", (None, None))
         self.backbone_cls, self.backbone = check_section(
             raw.get("backbone", {"name": "encoder"}), "backbone", "backbone", registry,
             provided=("vocabulary_size", "dtype"))
         self.objective_cls, self.objective = check_section(
             raw.get("objective", {"name": "masked_lm"}), "objective", "objective", registry)
         self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
-        callbacks = raw.get("callbacks") or []
-        if not isinstance(callbacks, list):
-            raise ConfigError("config key 'callbacks': expected a list of {name: ...} sections")
-        self.callbacks = [check_section(c, "callback", f"callbacks[{i}]", registry)
-                          for i, c in enumerate(callbacks)]
+        self.callbacks = check_callbacks(raw, registry)
 
     def resolved(self):
         """The config with every default filled in, as written to ``run_dir/config.yaml``."""

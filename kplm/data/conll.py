@@ -1,0 +1,127 @@
+"""CoNLL files: one token per line with its tag, a blank line between sentences."""
+from typing import Optional
+
+from kplm.components import DataSource
+from kplm.data.files import expand_paths, open_lines
+from kplm.errors import DataError
+from kplm.hookspecs import hookimpl
+
+
+class ConllFiles(DataSource):
+    """Streams sentences from CoNLL files as ``{"tokens": [n] string, "tags": [n] string}``.
+
+    Each non-blank line holds one token and its columns (split on ``delimiter``; None: any
+    whitespace, so tokens never contain whitespace); a blank (or whitespace-only) line ends a
+    sentence; ``-DOCSTART-`` lines are skipped. The first token line of a file fixes its column
+    count: a line with another count, or too few columns for ``token_column`` / ``tag_column``, is
+    refused with the file and line, as is invalid UTF-8.
+
+    Args:
+        paths: list of str. Files or glob patterns (``.gz`` read transparently).
+        token_column: int. Column of the token (negative: from the end). Defaults to 0.
+        tag_column: int. Column of the tag (negative: from the end). Defaults to -1.
+        delimiter: str or None. Column separator; None splits on any whitespace. Defaults to None.
+
+    Example:
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.conll")
+    >>> _ = open(path, "w").write("Paris B-LOC\\nis O\\n\\nHi O\\n")
+    >>> [list(x["tags"].numpy()) for x in ConllFiles(paths=[path]).build()]
+    [[b'B-LOC', b'O'], [b'O']]
+    """
+
+    text_field = "tokens"
+
+    def __init__(self, paths: list[str], token_column: int = 0, tag_column: int = -1,
+                 delimiter: Optional[str] = None):
+        self.paths = paths
+        self.token_column, self.tag_column = token_column, tag_column
+        self.delimiter = delimiter
+        if delimiter == "":
+            raise DataError("delimiter: must not be empty (None splits on whitespace)")
+        self._files = None
+
+    @property
+    def files(self):
+        if self._files is None:
+            self._files = expand_paths(self.paths, "paths")
+        return self._files
+
+    def fields(self):
+        return ["tokens", "tags"]
+
+    def records(self):
+        """Yield ``(path, first_line, tokens, tags)`` per sentence, checking every line."""
+        need = max(self.token_column + 1 if self.token_column >= 0 else -self.token_column,
+                   self.tag_column + 1 if self.tag_column >= 0 else -self.tag_column)
+        for path in self.files:
+            try:
+                with open_lines(path) as f:
+                    width, start, tokens, tags = None, 0, [], []
+                    for number, raw in enumerate(f, 1):
+                        try:
+                            line = raw.decode("utf-8").rstrip("\r\n")
+                        except UnicodeDecodeError:
+                            raise DataError(f"{path}:{number}: invalid UTF-8") from None
+                        if not line.strip():
+                            if tokens:
+                                yield path, start, tokens, tags
+                            tokens, tags = [], []
+                            continue
+                        columns = line.split(self.delimiter)
+                        if self.delimiter is not None:
+                            columns = [c.strip() for c in columns]
+                        if columns[0] == "-DOCSTART-":
+                            continue
+                        if len(columns) < need:
+                            raise DataError(f"{path}:{number}: expected at least {need} columns, "
+                                            f"found {len(columns)}")
+                        if width is None:
+                            width = len(columns)
+                        elif len(columns) != width:
+                            raise DataError(f"{path}:{number}: expected {width} columns (as on the "
+                                            f"first token line), found {len(columns)}")
+                        token, tag = columns[self.token_column], columns[self.tag_column]
+                        if not token or not tag:
+                            raise DataError(f"{path}:{number}: empty token or tag")
+                        if not tokens:
+                            start = number
+                        tokens.append(token)
+                        tags.append(tag)
+                    if tokens:
+                        yield path, start, tokens, tags
+            except PermissionError:
+                raise DataError(f"{path}: permission denied") from None
+            except (OSError, EOFError) as e:
+                raise DataError(f"{path}: cannot read: {e}") from None
+
+    def check(self):
+        sentences = sum(1 for _ in self.records())  # every line: a bad one anywhere is reported now
+        if not sentences:
+            raise DataError(f"{', '.join(self.files)}: no sentences")
+
+    def size_bytes(self):
+        import os
+        return sum(os.path.getsize(f) for f in self.files)
+
+    def build(self):
+        import tensorflow as tf
+
+        def generate():
+            for _, _, tokens, tags in self.records():
+                yield {"tokens": [t.encode("utf-8") for t in tokens],
+                       "tags": [t.encode("utf-8") for t in tags]}
+
+        return tf.data.Dataset.from_generator(
+            generate, output_signature={"tokens": tf.TensorSpec([None], tf.string),
+                                        "tags": tf.TensorSpec([None], tf.string)})
+
+    def texts(self):
+        """Sentences as scalar strings (tokens joined by spaces), for learning a tokenizer."""
+        import tensorflow as tf
+        return self.build().map(lambda ex: tf.strings.reduce_join(ex["tokens"], separator=" "))
+
+
+@hookimpl
+def register_data_sources(register):
+    register("conll", ConllFiles)

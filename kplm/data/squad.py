@@ -1,0 +1,137 @@
+"""SQuAD v1.1 JSON files: questions about paragraphs, answered by spans of the paragraph."""
+import json
+
+from kplm.components import DataSource
+from kplm.data.files import expand_paths, open_lines
+from kplm.errors import DataError
+from kplm.hookspecs import hookimpl
+
+
+class SquadFiles(DataSource):
+    """Reads SQuAD v1.1 JSON files (``data[].paragraphs[].context``, ``qas[].id``, ``question``,
+    ``answers[].text`` / ``answer_start``) into one example per question: ``{"id", "question",
+    "context", "answer_texts", "answer_starts"}`` (the last two are lists: dev sets hold several
+    gold answers). Each file is a single JSON document, so it is read whole (``.gz`` too).
+
+    A record that is not of that shape, or an answer whose text is not
+    ``context[answer_start:answer_start + len(text)]``, is refused with the file, the record's
+    position and the question id.
+
+    Args:
+        paths: list of str. Files or glob patterns.
+        require_answers: bool. Refuse questions without answers (extractive training needs
+            them). Defaults to True.
+
+    Example:
+    >>> import json, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.json")
+    >>> qa = {"id": "q1", "question": "Who?", "answers": [{"text": "Ada", "answer_start": 0}]}
+    >>> _ = open(path, "w").write(json.dumps(
+    ...     {"data": [{"paragraphs": [{"context": "Ada wrote it.", "qas": [qa]}]}]}))
+    >>> example = next(iter(SquadFiles(paths=[path]).build()))
+    >>> example["answer_texts"].numpy().tolist(), example["answer_starts"].numpy().tolist()
+    ([b'Ada'], [0])
+    """
+
+    text_field = "context"
+
+    def __init__(self, paths: list[str], require_answers: bool = True):
+        self.paths = paths
+        self.require_answers = require_answers
+        self._files = None
+
+    @property
+    def files(self):
+        if self._files is None:
+            self._files = expand_paths(self.paths, "paths")
+        return self._files
+
+    def _load(self, path):
+        try:
+            with open_lines(path) as f:
+                raw = f.read()
+        except PermissionError:
+            raise DataError(f"{path}: permission denied") from None
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: cannot read: {e}") from None
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: invalid UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") \
+                from None
+        if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+            raise DataError(f"{path}: expected a SQuAD JSON object with a 'data' list")
+        return document["data"]
+
+    def examples(self):
+        """Checked examples as Python dicts, file by file (each file parsed whole)."""
+        for path in self.files:
+            for a, article in enumerate(self._load(path)):
+                paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+                if not isinstance(paragraphs, list):
+                    raise DataError(f"{path}/data[{a}]: expected a 'paragraphs' list")
+                for p, paragraph in enumerate(paragraphs):
+                    where = f"{path}/data[{a}].paragraphs[{p}]"
+                    context = paragraph.get("context") if isinstance(paragraph, dict) else None
+                    if not isinstance(context, str) or not isinstance(paragraph.get("qas"), list):
+                        raise DataError(f"{where}: expected a 'context' string and a 'qas' list")
+                    for q, qa in enumerate(paragraph["qas"]):
+                        yield self._example(f"{where}.qas[{q}]", context, qa)
+
+    def _example(self, where, context, qa):
+        if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
+            raise DataError(f"{where}: expected an object with a 'question' string")
+        qid = str(qa.get("id", "?"))
+        where = f"{where} (id {qid})"
+        answers = qa.get("answers", [])
+        if not isinstance(answers, list) or (self.require_answers and not answers):
+            raise DataError(f"{where}: expected a non-empty 'answers' list")
+        texts, starts = [], []
+        for k, answer in enumerate(answers):
+            text = answer.get("text") if isinstance(answer, dict) else None
+            start = answer.get("answer_start") if isinstance(answer, dict) else None
+            if not isinstance(text, str) or not isinstance(start, int) or isinstance(start, bool):
+                raise DataError(f"{where}: answers[{k}] needs a 'text' string and an integer "
+                                "'answer_start'")
+            found = context[start:start + len(text)] if start >= 0 else ""
+            if found != text:
+                raise DataError(f"{where}: answers[{k}] {text!r} does not match the context at "
+                                f"answer_start {start} (found {found!r})")
+            texts.append(text)
+            starts.append(start)
+        return {"id": qid, "question": qa["question"], "context": context,
+                "answer_texts": texts, "answer_starts": starts}
+
+    def check(self):
+        """Parse and validate every record; refuse files without any question."""
+        if not sum(1 for _ in self.examples()):  # all of them: a bad record anywhere is reported
+            raise DataError(f"{', '.join(self.files)}: no questions")
+
+    def size_bytes(self):
+        import os
+        return sum(os.path.getsize(f) for f in self.files)
+
+    def build(self):
+        import tensorflow as tf
+
+        import numpy as np
+
+        def generate():
+            for ex in self.examples():  # numpy arrays: an empty answer list keeps its dtype
+                yield {"id": ex["id"], "question": ex["question"], "context": ex["context"],
+                       "answer_texts": np.array([t.encode("utf-8") for t in ex["answer_texts"]],
+                                                dtype=object),
+                       "answer_starts": np.array(ex["answer_starts"], dtype=np.int32)}
+
+        string = tf.TensorSpec([], tf.string)
+        return tf.data.Dataset.from_generator(generate, output_signature={
+            "id": string, "question": string, "context": string,
+            "answer_texts": tf.TensorSpec([None], tf.string),
+            "answer_starts": tf.TensorSpec([None], tf.int32)})
+
+
+@hookimpl
+def register_data_sources(register):
+    register("squad", SquadFiles)

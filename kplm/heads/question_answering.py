@@ -1,0 +1,305 @@
+"""The ``question_answering`` head: extractive QA (SQuAD v1.1), answers as context spans."""
+import unicodedata
+
+from kplm.components import Head
+from kplm.errors import ConfigError, DataError
+from kplm.hookspecs import hookimpl
+
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+_FIELDS = ("question", "context", "answer_texts", "answer_starts")
+
+
+def _is_separator(ch):
+    # keras_hub's WHITESPACE_REGEX: RE2 ``\s`` (ASCII only), control and format characters.
+    return ch in " \t\n\r\f" or unicodedata.category(ch) in ("Cc", "Cf")
+
+
+def _is_kept_delimiter(ch):
+    # keras_hub's PUNCTUATION_REGEX (all non-alphanumeric ASCII, Unicode P*) and CJK_REGEX.
+    code = ord(ch)
+    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return True
+    if unicodedata.category(ch).startswith("P"):
+        return True
+    return any(lo <= code <= hi for lo, hi in _CJK_RANGES)
+
+
+def split_words(text):
+    """``(start, end)`` character spans of the words keras_hub's BERT pre-tokenizer makes of
+    ``text``: split on whitespace/control characters, each punctuation or CJK character alone.
+
+    Example:
+    >>> split_words("Hi, là-bas!")
+    [(0, 2), (2, 3), (4, 6), (6, 7), (7, 10), (10, 11)]
+    """
+    spans, start = [], None
+    for i, ch in enumerate(text):
+        if _is_separator(ch) or _is_kept_delimiter(ch):
+            if start is not None:
+                spans.append((start, i))
+                start = None
+            if not _is_separator(ch):
+                spans.append((i, i + 1))
+        elif start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+class QuestionAnsweringHead(Head):
+    """Extractive question answering: finds the answer to a question as a span of its context.
+
+    Inputs are packed as ``[CLS] question [SEP] context-window [SEP]`` (segment ids 0, then 1);
+    a context longer than the sequence is cut into overlapping windows whose starts are
+    ``doc_stride`` tokens apart. Targets are the gold answer's first and last token in each
+    window (``[CLS]``, position 0, where the window lacks the answer). Tokenization is kplm's
+    WordPiece (same vocabulary, lowercasing and accent stripping), applied word by word so every
+    token keeps the character span it came from: answers are substrings of the original context.
+
+    Evaluation searches the best span (start <= end, at most ``max_answer_length`` tokens, inside
+    the context) over all windows of a question and reports the official SQuAD v1.1 exact match
+    and F1 (percent). ``kplm predict`` reads ``QUESTION<TAB>CONTEXT`` lines and writes
+    ``answer``, ``start``/``end`` (character offsets, end exclusive) and ``score`` (probability).
+
+    Args:
+        doc_stride: int. Tokens between the starts of consecutive context windows (capped at the
+            window length). Defaults to 64.
+        max_question_length: int. Question tokens kept. Defaults to 24.
+        max_answer_length: int. Longest answer considered, in tokens. Defaults to 30.
+        dropout: float. Dropout before the output layer. Defaults to 0.1.
+        shuffle_buffer: int. Windows held for shuffling. Defaults to 10000.
+
+    Example:
+    >>> head = QuestionAnsweringHead(doc_stride=32)
+    >>> head.get_config()["max_answer_length"]
+    30
+    """
+
+    metric = "span_accuracy"
+    metric_mode = "max"
+    model_module = "kplm.models.span_extractor"
+    #: The example fields ``kplm predict`` fills from ``QUESTION<TAB>CONTEXT`` lines.
+    text_field = "question"
+    pair_field = "context"
+
+    def __init__(self, doc_stride: int = 64, max_question_length: int = 24,
+                 max_answer_length: int = 30, dropout: float = 0.1, shuffle_buffer: int = 10000):
+        for key, value in (("doc_stride", doc_stride), ("max_question_length",
+                                                        max_question_length),
+                           ("max_answer_length", max_answer_length)):
+            if value < 1:
+                raise ConfigError(f"head.{key}: must be at least 1, got {value}")
+        self.doc_stride, self.max_question_length = doc_stride, max_question_length
+        self.max_answer_length, self.dropout = max_answer_length, dropout
+        self.shuffle_buffer = shuffle_buffer
+        self._vocabulary, self._cache = None, {}  # word -> token ids under that vocabulary
+
+    def get_config(self):
+        return {"doc_stride": self.doc_stride, "max_question_length": self.max_question_length,
+                "max_answer_length": self.max_answer_length, "dropout": self.dropout,
+                "shuffle_buffer": self.shuffle_buffer}
+
+    def prepare(self, source):
+        """Check that the source yields SQuAD-shaped examples with answers (one pass)."""
+        count = 0
+        for example in source.build().as_numpy_iterator():
+            missing = [f for f in _FIELDS if f not in example]
+            if missing:
+                raise DataError(f"the data lacks the fields {missing} (fields: "
+                                f"{', '.join(example)}); use a 'squad' data source")
+            count += 1
+        if not count:
+            raise DataError("the data holds no questions")
+
+    # --- tokens with character spans ----------------------------------------------------------
+    def _word_ids(self, tokenizer, words):
+        """Token ids of each word, tokenizing the ones not seen before in one batch."""
+        if self._vocabulary is not tokenizer.tokens:
+            self._vocabulary, self._cache = tokenizer.tokens, {}
+        cache = self._cache
+        new = sorted({w for w in words if w not in cache})
+        if new:
+            import tensorflow as tf
+            ids = tokenizer.build()(tf.constant(new))
+            ids = ids.to_list() if hasattr(ids, "to_list") else [list(i) for i in ids]
+            cache.update(zip(new, ids))
+        return [cache[w] for w in words]
+
+    def tokenize(self, tokenizer, texts):
+        """``[(token_ids, spans)]`` per text; ``spans[i]`` is the ``(start, end)`` characters
+        token ``i`` came from: exact for word pieces whose text matches the word's letters, the
+        whole word otherwise (``[UNK]``, case folding that changes lengths)."""
+        word_spans = [split_words(t) for t in texts]
+        words = [t[s:e] for t, spans in zip(texts, word_spans) for s, e in spans]
+        ids = iter(self._word_ids(tokenizer, words))
+        vocab, results = tokenizer.tokens, []
+        for spans in word_spans:
+            token_ids, token_spans = [], []
+            for start, end in spans:
+                pieces = next(ids)
+                lengths = [len(vocab[i][2:] if vocab[i].startswith("##") else vocab[i])
+                           for i in pieces]
+                exact = sum(lengths) == end - start and "[UNK]" not in (vocab[i] for i in pieces)
+                offset = start
+                for piece, length in zip(pieces, lengths):
+                    token_ids.append(piece)
+                    token_spans.append((offset, offset + length) if exact else (start, end))
+                    offset += length
+            results.append((token_ids, token_spans))
+        return results
+
+    # --- windows ------------------------------------------------------------------------------
+    def encode(self, examples, tokenizer, sequence_length):
+        """Windows of ``examples`` (dicts of str: ``question``, ``context``, optionally
+        ``answer_starts``/``answer_texts``) as a dict of lists: ``token_ids``, ``segment_ids``,
+        ``padding_mask``, ``positions`` (gold start/end, [CLS] when absent), ``example`` (index),
+        ``spans`` (character span per position, None outside the context)."""
+        cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+        questions = self.tokenize(tokenizer, [ex["question"] for ex in examples])
+        contexts = self.tokenize(tokenizer, [ex["context"] for ex in examples])
+        out = {k: [] for k in ("token_ids", "segment_ids", "padding_mask", "positions",
+                               "example", "spans")}
+        for index, (ex, (q_ids, _), (c_ids, c_spans)) in enumerate(
+                zip(examples, questions, contexts)):
+            q_ids = q_ids[:self.max_question_length]
+            room = sequence_length - len(q_ids) - 3
+            if room < 1:
+                raise ConfigError(f"sequence_length {sequence_length} leaves no room for the "
+                                  f"context after {len(q_ids)} question tokens")
+            step = min(self.doc_stride, room)
+            gold = self._gold_tokens(ex, c_spans)
+            offset = len(q_ids) + 2
+            window = 0
+            while True:
+                ids = c_ids[window:window + room]
+                tokens = [cls_id] + q_ids + [sep_id] + ids + [sep_id]
+                pad = sequence_length - len(tokens)
+                out["token_ids"].append(tokens + [pad_id] * pad)
+                out["segment_ids"].append([0] * offset + [1] * (len(ids) + 1) + [0] * pad)
+                out["padding_mask"].append([1] * len(tokens) + [0] * pad)
+                positions = [0, 0]
+                if gold and window <= gold[0] and gold[1] < window + len(ids):
+                    positions = [gold[0] - window + offset, gold[1] - window + offset]
+                out["positions"].append(positions)
+                out["example"].append(index)
+                out["spans"].append([None] * offset + c_spans[window:window + room]
+                                    + [None] * (pad + 1))
+                if window + room >= len(c_ids):
+                    break
+                window += step
+        return out
+
+    @staticmethod
+    def _gold_tokens(example, spans):
+        """First and last context token of the first gold answer, or None."""
+        starts = example.get("answer_starts")
+        if starts is None or len(starts) == 0:
+            return None
+        start = int(starts[0])
+        end = start + len(example["answer_texts"][0])
+        inside = [i for i, (s, e) in enumerate(spans) if s < end and e > start]
+        return (inside[0], inside[-1]) if inside else None
+
+    # --- data -----------------------------------------------------------------------------------
+    @staticmethod
+    def _examples(source_ds):
+        """Decoded Python examples from a dataset of SQuAD examples."""
+        examples = []
+        for ex in source_ds.as_numpy_iterator():
+            item = {"question": ex["question"].decode("utf-8"),
+                    "context": ex["context"].decode("utf-8")}
+            if "answer_texts" in ex:
+                item["answer_texts"] = [t.decode("utf-8") for t in ex["answer_texts"]]
+                item["answer_starts"] = [int(s) for s in ex["answer_starts"]]
+            examples.append(item)
+        return examples
+
+    def dataset(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
+                training=True, with_labels=True):
+        """``(x, y)`` batches of windows, ``y`` the ``[batch, 2]`` gold token positions (``x``
+        only when ``with_labels`` is False). Windows are made in Python, once, in memory."""
+        import numpy as np
+        import tensorflow as tf
+
+        windows = self.encode(self._examples(source_ds), tokenizer, sequence_length)
+        x = {k: np.asarray(windows[k], dtype=np.int32).reshape(-1, sequence_length)
+             for k in ("token_ids", "segment_ids", "padding_mask")}
+        if with_labels:
+            ds = tf.data.Dataset.from_tensor_slices(
+                (x, np.asarray(windows["positions"], dtype=np.int32).reshape(-1, 2)))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(x)
+        if training:
+            ds = ds.shuffle(self.shuffle_buffer, seed=seed).repeat()
+        return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+    # --- model ----------------------------------------------------------------------------------
+    def build_model(self, backbone):
+        from kplm.models.span_extractor import SpanExtractor
+        return SpanExtractor(backbone, dropout=self.dropout)
+
+    def _answers(self, model, examples, tokenizer, batch_size, sequence_length):
+        import numpy as np
+        if not examples:
+            return []
+        windows = self.encode(examples, tokenizer, sequence_length)
+        x = {k: np.asarray(windows[k], dtype=np.int32).reshape(-1, sequence_length)
+             for k in ("token_ids", "segment_ids", "padding_mask")}
+        logits = np.concatenate([
+            np.asarray(model.predict_on_batch({k: v[i:i + batch_size] for k, v in x.items()}))
+            for i in range(0, len(x["token_ids"]), batch_size)])
+        return self.postprocess(logits, windows, [ex["context"] for ex in examples])
+
+    def evaluate(self, model, source, tokenizer, *, batch_size, sequence_length):
+        """Official SQuAD v1.1 exact match and F1 (percent) over all of ``source``."""
+        from kplm.squad_metrics import squad_scores
+        examples = self._examples(source.build())
+        answers = self._answers(model, examples, tokenizer, batch_size, sequence_length)
+        scores = squad_scores([a["answer"] for a in answers],
+                              [ex["answer_texts"] for ex in examples])
+        return {**scores, "questions": len(examples)}
+
+    def predict(self, model, examples, tokenizer, *, batch_size, sequence_length):
+        """``[{"question": ..., "context": ...}]`` -> ``[{"answer", "start", "end", "score"}]``."""
+        examples = [{"question": str(ex["question"]), "context": str(ex["context"])}
+                    for ex in examples]
+        return self._answers(model, examples, tokenizer, batch_size, sequence_length)
+
+    def postprocess(self, logits, windows, contexts):
+        """Best answer per context from window logits ``[windows, sequence, 2]``: the span with
+        the highest start x end probability over all windows of a context (start <= end, at most
+        ``max_answer_length`` tokens, context tokens only), as a substring of the context."""
+        import numpy as np
+        logits = np.asarray(logits, dtype=np.float64)
+        best = [None] * len(contexts)
+        for w, index in enumerate(windows["example"]):
+            inside = np.array([s is not None for s in windows["spans"][w]])
+            if not inside.any():
+                continue
+            positions = np.flatnonzero(inside)
+            top = logits[w].max(axis=0)  # log-softmax over the window, start and end apart
+            log_p = logits[w] - top - np.log(np.exp(logits[w] - top).sum(axis=0))
+            starts, ends = log_p[positions, 0], log_p[positions, 1]
+            scores = starts[:, None] + ends[None, :]
+            gap = positions[None, :] - positions[:, None]
+            scores[(gap < 0) | (gap >= self.max_answer_length)] = -np.inf
+            i, j = np.unravel_index(np.argmax(scores), scores.shape)
+            if best[index] is None or scores[i, j] > best[index][0]:
+                spans = windows["spans"][w]
+                best[index] = (scores[i, j], spans[positions[i]][0], spans[positions[j]][1])
+        results = []
+        for context, found in zip(contexts, best):
+            if found is None:
+                results.append({"answer": "", "start": 0, "end": 0, "score": 0.0})
+                continue
+            score, start, end = found
+            results.append({"answer": context[start:end], "start": int(start), "end": int(end),
+                            "score": round(float(np.exp(score)), 6)})
+        return results
+
+
+@hookimpl
+def register_heads(register):
+    register("question_answering", QuestionAnsweringHead)

@@ -1,0 +1,240 @@
+"""The ``token_classification`` head: a tag per word (named entities in IOB2, ...)."""
+import re
+from typing import Optional
+
+from kplm.components import Head
+from kplm.errors import ConfigError, DataError
+from kplm.hookspecs import hookimpl
+
+IGNORED = -1  # label of the pieces that carry no tag: later pieces of a word, [CLS], [SEP], padding
+
+
+class TokenClassificationHead(Head):
+    """Tags every word of a sentence (e.g. NER with IOB2 tags ``B-TYPE``/``I-TYPE``/``O``).
+
+    Each word is split into WordPieces and the sentence framed as ``[CLS] pieces [SEP]``,
+    truncated to ``sequence_length`` (words cut off are predicted ``O``). A word's tag is learned
+    and predicted on its first piece only; the other pieces weigh 0 in the loss and metrics. The
+    training metric ``accuracy`` is over those first pieces; ``evaluate`` adds entity-level
+    precision, recall and F1 exactly as conlleval (``kplm.ner_metrics``). ``predict`` takes
+    ``{"text": line}``, splits the line on whitespace and returns the tags and the entities with
+    character offsets into the line.
+
+    Args:
+        labels: list of str or None. The tag set, in id order; None learns it (sorted) from the
+            training data. Defaults to None.
+        tokens_field: str. Example field with the words (a string vector). Defaults to
+            ``"tokens"``.
+        tags_field: str. Example field with the tags (a string vector). Defaults to ``"tags"``.
+        dropout: float. Dropout before the output layer. Defaults to 0.1.
+        shuffle_buffer: int. Sentences held for shuffling. Defaults to 10000.
+
+    Example:
+    >>> head = TokenClassificationHead(labels=["B-PER", "I-PER", "O"])
+    >>> head.entities("Ada  Lovelace wrote", ["B-PER", "I-PER", "O"])
+    [{'text': 'Ada  Lovelace', 'type': 'PER', 'start': 0, 'end': 13}]
+    """
+
+    metric = "accuracy"
+    metric_mode = "max"
+    model_module = "kplm.models.token_classifier"
+    text_field = "text"  # what `kplm predict` reads: one sentence per line
+    pair_field = None
+
+    def __init__(self, labels: Optional[list[str]] = None, tokens_field: str = "tokens",
+                 tags_field: str = "tags", dropout: float = 0.1, shuffle_buffer: int = 10000):
+        self.labels = list(labels) if labels is not None else None
+        self.tokens_field, self.tags_field = tokens_field, tags_field
+        self.dropout, self.shuffle_buffer = dropout, shuffle_buffer
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ConfigError("head.labels: labels must be distinct")
+
+    def get_config(self):
+        return {"labels": self.labels, "tokens_field": self.tokens_field,
+                "tags_field": self.tags_field, "dropout": self.dropout,
+                "shuffle_buffer": self.shuffle_buffer}
+
+    # --- labels -----------------------------------------------------------------------------
+    def _tag_sequences(self, source):
+        for example in source.build().as_numpy_iterator():
+            for field in (self.tokens_field, self.tags_field):
+                if field not in example:
+                    raise DataError(f"the data has no field '{field}' (fields: "
+                                    f"{', '.join(example)}); use a conll source or set "
+                                    f"head.{field}")
+            yield [t.decode("utf-8") for t in example[self.tags_field]]
+
+    def prepare(self, source):
+        """Learn the tag set from a data source (one streaming pass) unless it was given."""
+        seen = set()
+        for tags in self._tag_sequences(source):
+            seen.update(tags)
+        if self.labels is None:
+            if len(seen) < 2:
+                raise DataError(f"the training data has {len(seen)} distinct tag(s); "
+                                "token classification needs at least 2")
+            self.labels = sorted(seen)
+        unknown = seen - set(self.labels)
+        if unknown:
+            raise DataError(f"tags {sorted(unknown)} are not in head.labels {self.labels}")
+        return self.labels
+
+    # --- data -------------------------------------------------------------------------------
+    def encode(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
+               training=False, with_labels=True):
+        """Batches of dicts: ``token_ids``, ``segment_ids``, ``padding_mask``, ``word_ids``
+        (the word a first piece starts, else -1), ``num_words`` and, with labels, ``labels``
+        (the tag id on first pieces, else -1)."""
+        import keras_hub
+        import tensorflow as tf
+
+        layer = tokenizer.build()
+        cls_id, sep_id, pad_id, unk_id = (tokenizer.token_to_id(t)
+                                          for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"))
+        packers = {name: keras_hub.layers.StartEndPacker(
+            sequence_length=sequence_length, start_value=start, end_value=end, pad_value=pad)
+            for name, (start, end, pad) in {"token_ids": (cls_id, sep_id, pad_id),
+                                            "ignored": (IGNORED, IGNORED, IGNORED)}.items()}
+        table = None
+        if with_labels:
+            table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(self.labels), tf.range(len(self.labels), dtype=tf.int32)), IGNORED)
+
+        def encode(batch):
+            words = batch[self.tokens_field]  # ragged [batch, (words)]
+            pieces = layer(words.flat_values)  # ragged [all words, (pieces)]
+            # a word the tokenizer drops entirely (control characters only) becomes [UNK]
+            empty = tf.cast(pieces.row_lengths() == 0, tf.int64)
+            pieces = tf.concat([pieces, tf.RaggedTensor.from_row_lengths(
+                tf.fill([tf.reduce_sum(empty)], tf.cast(unk_id, pieces.dtype)), empty)], axis=1)
+            first = tf.ragged.range(pieces.row_lengths()).flat_values == 0
+            word_of_piece = tf.gather(tf.ragged.range(words.row_lengths()).flat_values,
+                                      pieces.value_rowids())
+
+            def per_sentence(values):  # piece-level flat values -> ragged [batch, (pieces)]
+                return tf.RaggedTensor.from_nested_row_lengths(
+                    values, [words.row_lengths(), pieces.row_lengths()]).merge_dims(1, 2)
+
+            token_ids = packers["token_ids"](per_sentence(pieces.flat_values))
+            ignored = packers["ignored"]
+            x = {"token_ids": token_ids, "segment_ids": tf.zeros_like(token_ids),
+                 "padding_mask": tf.cast(token_ids != pad_id, tf.int32),
+                 "word_ids": ignored(per_sentence(
+                     tf.where(first, tf.cast(word_of_piece, tf.int32), IGNORED))),
+                 "num_words": tf.cast(words.row_lengths(), tf.int32)}
+            if with_labels:
+                word_labels = tf.gather(table.lookup(batch[self.tags_field].flat_values),
+                                        pieces.value_rowids())
+                x["labels"] = ignored(per_sentence(tf.where(first, word_labels, IGNORED)))
+            return x
+
+        fields = [self.tokens_field] + ([self.tags_field] if with_labels else [])
+        ds = source_ds.map(lambda ex: {f: ex[f] for f in fields})
+        if training:
+            ds = ds.shuffle(self.shuffle_buffer, seed=seed).repeat()
+        ds = ds.ragged_batch(batch_size, drop_remainder=training)
+        return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def dataset(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
+                training=True, with_labels=True):
+        """``(x, labels, sample_weight)`` batches (``x`` only when ``with_labels`` is False);
+        the weight is 1 on words' first pieces, 0 elsewhere."""
+        import tensorflow as tf
+
+        def split(batch):
+            x = {k: batch[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+            if not with_labels:
+                return x
+            labels = batch["labels"]
+            return x, tf.maximum(labels, 0), tf.cast(labels != IGNORED, tf.float32)
+
+        return self.encode(source_ds, tokenizer, batch_size=batch_size,
+                           sequence_length=sequence_length, seed=seed, training=training,
+                           with_labels=with_labels).map(split)
+
+    # --- model ------------------------------------------------------------------------------
+    def build_model(self, backbone):
+        from kplm.models.token_classifier import TokenClassifier
+        return TokenClassifier(backbone, num_labels=len(self.labels), dropout=self.dropout)
+
+    def _predict_tags(self, model, batches):
+        """Per sentence, the predicted tag of every word (``O`` for words truncated away)."""
+        import numpy as np
+        out = []
+        for batch in batches:
+            x = {k: batch[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+            predicted = np.argmax(model.predict_on_batch(x), axis=-1)
+            out.extend(self.postprocess(predicted, batch["word_ids"], batch["num_words"]))
+        return out
+
+    def postprocess(self, predicted, word_ids, num_words):
+        """Tag ids per piece ``[n, length]`` -> a list of word tags per sentence."""
+        import numpy as np
+        sentences = []
+        rows = zip(np.asarray(predicted), np.asarray(word_ids), np.asarray(num_words))
+        for ids, words, n in rows:
+            tags = ["O"] * int(n)
+            for tag_id, word in zip(ids, words):
+                if word >= 0:
+                    tags[word] = self.labels[int(tag_id)]
+            sentences.append(tags)
+        return sentences
+
+    def evaluate(self, model, source, tokenizer, *, batch_size, sequence_length):
+        """Entity precision/recall/F1 (conlleval), token accuracy, over all of ``source``."""
+        from kplm.ner_metrics import entity_scores
+        self.prepare(source)
+        gold = list(self._tag_sequences(source))
+        predicted = self._predict_tags(model, self.encode(
+            source.build(), tokenizer, batch_size=batch_size, sequence_length=sequence_length,
+            with_labels=False))
+        scores = entity_scores(gold, predicted)
+        return {k: scores[k] for k in ("precision", "recall", "f1", "accuracy", "entities",
+                                       "predicted_entities")} | {"per_type": scores["per_type"]}
+
+    @staticmethod
+    def words(text):
+        """The whitespace-separated words of ``text`` with their ``(start, end)`` offsets."""
+        found = [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        return [w for w, _, _ in found], [(s, e) for _, s, e in found]
+
+    def entities(self, text, tags):
+        """Entities of a line from its word tags: ``[{"text", "type", "start", "end"}]``."""
+        from kplm.ner_metrics import extract_entities
+        _, offsets = self.words(text)
+        spans = []
+        for kind, first, last in extract_entities(tags):
+            start, end = offsets[first][0], offsets[last - 1][1]
+            spans.append({"text": text[start:end], "type": kind, "start": start, "end": end})
+        return spans
+
+    def predict(self, model, examples, tokenizer, *, batch_size, sequence_length):
+        """``[{"text": line}]`` -> ``[{"entities": [...], "tags": [tag per word]}]``."""
+        import tensorflow as tf
+        if not examples:
+            return []
+        words = [self.words(ex[self.text_field])[0] for ex in examples]
+        ds = tf.data.Dataset.from_tensor_slices(
+            {self.tokens_field: tf.ragged.constant(words, dtype=tf.string, ragged_rank=1)})
+        tags = self._predict_tags(model, self.encode(
+            ds, tokenizer, batch_size=batch_size, sequence_length=sequence_length,
+            with_labels=False))
+        return [{"entities": self.entities(ex[self.text_field], t), "tags": t}
+                for ex, t in zip(examples, tags)]
+
+    def baseline(self, train_source, eval_source):
+        """Tagging every word with the most frequent training tag (usually ``O``)."""
+        from collections import Counter
+
+        from kplm.ner_metrics import entity_scores
+        counts = Counter(t for tags in self._tag_sequences(train_source) for t in tags)
+        top = counts.most_common(1)[0][0]
+        gold = list(self._tag_sequences(eval_source))
+        scores = entity_scores(gold, [[top] * len(tags) for tags in gold])
+        return {"majority_tag": top, "accuracy": scores["accuracy"], "f1": scores["f1"]}
+
+
+@hookimpl
+def register_heads(register):
+    register("token_classification", TokenClassificationHead)

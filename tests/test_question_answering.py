@@ -1,0 +1,136 @@
+"""Question answering: official SQuAD scoring by hand, span mapping, the squad source, a tiny
+fine-tune with evaluate and predict."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kplm.data.squad import SquadFiles
+from kplm.errors import DataError
+from kplm.heads.question_answering import QuestionAnsweringHead
+from kplm.squad_metrics import exact_match_score, f1_score, normalize_answer, squad_scores
+
+from conftest import ROOT
+
+SQUAD_TRAIN = os.path.join(ROOT, "data", "squad", "train.json")
+SQUAD_DEV = os.path.join(ROOT, "data", "squad", "dev.json")
+
+
+def test_official_normalisation_exact_match_and_f1():
+    assert normalize_answer("  The  Denver, Broncos!  ") == "denver broncos"
+    assert normalize_answer("an apple and a pear") == "apple and pear"
+    assert normalize_answer("theory") == "theory"  # articles only as whole words
+    assert exact_match_score("the Broncos.", "Broncos") == 1.0
+    assert exact_match_score("Denver Broncos", "Broncos") == 0.0
+    # prediction "denver broncos won", gold "the broncos": common 1, P=1/3, R=1/1
+    assert f1_score("Denver Broncos won", "the Broncos") == pytest.approx(2 * (1 / 3) / (4 / 3))
+    assert f1_score("a", "the") == 0.0  # both normalise to nothing: no common token
+    # max over gold answers; averaged over questions, in percent
+    scores = squad_scores(["Broncos", "in 1990 and 1991"],
+                          [["Carolina Panthers", "the Broncos"], ["1990", "1991"]])
+    # q2: best gold "1990": P=1/4 R=1 -> F1=0.4, EM 0
+    assert scores["exact_match"] == pytest.approx(50.0)
+    assert scores["f1"] == pytest.approx((100 + 40) / 2)
+
+
+def _fabricated(head, tokenizer, example, sequence_length):
+    """Windows of ``example`` and logits peaked at its gold tokens where a window has them."""
+    windows = head.encode([example], tokenizer, sequence_length)
+    logits = np.zeros((len(windows["example"]), sequence_length, 2))
+    for w, (start, end) in enumerate(windows["positions"]):
+        if start:
+            logits[w, start, 0] = logits[w, end, 1] = 20.0
+    return windows, logits
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory):
+    """A hand-made vocabulary: letters and digits (and their continuations), a few words."""
+    from kplm.tokenizers.wordpiece import SPECIAL_TOKENS, WordPiece
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    tokens = (SPECIAL_TOKENS + chars + ["##" + c for c in chars] + list(",.-()\"?!")
+              + ["the", "cafe", "paulo", "1920", "##ont", "founded", "was"])
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return WordPiece(vocabulary=str(path))
+
+
+def test_span_mapping_returns_the_gold_substring(small_tokenizer):
+    tokenizer = small_tokenizer
+    head = QuestionAnsweringHead(doc_stride=16, max_answer_length=30)
+    filler = " ".join(f"Filler sentence number {i} says nothing." for i in range(12))
+    cases = [
+        ("Who founded the Café?", "The Café Müller was founded by Ève DUPONT-Lefèvre in 1920.",
+         "Ève DUPONT-Lefèvre"),
+        ("When?", filler + " ÉTÉ 1920 came, (finally) " + filler, "ÉTÉ 1920"),
+        ("Where?", "It opened in \"São Paulo\", Brazil.", "São Paulo"),
+    ]
+    for question, context, answer in cases:
+        example = {"question": question, "context": context, "answer_texts": [answer],
+                   "answer_starts": [context.index(answer)]}
+        windows, logits = _fabricated(head, tokenizer, example, 48)
+        answered = [w for w, p in enumerate(windows["positions"]) if p[0]]
+        assert answered, (context, windows["positions"])
+        if context.startswith("Filler"):
+            assert len(windows["example"]) > 2 and answered[0] > 0  # beyond the first window
+        result = head.postprocess(logits, windows, [context])[0]
+        assert result["answer"] == answer
+        assert context[result["start"]:result["end"]] == answer
+        assert 0.9 < result["score"] <= 1.0
+
+
+def test_squad_source_refuses_a_misaligned_answer(tmp_path):
+    context = "Warsaw is the capital of Poland."
+    qas = [{"id": "ok1", "question": "What?", "answers": [{"text": "Warsaw", "answer_start": 0}]},
+           {"id": "bad7", "question": "Of what?",
+            "answers": [{"text": "Poland", "answer_start": 3}]}]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": context, "qas": qas}]}]}))
+    with pytest.raises(DataError, match=rf"{path}.*id bad7.*'Poland' does not match"):
+        SquadFiles(paths=[str(path)]).check()
+    good = SquadFiles(paths=[SQUAD_DEV])
+    good.check()
+    example = next(iter(good.build()))
+    start = int(example["answer_starts"][0])
+    text = example["answer_texts"][0].numpy().decode()
+    assert example["context"].numpy().decode()[start:start + len(text)] == text
+
+
+@pytest.fixture(scope="session")
+def qa_run(tmp_path_factory):
+    from kplm.training.finetune import finetune
+    run_dir = str(tmp_path_factory.mktemp("squad") / "run")
+    config = {
+        "run_dir": run_dir, "seed": 0,
+        "tokenizer": {"name": "wordpiece", "vocabulary_size": 2000},
+        "backbone": {"name": "encoder", "num_layers": 1, "num_heads": 2, "hidden_dim": 64,
+                     "intermediate_dim": 128, "sequence_length": 128, "dropout": 0.0},
+        "data": {"train": {"name": "squad", "paths": [SQUAD_TRAIN]},
+                 "validation": {"name": "squad", "paths": [SQUAD_DEV]}},
+        "head": {"name": "question_answering", "dropout": 0.0},
+        "trainer": {"steps": 100, "batch_size": 32, "learning_rate": 2e-3, "warmup_steps": 10,
+                    "eval_every": 50, "log_every": 10},
+    }
+    log = []
+    metrics = finetune(config, echo=log.append, progress=False)
+    return run_dir, metrics, log
+
+
+def test_finetune_learns_and_predicts_a_context_substring(qa_run):
+    from kplm.training.finetune import FinetunedRun
+    run_dir, metrics, log = qa_run
+    losses = [float(line.split("  loss ")[1].split()[0]) for line in log
+              if line.startswith("step ")]
+    assert len(losses) >= 5 and losses[-1] < 0.9 * losses[0], log
+    assert any("validation" in line and "span_accuracy" in line for line in log), log
+    validation = metrics["validation"]
+    assert validation["questions"] == 110
+    assert 0 <= validation["exact_match"] <= validation["f1"] <= 100
+    context = ("The Rhine is a European river that begins in the Swiss canton of Graubünden and "
+               "flows into the North Sea.")
+    run = FinetunedRun(run_dir)
+    [prediction] = run.predict([{"question": "Where does the Rhine begin?", "context": context}])
+    assert prediction["answer"] and prediction["answer"] in context
+    assert context[prediction["start"]:prediction["end"]] == prediction["answer"]
+    assert 0 < prediction["score"] <= 1

@@ -1,0 +1,181 @@
+"""Token classification: conlleval scores by hand, word/piece alignment, the CoNLL source,
+fine-tuning on the bundled WNUT-17 sample, evaluate and predict."""
+import json
+import math
+import os
+import re
+
+import pytest
+
+from kplm.data.conll import ConllFiles
+from kplm.errors import DataError
+from kplm.ner_metrics import entity_scores, extract_entities
+
+from conftest import ROOT, run_kplm
+
+WNUT_TRAIN = os.path.join(ROOT, "data", "wnut17", "train.conll")
+WNUT_DEV = os.path.join(ROOT, "data", "wnut17", "dev.conll")
+
+
+def test_entities_follow_conlleval():
+    assert extract_entities(["B-PER", "I-PER", "O", "B-LOC"]) == [("PER", 0, 2), ("LOC", 3, 4)]
+    # an I- without a B- starts an entity, as in conlleval
+    assert extract_entities(["O", "I-PER", "I-PER"]) == [("PER", 1, 3)]
+    # adjacent entities: a B- always starts a new one, so does a change of type
+    assert extract_entities(["B-PER", "B-PER", "I-PER"]) == [("PER", 0, 1), ("PER", 1, 3)]
+    assert extract_entities(["B-PER", "I-LOC", "I-LOC"]) == [("PER", 0, 1), ("LOC", 1, 3)]
+    assert extract_entities(["O", "O"]) == []
+
+
+def test_entity_scores_match_hand_computed_conlleval():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"],   # PER 0-2, LOC 3-4
+            ["B-ORG", "O", "I-MISC"],           # ORG 0-1, MISC 2-3 (I- without B-)
+            ["B-PER", "B-PER"]]                 # PER 0-1, PER 1-2 (adjacent)
+    pred = [["B-PER", "O", "O", "B-LOC"],       # PER 0-1 partial span: wrong; LOC right
+            ["B-LOC", "O", "B-MISC"],           # LOC 0-1 wrong type; MISC 2-3 right
+            ["B-PER", "I-PER"]]                 # PER 0-2 merges the two: wrong
+    s = entity_scores(gold, pred)
+    # 6 gold entities, 5 predicted, 2 correct: P 2/5, R 2/6, F1 2PR/(P+R) = 4/11
+    assert (s["entities"], s["predicted_entities"]) == (6, 5)
+    assert s["precision"] == pytest.approx(0.4)
+    assert s["recall"] == pytest.approx(1 / 3)
+    assert s["f1"] == pytest.approx(4 / 11)
+    # tokens right: 3/4 + 1/3 + 1/2 -> 5 of 9
+    assert s["accuracy"] == pytest.approx(5 / 9)
+    # PER: 3 gold, 2 predicted, none right; LOC: 1 gold, 2 predicted, 1 right -> F1 2/3
+    assert s["per_type"]["PER"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 3}
+    assert s["per_type"]["LOC"]["f1"] == pytest.approx(2 / 3)
+    assert entity_scores(gold, gold)["f1"] == 1.0
+    assert entity_scores([["O"]], [["O"]])["f1"] == 0.0  # no entities anywhere: 0, as conlleval
+    with pytest.raises(ValueError, match="sequence 0: 2 gold tags, 1 predicted"):
+        entity_scores([["O", "O"]], [["O"]])
+
+
+def test_conll_source_reads_and_refuses_malformed_lines(tmp_path):
+    path = tmp_path / "a.conll"
+    path.write_text("-DOCSTART- -X- O\n\nEU NNP B-ORG\nrejects VBZ O\n \t\n"
+                    "Peter NNP B-PER\n\n\n")
+    rows = [(list(x["tokens"].numpy()), list(x["tags"].numpy()))
+            for x in ConllFiles(paths=[str(path)]).build()]
+    assert rows == [([b"EU", b"rejects"], [b"B-ORG", b"O"]), ([b"Peter"], [b"B-PER"])]
+    pos = [list(x["tags"].numpy()) for x in ConllFiles(paths=[str(path)], tag_column=1).build()]
+    assert pos[0] == [b"NNP", b"VBZ"]
+    bad = tmp_path / "b.conll"
+    bad.write_text("EU B-ORG\nrejects\tO\n\nGerman B-MISC extra\n")
+    with pytest.raises(DataError, match=rf"{bad}:4: expected 2 columns .*found 3"):
+        ConllFiles(paths=[str(bad)]).check()
+    with pytest.raises(DataError, match=rf"{bad}:1: expected at least 3 columns, found 2"):
+        ConllFiles(paths=[str(bad)], tag_column=2).check()
+    latin = tmp_path / "c.conll"
+    latin.write_bytes(b"ok O\n\ncaf\xe9 O\n")
+    with pytest.raises(DataError, match=rf"{latin}:3: invalid UTF-8"):
+        ConllFiles(paths=[str(latin)]).check()
+    empty = tmp_path / "d.conll"
+    empty.write_text("-DOCSTART- O\n\n")
+    with pytest.raises(DataError, match="no sentences"):
+        ConllFiles(paths=[str(empty)]).check()
+
+
+def test_tags_round_trip_words_to_pieces_to_words(tokenizer):
+    import tensorflow as tf
+
+    from kplm.heads.token_classification import TokenClassificationHead
+    sentences = [["Hello", "wikipedia-style", "\x07", "encyclopaedias", "!"],
+                 ["a"], ["Valkyria", "Chronicles", "III"]]
+    tags = [["O", "B-X", "O", "I-X", "O"], ["B-Y"], ["B-X", "I-X", "I-X"]]
+    head = TokenClassificationHead(labels=["B-X", "B-Y", "I-X", "O"])
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"tokens": tf.ragged.constant(sentences, dtype=tf.string, ragged_rank=1),
+         "tags": tf.ragged.constant(tags, dtype=tf.string, ragged_rank=1)})
+    layer = tokenizer.build()
+    pieces = [[max(len(layer(w)), 1) for w in s] for s in sentences]  # "\x07": [UNK]
+    for length in (64, 6):  # 6: [CLS] + 4 pieces + [SEP]
+        # words kept: those whose first piece starts within the first length - 2
+        kept = [sum(sum(p[:i]) < length - 2 for i in range(len(p))) for p in pieces]
+        if length == 6:
+            assert kept[0] < 5 and kept[1] == 1
+        batch = next(iter(head.encode(ds, tokenizer, batch_size=3, sequence_length=length)))
+        labels, word_ids = batch["labels"].numpy(), batch["word_ids"].numpy()
+        assert (labels >= 0).tolist() == (word_ids >= 0).tolist()  # first pieces carry the tags
+        tokens = batch["token_ids"].numpy()
+        assert (tokens[:, 0] == tokenizer.token_to_id("[CLS]")).all()
+        for row, n in zip(word_ids, kept):  # each kept word once, in order
+            assert row[row >= 0].tolist() == list(range(n))
+        back = head.postprocess(labels.clip(0), word_ids, batch["num_words"].numpy())
+        # truncated words come back as "O"
+        assert back == [t[:n] + ["O"] * (len(t) - n) for t, n in zip(tags, kept)]
+    assert tokens[0, 5] == tokenizer.token_to_id("[SEP]")
+
+
+@pytest.fixture(scope="session")
+def ner_run(tmp_path_factory):
+    from kplm.training.finetune import finetune
+    run_dir = str(tmp_path_factory.mktemp("wnut17") / "run")
+    config = {
+        "run_dir": run_dir, "seed": 0,
+        "tokenizer": {"name": "wordpiece", "vocabulary_size": 2000},
+        "backbone": {"name": "encoder", "num_layers": 1, "num_heads": 2, "hidden_dim": 64,
+                     "intermediate_dim": 128, "sequence_length": 64, "dropout": 0.1},
+        "data": {"train": {"name": "conll", "paths": [WNUT_TRAIN]},
+                 "validation": {"name": "conll", "paths": [WNUT_DEV]}},
+        "head": {"name": "token_classification"},
+        "trainer": {"steps": 200, "batch_size": 16, "learning_rate": 2e-3, "warmup_steps": 20,
+                    "eval_every": 100, "log_every": 25},
+    }
+    log = []
+    metrics = finetune(config, echo=log.append, progress=False)
+    return run_dir, metrics, log
+
+
+def test_tagger_learns_on_wnut17(ner_run):
+    run_dir, metrics, log = ner_run
+    losses = [float(re.search(r" loss ([\d.e+-]+)", line).group(1))
+              for line in log if line.startswith("step ")]
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert any(line.startswith("validation") and " accuracy " in line for line in log), log
+    baseline, validation = metrics["baseline"], metrics["validation"]
+    assert baseline["majority_tag"] == "O" and baseline["f1"] == 0.0
+    assert 0.85 < baseline["accuracy"] < 0.97
+    # WNUT is hard for a 1-layer model trained for seconds: it must at least not fall below
+    # tagging everything O (its loss weighs only first pieces, so it can get there)
+    assert validation["accuracy"] >= baseline["accuracy"] - 0.01, metrics
+    for key in ("precision", "recall", "f1"):
+        assert math.isfinite(validation[key]) and 0 <= validation[key] <= 1
+    assert validation["entities"] > 100
+    head = json.load(open(os.path.join(run_dir, "head.json")))
+    assert head["labels"][-1] == "O" and len(head["labels"]) == 13
+
+
+def test_evaluate_and_predict_spans(ner_run, tmp_path):
+    run_dir, metrics, _ = ner_run
+    result = run_kplm("evaluate", run_dir, "--data", WNUT_DEV, "-o", str(tmp_path / "m.json"))
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout.strip().splitlines()[-1])
+    assert evaluated["f1"] == pytest.approx(metrics["validation"]["f1"], abs=1e-6)
+    assert evaluated["accuracy"] == pytest.approx(metrics["validation"]["accuracy"], abs=1e-6)
+    lines = ["Empire State Building =  ESB . Pretty bad storm here last evening .",
+             "  @paulwalk It 's the view from where I 'm living for two weeks"]
+    inputs = tmp_path / "in.txt"
+    inputs.write_text(lines[0] + "\n\n" + lines[1] + "\n")
+    result = run_kplm("predict", run_dir, "-i", str(inputs))
+    assert result.returncode == 0, result.stderr
+    predictions = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [p["text"] for p in predictions] == lines
+    from kplm.heads.token_classification import TokenClassificationHead
+    head_labels = json.load(open(os.path.join(run_dir, "head.json")))["labels"]
+    run_head = TokenClassificationHead(labels=head_labels)
+    for line, p in zip(lines, predictions):
+        assert len(p["tags"]) == len(line.split()) and set(p["tags"]) <= set(head_labels)
+        assert p["entities"] == run_head.entities(line, p["tags"])
+        for entity in p["entities"]:
+            assert line[entity["start"]:entity["end"]] == entity["text"]
+            assert entity["text"] == entity["text"].strip() and entity["type"]
+
+
+def test_predicted_spans_map_to_character_offsets():
+    from kplm.heads.token_classification import TokenClassificationHead
+    head = TokenClassificationHead(labels=["B-LOC", "I-LOC", "B-PER", "O"])
+    line = " New  York\tis  where Ada lives"
+    spans = head.entities(line, ["B-LOC", "I-LOC", "O", "O", "I-PER", "O"])
+    assert spans == [{"text": "New  York", "type": "LOC", "start": 1, "end": 10},
+                     {"text": "Ada", "type": "PER", "start": 21, "end": 24}]
