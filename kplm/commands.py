@@ -88,7 +88,8 @@ def evaluate(run_dir, paths, output):
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--input", "-i", "input_path", type=click.File("r", encoding="utf-8"), default="-",
-              help="Text to label, one example per line (a pair: TEXT<TAB>PAIR); - is stdin.")
+              help="One example per line; two-input heads take FIRST<TAB>SECOND (QA: "
+                   "QUESTION<TAB>CONTEXT); - is stdin.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write JSON lines here instead of stdout (written atomically).")
 def predict(run_dir, input_path, output):
@@ -106,7 +107,8 @@ def predict(run_dir, input_path, output):
         if head.pair_field:
             parts = line.split("\t")
             if len(parts) != 2:
-                raise DataError(f"{input_path.name}:{number}: expected TEXT<TAB>PAIR")
+                raise DataError(f"{input_path.name}:{number}: expected "
+                                f"{head.text_field.upper()}<TAB>{head.pair_field.upper()}")
             examples.append({head.text_field: parts[0], head.pair_field: parts[1]})
         else:
             examples.append({head.text_field: line})
