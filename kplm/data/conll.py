@@ -1,13 +1,12 @@
 """CoNLL files: one token per line with its tag, a blank line between sentences."""
 from typing import Optional
 
-from kplm.components import DataSource
-from kplm.data.files import expand_paths, open_lines
+from kplm.data.files import FileSource, open_lines
 from kplm.errors import DataError
 from kplm.hookspecs import hookimpl
 
 
-class ConllFiles(DataSource):
+class ConllFiles(FileSource):
     """Streams sentences from CoNLL files as ``{"tokens": [n] string, "tags": [n] string}``.
 
     Each non-blank line holds one token and its columns (split on ``delimiter``; None: any
@@ -39,13 +38,6 @@ class ConllFiles(DataSource):
         self.delimiter = delimiter
         if delimiter == "":
             raise DataError("delimiter: must not be empty (None splits on whitespace)")
-        self._files = None
-
-    @property
-    def files(self):
-        if self._files is None:
-            self._files = expand_paths(self.paths, "paths")
-        return self._files
 
     def fields(self):
         return ["tokens", "tags"]
@@ -100,9 +92,6 @@ class ConllFiles(DataSource):
         if not sentences:
             raise DataError(f"{', '.join(self.files)}: no sentences")
 
-    def size_bytes(self):
-        import os
-        return sum(os.path.getsize(f) for f in self.files)
 
     def build(self):
         import tensorflow as tf

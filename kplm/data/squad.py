@@ -1,13 +1,12 @@
 """SQuAD v1.1 JSON files: questions about paragraphs, answered by spans of the paragraph."""
 import json
 
-from kplm.components import DataSource
-from kplm.data.files import expand_paths, open_lines
+from kplm.data.files import FileSource, open_lines
 from kplm.errors import DataError
 from kplm.hookspecs import hookimpl
 
 
-class SquadFiles(DataSource):
+class SquadFiles(FileSource):
     """Reads SQuAD v1.1 JSON files (``data[].paragraphs[].context``, ``qas[].id``, ``question``,
     ``answers[].text`` / ``answer_start``) into one example per question: ``{"id", "question",
     "context", "answer_texts", "answer_starts"}`` (the last two are lists: dev sets hold several
@@ -38,13 +37,6 @@ class SquadFiles(DataSource):
     def __init__(self, paths: list[str], require_answers: bool = True):
         self.paths = paths
         self.require_answers = require_answers
-        self._files = None
-
-    @property
-    def files(self):
-        if self._files is None:
-            self._files = expand_paths(self.paths, "paths")
-        return self._files
 
     def _load(self, path):
         try:
@@ -109,9 +101,6 @@ class SquadFiles(DataSource):
         if not sum(1 for _ in self.examples()):  # all of them: a bad record anywhere is reported
             raise DataError(f"{', '.join(self.files)}: no questions")
 
-    def size_bytes(self):
-        import os
-        return sum(os.path.getsize(f) for f in self.files)
 
     def build(self):
         import tensorflow as tf
