@@ -60,3 +60,16 @@ def test_jsonl_field_and_errors(tmp_path):
     wrong.write_text('{"text": 3}\n')
     with pytest.raises(DataError, match=rf"{wrong}:1: field 'text' must be a string"):
         JsonLines(paths=[str(wrong)]).check()
+
+
+def test_jsonl_fields_for_fine_tuning(tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    path.write_text('{"review": "great", "stars": 5}\n{"review": "awful", "stars": 1}\n')
+    source = JsonLines(paths=[str(path)], fields={"text": "review", "label": "stars"})
+    source.check()
+    assert [(x["text"].numpy(), x["label"].numpy()) for x in source.build()] == [
+        (b"great", b"5"), (b"awful", b"1")]
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text('{"review": "ok", "stars": [1, 2]}\n')
+    with pytest.raises(DataError, match=rf"{nested}:1: field 'stars' must be a string or a number"):
+        JsonLines(paths=[str(nested)], fields={"text": "review", "label": "stars"}).check()

@@ -1,5 +1,6 @@
-"""JSON Lines files: one JSON object per line, the text in a named field."""
+"""JSON Lines files: one JSON object per line, fields picked by key."""
 import json
+from typing import Optional
 
 from kplm.data.files import FileSource, open_lines
 from kplm.errors import DataError
@@ -7,26 +8,38 @@ from kplm.hookspecs import hookimpl
 
 
 class JsonLines(FileSource):
-    """Streams ``{"text": ...}`` examples from JSONL files (globs, ``.gz``), line by line.
+    """Streams examples from JSONL files (globs, ``.gz``), line by line.
 
-    Blank lines are skipped; a line that is not a JSON object, lacks ``text_field`` or holds a
-    non-string there is refused with the file and line number.
+    By default each example is ``{"text": record[text_field]}``. ``fields`` maps example fields
+    to JSON keys instead (e.g. ``{text: review, label: stars}`` for fine-tuning); numbers and
+    booleans in those keys are turned into strings (labels are strings in kplm). Blank lines are
+    skipped; a line that is not a JSON object, lacks a key, or holds a list or object there is
+    refused with the file and line number.
 
     Args:
         paths: list of str. Files or glob patterns.
-        text_field: str. The key holding the text. Defaults to ``"text"``.
+        text_field: str. The key holding the text (when ``fields`` is not given). Defaults to
+            ``"text"``.
+        fields: mapping or None. Example field -> JSON key. Defaults to None.
 
     Example:
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "a.jsonl")
-    >>> _ = open(path, "w").write('{"body": "hello"}\\n{"body": "world"}\\n')
+    >>> _ = open(path, "w").write('{"body": "hello", "stars": 5}\\n{"body": "world", "stars": 1}\\n')
     >>> [x["text"].numpy() for x in JsonLines(paths=[path], text_field="body").build()]
     [b'hello', b'world']
+    >>> source = JsonLines(paths=[path], fields={"text": "body", "label": "stars"})
+    >>> [(x["text"].numpy(), x["label"].numpy()) for x in source.build()]
+    [(b'hello', b'5'), (b'world', b'1')]
     """
 
-    def __init__(self, paths: list[str], text_field: str = "text"):
+    def __init__(self, paths: list[str], text_field: str = "text", fields: Optional[dict] = None):
         self.paths = paths
-        self.text_field = text_field
+        self.fields = dict(fields) if fields else {"text": text_field}
+        for field, key in self.fields.items():
+            if not isinstance(key, str):
+                raise DataError(f"fields.{field}: expected a JSON key (string), got {key!r}")
+        self.text_field = "text" if "text" in self.fields else next(iter(self.fields))
 
     def _records(self):
         for path in self.files:
@@ -50,33 +63,42 @@ class JsonLines(FileSource):
             raise DataError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        if self.text_field not in record:
-            raise DataError(f"{path}:{number}: no field '{self.text_field}' "
-                            f"(fields: {', '.join(record) or 'none'}); set text_field")
-        if not isinstance(record[self.text_field], str):
-            raise DataError(f"{path}:{number}: field '{self.text_field}' must be a string, got "
-                            f"{type(record[self.text_field]).__name__}")
-        return record[self.text_field]
+        example = {}
+        for field, key in self.fields.items():
+            if key not in record:
+                hint = "set text_field" if field == "text" and len(self.fields) == 1 else "set fields"
+                raise DataError(f"{path}:{number}: no field '{key}' "
+                                f"(fields: {', '.join(record) or 'none'}); {hint}")
+            value = record[key]
+            if field == self.text_field and not isinstance(value, str):
+                raise DataError(f"{path}:{number}: field '{key}' must be a string, got "
+                                f"{type(value).__name__}")
+            if isinstance(value, (list, dict)) or value is None:
+                raise DataError(f"{path}:{number}: field '{key}' must be a string or a number, "
+                                f"got {type(value).__name__}")
+            example[field] = value if isinstance(value, str) else json.dumps(value)
+        return example
 
     def check(self):
         """Parse every record once (streaming); refuse malformed lines and empty corpora."""
         nonempty = 0
-        for _, _, text in self._records():  # parse all: a bad line anywhere is reported now
-            nonempty += bool(text.strip())
+        for _, _, example in self._records():  # parse all: a bad line anywhere is reported now
+            nonempty += bool(example[self.text_field].strip())
         if not nonempty:
             raise DataError(f"{', '.join(self.files)}: no text (the corpus is empty)")
 
     def build(self):
         import tensorflow as tf
 
-        def generate():
-            for _, _, text in self._records():
-                if text.strip():
-                    yield text.encode("utf-8")
+        fields = list(self.fields)
 
-        texts = tf.data.Dataset.from_generator(
-            generate, output_signature=tf.TensorSpec([], tf.string))
-        return texts.map(lambda s: {"text": s})
+        def generate():
+            for _, _, example in self._records():
+                if example[self.text_field].strip():
+                    yield {f: example[f].encode("utf-8") for f in fields}
+
+        return tf.data.Dataset.from_generator(
+            generate, output_signature={f: tf.TensorSpec([], tf.string) for f in fields})
 
 
 @hookimpl
