@@ -300,6 +300,34 @@ class QuestionAnsweringHead(Head):
         return results
 
 
+    def baseline(self, train_source, eval_source):
+        """Two answer-agnostic baselines on ``eval_source``, official exact match and F1
+        (percent): ``first_words``, the context's first N words (N the median gold answer length
+        in words on ``train_source``), and ``sentence``, the context sentence sharing the most
+        (normalised) words with the question. ``exact_match``/``f1`` are the better of the two."""
+        import re
+        import statistics
+
+        from kplm.squad_metrics import normalize_answer, squad_scores
+        lengths = [len(ex["answer_texts"][0].split())
+                   for ex in self._examples(train_source.build()) if ex.get("answer_texts")]
+        n = max(1, int(statistics.median(lengths))) if lengths else 1
+        examples = self._examples(eval_source.build())
+        golds = [ex["answer_texts"] for ex in examples]
+        first, overlap = [], []
+        for ex in examples:
+            first.append(" ".join(ex["context"].split()[:n]))
+            question = set(normalize_answer(ex["question"]).split())
+            sentences = re.split(r"(?<=[.!?])\s+", ex["context"].strip())
+            overlap.append(max(sentences, key=lambda s: len(
+                question & set(normalize_answer(s).split()))))
+        scores = {"first_words": squad_scores(first, golds),
+                  "sentence": squad_scores(overlap, golds)}
+        best = max(scores.values(), key=lambda s: s["f1"])
+        return {"exact_match": best["exact_match"], "f1": best["f1"], "first_words_n": n,
+                **scores, "questions": len(examples)}
+
+
 @hookimpl
 def register_heads(register):
     register("question_answering", QuestionAnsweringHead)
