@@ -123,3 +123,16 @@ def test_cli_pretrain_as_subprocess(tmp_path):
     again = run_kplm("pretrain", str(path), "--overwrite", "--set", "trainer.steps=5")
     assert again.returncode == 0, again.stderr
     assert json.load(open(os.path.join(run_dir, "metrics.json")))["steps"] == 5
+
+
+@pytest.mark.slow
+def test_mixed_precision_and_xla_switches_run_and_leave_no_global_state(tiny_config):
+    import keras
+    tiny_config["trainer"].update({"steps": 4, "eval_every": 4, "log_every": 2, "warmup_steps": 1,
+                                   "validation_steps": 1, "mixed_precision": "bfloat16",
+                                   "jit_compile": True})
+    metrics = pretrain(tiny_config, echo=None, progress=False)
+    assert np.isfinite(metrics["train"]["loss"]) and metrics["steps"] == 4
+    backbone = load_backbone(tiny_config["run_dir"])
+    assert backbone.dtype_policy.name == "mixed_bfloat16"  # the run's choice is saved with it
+    assert keras.mixed_precision.global_policy().name == "float32"  # and not left behind

@@ -11,7 +11,8 @@ from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
 from kplm.errors import ConfigError, DataError, KplmError
-from kplm.training.runtime import build, prepare_run_dir, strategy_for, write_text
+from kplm.training.runtime import (build, prepare_run_dir, restoring_precision_policy,
+                                   strategy_for, write_text)
 from kplm.training.trainer_config import TrainerConfig
 
 TOP_LEVEL_KEYS = ["run_dir", "seed", "init_from", "tokenizer", "data", "backbone", "head",
@@ -100,6 +101,11 @@ def finetune(config, *, overwrite=False, echo=print, progress=True):
     Example:
         metrics = kplm.finetune(kplm.load_yaml("configs/sst2_classification.yaml"))
     """
+    with restoring_precision_policy():
+        return _finetune(config, overwrite=overwrite, echo=echo, progress=progress)
+
+
+def _finetune(config, *, overwrite=False, echo=print, progress=True):
     # --- check everything before touching the disk --------------------------------------------
     spec = FinetuneSpec(config)
     trainer = TrainerConfig(**spec.trainer)

@@ -9,7 +9,8 @@ from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
 from kplm.errors import DataError
-from kplm.training.runtime import build, prepare_run_dir, strategy_for, write_text
+from kplm.training.runtime import (build, prepare_run_dir, restoring_precision_policy,
+                                   strategy_for, write_text)
 from kplm.training.trainer_config import TrainerConfig
 
 TOP_LEVEL_KEYS = ["run_dir", "seed", "tokenizer", "data", "backbone", "objective", "trainer",
@@ -54,6 +55,11 @@ def pretrain(config, *, overwrite=False, echo=print, progress=True):
     Example:
         metrics = kplm.pretrain(kplm.config.load_yaml("configs/bert_tiny_mlm.yaml"))
     """
+    with restoring_precision_policy():
+        return _pretrain(config, overwrite=overwrite, echo=echo, progress=progress)
+
+
+def _pretrain(config, *, overwrite=False, echo=print, progress=True):
     # --- check everything before touching the disk --------------------------------------------
     spec = PretrainSpec(config)
     trainer = TrainerConfig(**spec.trainer)

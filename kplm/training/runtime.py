@@ -1,6 +1,8 @@
 """Pieces every training entry point shares: building components, strategies, run dirs."""
+import contextlib
 import os
 import shutil
+import sys
 
 from kplm.errors import KplmError
 
@@ -34,3 +36,17 @@ def write_text(path, text):
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def restoring_precision_policy():
+    """Undo a run's ``mixed_precision`` setting afterwards: Keras keeps the dtype policy as
+    process-wide state, and a later model in the same process must not inherit it."""
+    previous = None
+    if "keras" in sys.modules:
+        previous = sys.modules["keras"].mixed_precision.global_policy().name
+    try:
+        yield
+    finally:
+        if "keras" in sys.modules:
+            sys.modules["keras"].mixed_precision.set_global_policy(previous or "float32")
