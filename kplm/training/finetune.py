@@ -2,7 +2,6 @@
 import json
 import os
 import time
-import warnings
 from typing import Optional
 
 import yaml
@@ -11,8 +10,7 @@ from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
 from kplm.errors import ConfigError, DataError, KplmError
-from kplm.training.runtime import (build, prepare_run_dir, restoring_precision_policy,
-                                   strategy_for, write_text)
+from kplm.training.runtime import build, restoring_precision_policy, start_run, strategy_for
 from kplm.training.trainer_config import TrainerConfig
 
 TOP_LEVEL_KEYS = ["run_dir", "seed", "init_from", "tokenizer", "data", "backbone", "head",
@@ -122,15 +120,11 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
     callbacks = [build(cls, section) for cls, section in spec.callbacks]
 
     import keras
-    warnings.filterwarnings("ignore", message="Your input ran out of data")
-    warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
 
     run_dir = spec.run_dir
-    prepare_run_dir(run_dir, overwrite)
     resolved = spec.resolved()
     resolved["head"] = {"name": spec.head["name"], **head.get_config()}
-    config_text = yaml.safe_dump(resolved, sort_keys=False)
-    write_text(os.path.join(run_dir, runs.CONFIG), config_text)
+    config_text = start_run(run_dir, overwrite, resolved)
     keras.utils.set_random_seed(spec.seed)
 
     # --- tokenizer: the pretrained run's, or given, or learned ---------------------------------

@@ -1,16 +1,12 @@
 """``kplm pretrain``: one function that reads top to bottom, from config to saved backbone."""
 import os
 import time
-import warnings
-
-import yaml
 
 from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
 from kplm.errors import DataError
-from kplm.training.runtime import (build, prepare_run_dir, restoring_precision_policy,
-                                   strategy_for, write_text)
+from kplm.training.runtime import build, restoring_precision_policy, start_run, strategy_for
 from kplm.training.trainer_config import TrainerConfig
 
 TOP_LEVEL_KEYS = ["run_dir", "seed", "tokenizer", "data", "backbone", "objective", "trainer",
@@ -73,16 +69,9 @@ def _pretrain(config, *, overwrite=False, echo=print, progress=True):
     callbacks = [build(cls, section) for cls, section in spec.callbacks]
 
     import keras
-    # Expected here: the pooler gets no gradient from a token-level objective, and a finite
-    # validation set "runs out" at the end of every evaluation.
-    warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
-    warnings.filterwarnings("ignore", message="Your input ran out of data")
 
     run_dir = spec.run_dir
-    prepare_run_dir(run_dir, overwrite)
-    resolved = spec.resolved()
-    config_text = yaml.safe_dump(resolved, sort_keys=False)
-    write_text(os.path.join(run_dir, runs.CONFIG), config_text)
+    config_text = start_run(run_dir, overwrite, spec.resolved())
     keras.utils.set_random_seed(spec.seed)
 
     # --- tokenizer: given, or learned from the training data ----------------------------------

@@ -31,6 +31,24 @@ def prepare_run_dir(run_dir, overwrite):
     os.makedirs(run_dir, exist_ok=True)
 
 
+def start_run(run_dir, overwrite, resolved):
+    """Create the run directory, write the resolved config into it, and silence the Keras
+    warnings that are expected in kplm runs; returns the config as YAML text."""
+    import warnings
+
+    import yaml
+
+    from kplm import runs
+    # Expected: a pooler gets no gradient from a token-level objective, and a finite validation
+    # set "runs out" at the end of every evaluation.
+    warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    prepare_run_dir(run_dir, overwrite)
+    config_text = yaml.safe_dump(resolved, sort_keys=False)
+    write_text(os.path.join(run_dir, runs.CONFIG), config_text)
+    return config_text
+
+
 def write_text(path, text):
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
