@@ -36,6 +36,8 @@ _LAZY = {
     "FinetunedRun": "kplm.training.finetune",
     "load_backbone": "kplm.runs",
     "load_tokenizer": "kplm.runs",
+    "load_pretrained": "kplm.pretrained",
+    "PretrainedBackbone": "kplm.components",
     # components
     "TextFiles": "kplm.data.text_files",
     "JsonLines": "kplm.data.jsonl",

@@ -124,6 +124,42 @@ def predict(run_dir, input_path, output):
             click.echo(line)
 
 
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "keras_hub", "hf"]),
+              default="saved_model", show_default=True,
+              help="saved_model: a fine-tuned run for serving, raw strings in; keras_hub: the "
+                   "backbone + tokenizer as a keras-hub preset; hf: as a Hugging Face BertModel "
+                   "directory.")
+@click.option("--output", "-o", type=click.Path(file_okay=False),
+              help="Directory to write (default: RUN_DIR/export/FORMAT).")
+def export(run_dir, fmt, output):
+    """Export RUN_DIR for serving (a SavedModel) or as a keras-hub / Hugging Face checkpoint.
+
+    RUN_DIR is a fine-tuned run; for --format keras_hub or hf it may also be a pretraining run,
+    a keras-hub preset or a Hugging Face directory (converting between the formats)."""
+    import_tensorflow_quietly()
+    output = output or os.path.join(run_dir, "export", fmt)
+    if fmt == "saved_model":
+        from kplm.serving import export_saved_model
+        export_saved_model(run_dir, output, echo=click.echo)
+        return
+    from kplm.training.finetune import HEAD_CONFIG, FinetunedRun
+    if os.path.exists(os.path.join(run_dir, HEAD_CONFIG)):
+        run = FinetunedRun(run_dir)
+        backbone, tok = run.model.backbone, run.tokenizer
+    else:
+        from kplm.pretrained import load_pretrained
+        backbone, tok = load_pretrained(run_dir, key="RUN_DIR")
+    if fmt == "keras_hub":
+        from kplm.pretrained.presets import save_preset
+        save_preset(backbone, tok, output)
+    else:
+        from kplm.pretrained.huggingface import export_bert
+        export_bert(backbone, tok, output)
+    click.echo(f"exported the backbone and tokenizer of {run_dir} to {output} ({fmt})")
+
+
 @click.group()
 def tokenizer():
     """Learn and inspect tokenizers."""
@@ -173,5 +209,6 @@ def register_commands(cli):
     cli.add_command(finetune)
     cli.add_command(evaluate)
     cli.add_command(predict)
+    cli.add_command(export)
     cli.add_command(tokenizer)
     cli.add_command(plugins)

@@ -40,7 +40,55 @@ class DataSource(Component):
 
 
 class Tokenizer(Component):
-    """A trainable, savable tokenizer kind. ``build()`` returns an in-graph keras_hub tokenizer."""
+    """A trainable, savable tokenizer kind. ``build()`` returns an in-graph keras_hub tokenizer.
+
+    ``tokens`` is the vocabulary (id order). ``special`` maps the roles heads and objectives use
+    (``cls``: sequence start, ``sep``: separator/end, ``pad``, ``unk``, ``mask``) to tokens;
+    ``pair_separator`` is the roles between the two texts of a pair; ``continuation_prefix`` is
+    the mark of word-internal pieces (``"##"`` for WordPiece; None when pieces do not mark it,
+    which the word-aligned heads refuse).
+    """
+
+    special = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "unk": "[UNK]", "mask": "[MASK]"}
+    pair_separator = ("sep",)
+    continuation_prefix = "##"
+    tokens = None
+
+    def token_to_id(self, token):
+        return self.tokens.index(token)
+
+    def special_id(self, role):
+        """The id of the special token playing ``role`` (``cls``, ``sep``, ``pad``, ``unk``,
+        ``mask``)."""
+        return self.token_to_id(self.special[role])
+
+    @property
+    def special_token_ids(self):
+        """Ids of every special token (never masked or predicted)."""
+        return sorted({self.token_to_id(t) for t in self.special.values()})
+
+    def require_word_pieces(self, what):
+        """Refuse tokenizers without ``##`` continuation pieces for word-aligned ``what``."""
+        if self.continuation_prefix != "##":
+            from kplm.errors import ConfigError
+            raise ConfigError(f"{what} needs a WordPiece tokenizer (word pieces marked '##'); "
+                              f"this backbone's tokenizer is '{self.name}'")
+
+
+class PretrainedBackbone(Component):
+    """A backbone read from a checkpoint directory together with its tokenizer (registered under
+    the backbone kind, e.g. ``backbone: {name: hf, path: DIR}``).
+
+    Subclasses implement ``load(dtype=None)`` returning ``(backbone, tokenizer)``: a Keras
+    backbone with trained weights and the kplm ``Tokenizer`` it was trained with.
+    """
+
+    def check(self):
+        """Cheap validation before a run starts (e.g. the directory's format); raises
+        ``ConfigError``. Default: nothing."""
+
+    def load(self, dtype=None):  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 class Objective(Component):
@@ -71,6 +119,10 @@ class Head(Component):
       per example dict (e.g. ``{"text": ...}``).
     - ``get_config()``: everything needed to rebuild the head (saved as ``head.json``).
     - ``model_module``: the module defining the task model's serializable Keras class.
+    - ``serving_endpoint(model, tokenizer, sequence_length)`` (optional, for ``kplm export``):
+      ``(fn, input_signature)``, a function of ``[batch]`` raw-string tensors returning a dict of
+      named output tensors, computed in graph ops (tokenization included); see
+      ``kplm.serving``.
     """
 
     metric = "loss"

@@ -10,7 +10,7 @@ KINDS = {
     "objective": ("register_objectives", "kplm.components:Objective"),
     "head": ("register_heads", "kplm.components:Head"),
     "data_source": ("register_data_sources", "kplm.components:DataSource"),
-    "backbone": ("register_backbones", "keras:Model"),
+    "backbone": ("register_backbones", "keras:Model|kplm.components:PretrainedBackbone"),
     "tokenizer": ("register_tokenizers", "kplm.components:Tokenizer"),
     "callback": ("register_callbacks", "keras.callbacks:Callback"),
 }
@@ -57,12 +57,13 @@ class Entry:
 
 
 def _check_base(kind, name, obj, plugin):
-    base_path = KINDS[kind][1]
-    base = _import(base_path)
-    if not (isinstance(obj, type) and issubclass(obj, base)):
+    base_paths = KINDS[kind][1].split("|")
+    bases = tuple(_import(path) for path in base_paths)
+    if not (isinstance(obj, type) and issubclass(obj, bases)):
+        expected = " or ".join(path.replace(":", ".") for path in base_paths)
         raise PluginError(
             f"plugin {plugin} registered {kind} '{name}' as {obj!r}, which is not a subclass of "
-            f"{base_path.replace(':', '.')}")
+            f"{expected}")
     if "name" not in vars(obj):
         obj.name = name
 

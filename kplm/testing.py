@@ -15,3 +15,188 @@ def run_kplm(*args, env=None, cwd=None, timeout=600):
                     **(env or {}))
     return subprocess.run([sys.executable, "-m", "kplm", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
+
+
+#: The vocabulary of the tiny checkpoints: BERT's specials, then characters, pieces and words.
+_TINY_WORDS = (
+    "the of and to in a is was for on as by with he it that at from his an were are which "
+    "this be or has had first new after its one two also who their they not her but she "
+    "have been film game song season war city team world year years time music album "
+    "series during between into more other all when while most later only where can "
+    "united states national new york north south british known called used made became"
+).split()
+
+
+def tiny_vocabulary():
+    """The WordPiece vocabulary of ``write_tiny_hf_checkpoint`` (deterministic)."""
+    import string
+    chars = list(string.ascii_lowercase + string.digits) + list(".,;:!?'\"()-@=/&%$")
+    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(3)] + ["[UNK]", "[CLS]", "[SEP]",
+                                                                 "[MASK]"]
+    tokens += chars + ["##" + c for c in string.ascii_lowercase + string.digits]
+    seen = set(tokens)
+    for word in _TINY_WORDS:
+        if word not in seen:
+            seen.add(word)
+            tokens.append(word)
+    return tokens
+
+
+def tiny_byte_bpe(size):
+    """A byte-level BPE vocabulary of ``size`` ids (RoBERTa's specials, printable ASCII, the
+    space mark ``Ġ``, then merges spelling ``Ġword`` for common words) and its merge rules."""
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for code in range(33, 127):
+        vocab[chr(code)] = len(vocab)
+    vocab["\u0120"] = len(vocab)
+    merges = []
+    for word in _TINY_WORDS:
+        current = "\u0120"
+        for ch in word:
+            merged = current + ch
+            if merged not in vocab:
+                if len(vocab) >= size - 1:
+                    break
+                vocab[merged] = len(vocab)
+                merges.append(f"{current} {ch}")
+            current = merged
+    vocab["<mask>"] = size - 1
+    return vocab, merges
+
+
+def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=32,
+                             num_layers=2, num_heads=4, intermediate_size=64, max_positions=64):
+    """Write a tiny random Hugging Face checkpoint (``config.json``, ``model.safetensors``,
+    ``vocab.txt``, ``tokenizer_config.json``) of ``model_type`` ``bert``, ``roberta`` or
+    ``distilbert``. The weights come from ``numpy.random.RandomState(seed)``, so the same
+    arguments give the same bytes on every machine; ``tests/reference`` holds the reference
+    implementation's outputs for them. Returns the config dict.
+
+    Example:
+        write_tiny_hf_checkpoint("/tmp/tiny-bert")
+        encoder = kplm.pretrained.huggingface.load_encoder("/tmp/tiny-bert")
+    """
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.RandomState(seed)
+    vocab = tiny_vocabulary()
+    h, i_size, v = hidden_size, intermediate_size, len(vocab)
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def ln(prefix):
+        return {prefix + "weight": 1.0 + w(h, scale=0.1), prefix + "bias": w(h, scale=0.1)}
+
+    def linear(prefix, out_dim, in_dim):
+        return {prefix + "weight": w(out_dim, in_dim), prefix + "bias": w(out_dim, scale=0.1)}
+
+    state = {}
+    if model_type == "distilbert":
+        prefix = "distilbert."
+        config = {"model_type": "distilbert", "architectures": ["DistilBertModel"],
+                  "vocab_size": v, "dim": h, "n_layers": num_layers, "n_heads": num_heads,
+                  "hidden_dim": i_size, "activation": "gelu", "dropout": 0.1,
+                  "attention_dropout": 0.1, "max_position_embeddings": max_positions,
+                  "sinusoidal_pos_embds": False, "pad_token_id": 0}
+        state[prefix + "embeddings.word_embeddings.weight"] = w(v, h)
+        state[prefix + "embeddings.position_embeddings.weight"] = w(max_positions, h)
+        state.update(ln(prefix + "embeddings.LayerNorm."))
+        for layer in range(num_layers):
+            p = f"{prefix}transformer.layer.{layer}."
+            for name in ("q_lin", "k_lin", "v_lin", "out_lin"):
+                state.update(linear(f"{p}attention.{name}.", h, h))
+            state.update(ln(p + "sa_layer_norm."))
+            state.update(linear(p + "ffn.lin1.", i_size, h))
+            state.update(linear(p + "ffn.lin2.", h, i_size))
+            state.update(ln(p + "output_layer_norm."))
+        state.update(linear("classifier.", 2, h))  # a task layer the import must ignore
+    elif model_type in ("bert", "roberta"):
+        roberta = model_type == "roberta"
+        positions = max_positions + 2 if roberta else max_positions
+        config = {"model_type": model_type,
+                  "architectures": ["RobertaModel" if roberta else "BertModel"],
+                  "vocab_size": v, "hidden_size": h, "num_hidden_layers": num_layers,
+                  "num_attention_heads": num_heads, "intermediate_size": i_size,
+                  "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+                  "attention_probs_dropout_prob": 0.1, "max_position_embeddings": positions,
+                  "type_vocab_size": 1 if roberta else 2, "layer_norm_eps": 1e-12,
+                  "pad_token_id": 1 if roberta else 0, "position_embedding_type": "absolute"}
+        prefix = "roberta." if roberta else ""
+        state[prefix + "embeddings.word_embeddings.weight"] = w(v, h)
+        state[prefix + "embeddings.position_embeddings.weight"] = w(positions, h)
+        state[prefix + "embeddings.token_type_embeddings.weight"] = w(
+            config["type_vocab_size"], h)
+        state.update(ln(prefix + "embeddings.LayerNorm."))
+        for layer in range(num_layers):
+            p = f"{prefix}encoder.layer.{layer}."
+            for name in ("query", "key", "value"):
+                state.update(linear(f"{p}attention.self.{name}.", h, h))
+            state.update(linear(p + "attention.output.dense.", h, h))
+            state.update(ln(p + "attention.output.LayerNorm."))
+            state.update(linear(p + "intermediate.dense.", i_size, h))
+            state.update(linear(p + "output.dense.", h, i_size))
+            state.update(ln(p + "output.LayerNorm."))
+        state.update(linear(prefix + "pooler.dense.", h, h))
+    else:
+        raise ValueError(f"model_type must be bert, roberta or distilbert, not {model_type!r}")
+    os.makedirs(directory, exist_ok=True)
+    save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    if model_type == "roberta":
+        bpe_vocab, merges = tiny_byte_bpe(v)
+        with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(bpe_vocab, f, ensure_ascii=False)
+        with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+    else:
+        with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(vocab) + "\n")
+        with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"do_lower_case": True, "model_max_length": max_positions}, f)
+    return config
+
+
+_SERVE = """
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the tokenizer ops the graph uses)
+model = tf.saved_model.load(sys.argv[1])
+inputs = json.load(open(sys.argv[2], encoding="utf-8"))
+out = model.signatures["serving_default"](**{k: tf.constant(v) for k, v in inputs.items()})
+def plain(value):
+    value = value.numpy()
+    if value.dtype == object:
+        return [[x.decode("utf-8") for x in row] if hasattr(row, "__len__") and
+                not isinstance(row, bytes) else row.decode("utf-8") for row in value]
+    return value.tolist()
+json.dump({k: plain(v) for k, v in out.items()}, open(sys.argv[3], "w", encoding="utf-8"))
+"""
+
+
+def serve_in_fresh_process(export_dir, inputs, timeout=300):
+    """Load the SavedModel in ``export_dir`` in a new Python process that imports only
+    TensorFlow and tensorflow-text (as a serving process would), call its ``serving_default``
+    signature with ``inputs`` (``{name: [str, ...]}``) and return its outputs as lists.
+
+    Example:
+        out = serve_in_fresh_process("exported/sst2", {"text": ["a fine film"]})
+        out["label"]  # ['positive']
+    """
+    import json
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        source, result = os.path.join(tmp, "in.json"), os.path.join(tmp, "out.json")
+        with open(source, "w", encoding="utf-8") as f:
+            json.dump(inputs, f)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        done = subprocess.run([sys.executable, "-c", _SERVE, export_dir, source, result],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"serving process failed:\n{done.stderr[-3000:]}")
+        with open(result, encoding="utf-8") as f:
+            return json.load(f)

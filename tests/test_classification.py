@@ -104,6 +104,56 @@ def test_finetune_refuses_unknown_head_and_bad_init_from(tmp_path):
             "data": {"train": {"name": "csv", "paths": [SST_TRAIN]}}}
     with pytest.raises(ConfigError, match="Did you mean 'sequence_classification'"):
         FinetuneSpec({**base, "head": {"name": "sequence_clasification"}})
-    with pytest.raises(ConfigError, match="init_from.*expected a finished `kplm pretrain`"):
+    with pytest.raises(ConfigError, match="init_from.* is not a kplm pretraining run directory"):
         FinetuneSpec({**base, "head": {"name": "sequence_classification"},
                       "init_from": str(tmp_path)})
+
+
+def test_exported_saved_model_serves_raw_text_like_predict(finetuned_run, tmp_path):
+    """`kplm export` -> a SavedModel that a process with only TensorFlow + tensorflow-text loads
+    and that answers raw strings exactly as `kplm predict` does."""
+    from kplm.testing import serve_in_fresh_process
+    from kplm.training.finetune import FinetunedRun
+    run_dir, _ = finetuned_run
+    exported = str(tmp_path / "served")
+    result = run_kplm("export", run_dir, "-o", exported)
+    assert result.returncode == 0, result.stderr
+    assert "serving_default(text)" in result.stdout
+    texts = [line.split("\t", 1)[1].rstrip("\n")
+             for line in open(SST_DEV, encoding="utf-8").readlines()[1:25]]
+    texts += ["", "Ünïcödé — 東京 🎬 !!", "a " * 200]  # empty, non-ASCII, longer than the model
+    served = serve_in_fresh_process(exported, {"text": texts})
+    expected = FinetunedRun(run_dir).predict([{"text": t} for t in texts])
+    assert served["label"] == [p["label"] for p in expected]
+    np.testing.assert_allclose(
+        served["probabilities"],
+        [[p["probabilities"][label] for label in ("negative", "positive")] for p in expected],
+        atol=1e-5)
+    assert served["labels"][0] == ["negative", "positive"]
+    assert len(set(served["label"])) == 2  # both labels occur: the comparison is not trivial
+
+
+def test_pooling_choices_and_regression_starting_score():
+    """``pooling: mean`` classifies the mean hidden state over real tokens (padding excluded),
+    ``cls`` the first one; a regression head starts its output at the mean training score."""
+    from kplm.data.csv_files import CsvFiles
+    from kplm.heads.regression import RegressionHead
+    from kplm.models.classifier import SequenceClassifier
+    from kplm.models.encoder import Encoder
+    encoder = Encoder(vocabulary_size=30, num_layers=1, hidden_dim=8, num_heads=2,
+                      intermediate_dim=16, sequence_length=6, dropout=0.0)
+    x = {"token_ids": np.array([[2, 7, 9, 3, 0, 0]]), "segment_ids": np.zeros((1, 6), "int32"),
+         "padding_mask": np.array([[1, 1, 1, 1, 0, 0]])}
+    sequence = np.asarray(encoder(x)["sequence_output"])[0]
+    for pooling, vector in (("mean", sequence[:4].mean(axis=0)), ("cls", sequence[0])):
+        model = SequenceClassifier(encoder, num_classes=2, dropout=0.0, pooling=pooling)
+        kernel, bias = (w.numpy() for w in model.output_dense.weights)
+        np.testing.assert_allclose(model(x)[0], vector @ kernel + bias, atol=1e-5)
+    stsb = os.path.join(ROOT, "data", "stsb", "train.tsv")
+    head = RegressionHead(pair_field="text_pair")
+    head.prepare(CsvFiles(paths=[stsb], columns={"text": "sentence1", "text_pair": "sentence2",
+                                                 "label": "score"}))
+    scores = [float(line.split("\t")[-1]) for line in open(stsb).read().splitlines()[1:]]
+    assert head.initial_score == pytest.approx(np.mean(scores))
+    model = head.build_model(encoder)
+    assert model.output_dense.weights[1].numpy()[0] == pytest.approx(np.mean(scores))

@@ -31,6 +31,7 @@ DOCTEST_MODULES = [
     "kplm.objectives.masked_lm", "kplm.tokenizers.wordpiece", "kplm.models.encoder",
     "kplm.models.masked_lm", "kplm.models.classifier", "kplm.training.optimizer",
     "kplm.training.trainer_config", "kplm.heads.sequence_classification", "kplm.heads.regression",
+    "kplm.pretrained", "kplm.pretrained.torch_zip",
 ]
 
 

@@ -73,7 +73,9 @@ def test_builtins_register_through_hooks():
     assert registry.names("objective") == ["masked_lm"]
     assert {"text_files", "jsonl"} <= set(registry.names("data_source"))
     assert registry.entry("data_source", "text_files").plugin == "kplm.data.text_files"
-    assert registry.names("backbone") == ["encoder"]
+    assert registry.names("backbone") == ["encoder", "hf", "keras_hub"]
+    assert registry.entry("backbone", "hf").plugin == "kplm.pretrained"
+    assert registry.names("tokenizer") == ["byte_bpe", "wordpiece"]
 
 
 def test_duplicate_name_names_both_plugins():

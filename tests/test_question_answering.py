@@ -147,3 +147,28 @@ def test_finetune_learns_and_predicts_a_context_substring(qa_run):
     assert prediction["answer"] and prediction["answer"] in context
     assert context[prediction["start"]:prediction["end"]] == prediction["answer"]
     assert 0 < prediction["score"] <= 1
+
+
+def test_exported_saved_model_answers_raw_questions_like_predict(qa_run, tmp_path):
+    """Windows, word-piece spans and the best-span search run in the graph; the answers equal
+    `predict`'s over real contexts longer than one window, and odd inputs."""
+    from kplm.serving import export_saved_model
+    from kplm.testing import serve_in_fresh_process
+    from kplm.training.finetune import FinetunedRun
+    run_dir = qa_run[0]
+    exported = str(tmp_path / "served")
+    assert export_saved_model(run_dir, exported, echo=None) == ["question", "context"]
+    examples = [{"question": ex["question"].numpy().decode(),
+                 "context": ex["context"].numpy().decode()}
+                for ex in SquadFiles(paths=[SQUAD_DEV]).build().take(40)]
+    examples += [{"question": "Who?", "context": ""},
+                 {"question": "Où est le café?", "context": "Le café — très bon — est à 東京."}]
+    served = serve_in_fresh_process(exported, {k: [ex[k] for ex in examples]
+                                               for k in ("question", "context")})
+    expected = FinetunedRun(run_dir).predict(examples)
+    for i, p in enumerate(expected):
+        assert (served["answer"][i], served["start"][i], served["end"][i]) == (
+            p["answer"], p["start"], p["end"]), (i, p)
+        assert abs(served["score"][i] - p["score"]) < 1e-4
+    assert sum(bool(p["answer"]) for p in expected) > 30
+    assert max(len(ex["context"]) for ex in examples) > 1000  # several windows per context

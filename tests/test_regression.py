@@ -50,3 +50,13 @@ def test_sentence_pair_regression_learns_similarity(tmp_path):
     assert fitted["mse"] < 0.8 * baseline_mse and fitted["pearson"] > 0.5, (fitted, baseline_mse)
     (prediction,) = run.predict([{"text": "A dog runs.", "text_pair": "A dog is running."}])
     assert isinstance(prediction["score"], float)
+    # the exported SavedModel takes the raw sentence pairs and scores them as predict does
+    from kplm.serving import export_saved_model
+    from kplm.testing import serve_in_fresh_process
+    exported = str(tmp_path / "served")
+    assert export_saved_model(config["run_dir"], exported, echo=None) == ["text", "text_pair"]
+    pairs = [("A dog runs.", "A dog is running."), ("A man cooks.", "A plane lands."), ("", "x")]
+    served = serve_in_fresh_process(exported, {"text": [a for a, _ in pairs],
+                                               "text_pair": [b for _, b in pairs]})
+    expected = run.predict([{"text": a, "text_pair": b} for a, b in pairs])
+    np.testing.assert_allclose(served["score"], [p["score"] for p in expected], atol=1e-5)

@@ -204,3 +204,29 @@ def test_predicted_spans_map_to_character_offsets():
     spans = head.entities(line, ["B-LOC", "I-LOC", "O", "O", "I-PER", "O"])
     assert spans == [{"text": "New  York", "type": "LOC", "start": 1, "end": 10},
                      {"text": "Ada", "type": "PER", "start": 21, "end": 24}]
+
+
+def test_exported_saved_model_tags_raw_lines_like_predict(ner_run, tmp_path):
+    from kplm.serving import export_saved_model
+    from kplm.testing import serve_in_fresh_process
+    from kplm.training.finetune import FinetunedRun
+    run_dir = ner_run[0] if isinstance(ner_run, tuple) else ner_run
+    exported = str(tmp_path / "served")
+    export_saved_model(run_dir, exported, echo=None)
+    sentences = re.split(r"\n[ \t]*\n", open(WNUT_TRAIN, encoding="utf-8").read().strip())[:40]
+    lines = ["  ".join(row.split()[0] for row in s.splitlines()) for s in sentences]
+    lines += ["", "Über  café  東京", " ".join(["word"] * 150)]  # empty, accents, truncated
+    served = serve_in_fresh_process(exported, {"text": lines})
+    expected = FinetunedRun(run_dir).predict([{"text": line} for line in lines])
+    found = 0
+    for i, p in enumerate(expected):
+        n = len(p["tags"])
+        assert served["tags"][i][:n] == p["tags"] and set(served["tags"][i][n:]) <= {""}
+        k = served["num_entities"][i]
+        assert k == len(p["entities"])
+        got = [{"text": served["entity_text"][i][j], "type": served["entity_type"][i][j],
+                "start": served["entity_start"][i][j], "end": served["entity_end"][i][j]}
+               for j in range(k)]
+        assert got == p["entities"], (lines[i], got, p["entities"])
+        found += k
+    assert found > 0  # the tagger finds entities in its training sentences

@@ -156,7 +156,8 @@ class QuestionAnsweringHead(Head):
         ``answer_starts``/``answer_texts``) as a dict of lists: ``token_ids``, ``segment_ids``,
         ``padding_mask``, ``positions`` (gold start/end, [CLS] when absent), ``example`` (index),
         ``spans`` (character span per position, None outside the context)."""
-        cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+        tokenizer.require_word_pieces("the question_answering head")
+        cls_id, sep_id, pad_id = (tokenizer.special_id(r) for r in ("cls", "sep", "pad"))
         questions = self.tokenize(tokenizer, [ex["question"] for ex in examples])
         contexts = self.tokenize(tokenizer, [ex["context"] for ex in examples])
         out = {k: [] for k in ("token_ids", "segment_ids", "padding_mask", "positions",
@@ -299,6 +300,113 @@ class QuestionAnsweringHead(Head):
                             "score": round(float(np.exp(score)), 6)})
         return results
 
+    # --- serving --------------------------------------------------------------------------------
+    def serving_endpoint(self, model, tokenizer, sequence_length):
+        """``(fn, input signature)``: raw ``question`` and ``context`` strings -> ``answer``,
+        ``start``/``end`` (character offsets into the context, end exclusive) and ``score``.
+
+        The same computation as ``predict`` in graph ops: words split by keras_hub's BERT
+        pre-tokenizer pattern, word pieces with character spans, windows every ``doc_stride``
+        tokens, and the best span over all windows of a question."""
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+        from keras_hub.src.tokenizers.word_piece_tokenizer import (
+            PUNCTUATION_AND_CJK_REGEX, WHITESPACE_PUNCTUATION_AND_CJK_REGEX)
+
+        from kplm.serving import char_offsets, piece_char_lengths, string_input, words_to_pieces
+        tokenizer.require_word_pieces("the question_answering head")
+        cls_id, sep_id, pad_id, unk_id = (tokenizer.special_id(r)
+                                          for r in ("cls", "sep", "pad", "unk"))
+        piece_lengths = piece_char_lengths(tokenizer.tokens)
+        length, longest = sequence_length, self.max_answer_length
+
+        def tokens_with_spans(text):
+            """Ragged ``[batch, (tokens)]`` ids and character start/end of each token."""
+            words, starts, ends = tf_text.regex_split_with_offsets(
+                text, WHITESPACE_PUNCTUATION_AND_CJK_REGEX, PUNCTUATION_AND_CJK_REGEX)
+            starts, ends = char_offsets(text, starts), char_offsets(text, ends)
+            pieces = words_to_pieces(tokenizer, words.flat_values)  # [all words, (pieces)]
+            sizes = tf.gather(piece_lengths, pieces)
+            exact = ((tf.reduce_sum(sizes, axis=1) == ends.flat_values - starts.flat_values)
+                     & ~tf.reduce_any(pieces == unk_id, axis=1))
+            flat = sizes.flat_values
+            total = tf.cumsum(flat, exclusive=True)
+            row_first = tf.gather(total, pieces.row_starts())
+            before = total - tf.gather(row_first, pieces.value_rowids())
+            word = pieces.value_rowids()
+            exact_piece = tf.gather(exact, word)
+            word_start = tf.gather(starts.flat_values, word)
+            word_end = tf.gather(ends.flat_values, word)
+            piece_start = tf.where(exact_piece, word_start + before, word_start)
+            piece_end = tf.where(exact_piece, word_start + before + flat, word_end)
+            nested = [words.row_lengths(), pieces.row_lengths()]
+
+            def per_text(values):
+                return tf.RaggedTensor.from_nested_row_lengths(values, nested).merge_dims(1, 2)
+            return per_text(pieces.flat_values), per_text(piece_start), per_text(piece_end)
+
+        def serve(question, context):
+            q_ids, _, _ = tokens_with_spans(question)
+            q_ids = q_ids[:, :self.max_question_length]
+            c_ids, c_start, c_end = tokens_with_spans(context)
+            q_len, n = q_ids.row_lengths(), c_ids.row_lengths()
+            room = length - q_len - 3
+            tf.debugging.assert_positive(room, message="sequence_length leaves no room for the "
+                                         "context after the question")
+            step = tf.minimum(tf.cast(self.doc_stride, tf.int64), room)
+            windows = 1 + tf.maximum(tf.constant(0, tf.int64), (n - room + step - 1) // step)  # per example
+            example = tf.repeat(tf.range(tf.size(n, out_type=tf.int64)), windows)
+            first = tf.gather(step, example) * tf.ragged.range(windows).flat_values
+            last = tf.minimum(first + tf.gather(room, example), tf.gather(n, example))
+            at = tf.ragged.range(first, last)  # context token indices of each window
+            flat_at = at + tf.expand_dims(tf.gather(c_ids.row_starts(), example), 1)
+
+            def take(ragged):
+                return tf.gather(ragged.flat_values, flat_at)
+            count = tf.size(example, out_type=tf.int64)
+            cls = tf.fill([count, 1], tf.cast(cls_id, tf.int64))
+            sep = tf.fill([count, 1], tf.cast(sep_id, tf.int64))
+            question_rows = tf.gather(q_ids, example)
+            ids = tf.concat([cls, tf.cast(question_rows, tf.int64), sep,
+                             tf.cast(take(c_ids), tf.int64), sep], axis=1)
+            token_ids = tf.cast(ids.to_tensor(default_value=pad_id, shape=[None, length]),
+                                tf.int32)
+            offset = tf.gather(q_len, example) + 2
+            context_len = at.row_lengths()
+            position = tf.range(length, dtype=tf.int64)[None, :]
+            segment = (position >= offset[:, None]) & (position <= (offset + context_len)[:, None])
+            x = {"token_ids": token_ids, "segment_ids": tf.cast(segment, tf.int32),
+                 "padding_mask": tf.cast(token_ids != pad_id, tf.int32)}
+            logits = tf.cast(model(x, training=False), tf.float32)
+            log_p = tf.nn.log_softmax(logits, axis=1)
+            in_context = (position >= offset[:, None]) & (
+                position < (offset + context_len)[:, None])
+            scores = log_p[:, :, 0:1] + tf.transpose(log_p[:, :, 1:2], [0, 2, 1])  # [w, s, e]
+            gap = position[:, None, :] - position[:, :, None]  # [1, s, e]: e - s
+            allowed = ((gap >= 0) & (gap < longest) & in_context[:, :, None]
+                       & in_context[:, None, :])
+            scores = tf.where(allowed, scores, -float("inf"))
+            flat_scores = tf.reshape(scores, [count, -1])
+            best = tf.argmax(flat_scores, axis=1)
+            best_score = tf.reduce_max(flat_scores, axis=1)
+            s_pos, e_pos = best // length, best % length
+            span_start = tf.gather(take(c_start).to_tensor(), tf.maximum(s_pos - offset, 0),
+                                   batch_dims=1)
+            span_end = tf.gather(take(c_end).to_tensor(), tf.maximum(e_pos - offset, 0),
+                                 batch_dims=1)
+            # the best window of each example (the first one on ties, as predict)
+            per_example = tf.RaggedTensor.from_value_rowids(best_score, example,
+                                                            nrows=tf.size(n, out_type=tf.int64))
+            winner = tf.argmax(per_example.to_tensor(default_value=-float("inf")), axis=1)
+            chosen = per_example.row_starts() + winner
+            score = tf.gather(best_score, chosen)
+            found = score > -float("inf")
+            start = tf.where(found, tf.gather(span_start, chosen), 0)
+            end = tf.where(found, tf.gather(span_end, chosen), 0)
+            answer = tf.strings.substr(context, start, end - start, unit="UTF8_CHAR")
+            return {"answer": tf.where(found, answer, ""), "start": start, "end": end,
+                    "score": tf.where(found, tf.exp(score), 0.0)}
+        return serve, [string_input("question"), string_input("context")]
 
     def baseline(self, train_source, eval_source):
         """Two answer-agnostic baselines on ``eval_source``, official exact match and F1

@@ -1,5 +1,5 @@
 """The ``regression`` head: a real-valued score for a text or a text pair (STS-B style)."""
-from typing import Optional
+from typing import Literal, Optional
 
 from kplm.errors import DataError
 from kplm.heads.sequence_classification import SequenceClassificationHead
@@ -17,6 +17,10 @@ class RegressionHead(SequenceClassificationHead):
         label_field: str. Field with the score (a number written as text). Defaults to ``"label"``.
         dropout: float. Dropout before the output layer. Defaults to 0.1.
         shuffle_buffer: int. Examples held for shuffling. Defaults to 10000.
+        pooling: str. ``"pooler"``, ``"cls"`` or ``"mean"``, as for ``sequence_classification``.
+            Defaults to ``"pooler"``.
+        initial_score: float or None. The output's value before training (its bias); None: the
+            mean training score. Defaults to None.
 
     Example:
     >>> RegressionHead(pair_field="text_pair").postprocess([[3.25]])
@@ -27,18 +31,25 @@ class RegressionHead(SequenceClassificationHead):
     metric_mode = "max"
 
     def __init__(self, text_field: str = "text", pair_field: Optional[str] = None,
-                 label_field: str = "label", dropout: float = 0.1, shuffle_buffer: int = 10000):
+                 label_field: str = "label", dropout: float = 0.1, shuffle_buffer: int = 10000,
+                 pooling: Literal["pooler", "cls", "mean"] = "pooler",
+                 initial_score: Optional[float] = None):
         super().__init__(labels=None, text_field=text_field, pair_field=pair_field,
-                         label_field=label_field, dropout=dropout, shuffle_buffer=shuffle_buffer)
+                         label_field=label_field, dropout=dropout, shuffle_buffer=shuffle_buffer,
+                         pooling=pooling)
+        self.initial_score = initial_score
 
     def get_config(self):
         config = super().get_config()
         config.pop("labels")
+        config["initial_score"] = self.initial_score
         return config
 
     def prepare(self, source):
-        """Every label must be a finite number."""
+        """Every label must be a finite number. The first source prepared (the training data)
+        sets ``initial_score``, the output's starting value, to its mean unless it was given."""
         import math
+        total = count = 0
         for number, example in enumerate(source.build().as_numpy_iterator(), 1):
             if self.label_field not in example:
                 raise DataError(f"the data has no field '{self.label_field}' "
@@ -50,6 +61,9 @@ class RegressionHead(SequenceClassificationHead):
                 value = math.nan
             if not math.isfinite(value):
                 raise DataError(f"example {number}: label {raw!r} is not a number")
+            total, count = total + value, count + 1
+        if self.initial_score is None and count:
+            self.initial_score = total / count
 
     def _label_encoder(self):
         import tensorflow as tf
@@ -57,7 +71,8 @@ class RegressionHead(SequenceClassificationHead):
 
     def build_model(self, backbone):
         from kplm.models.classifier import SequenceRegressor
-        return SequenceRegressor(backbone, dropout=self.dropout)
+        return SequenceRegressor(backbone, dropout=self.dropout, pooling=self.pooling,
+                                 output_bias=self.initial_score or 0.0)
 
     def _scores(self, model, source, tokenizer, batch_size, sequence_length):
         import numpy as np
@@ -73,6 +88,16 @@ class RegressionHead(SequenceClassificationHead):
         self.prepare(source)
         return regression_metrics(*self._scores(model, source, tokenizer, batch_size,
                                                 sequence_length))
+
+    def serving_endpoint(self, model, tokenizer, sequence_length):
+        """``(fn, input signature)``: raw text (and its pair) -> ``score`` ``[batch]``."""
+        import tensorflow as tf
+        signature, inputs = self._serving_inputs(tokenizer, sequence_length)
+
+        def serve(*texts):
+            outputs = tf.cast(model(inputs(*texts), training=False), tf.float32)
+            return {"score": tf.reshape(outputs, [-1])}
+        return serve, signature
 
     def postprocess(self, outputs):
         import numpy as np

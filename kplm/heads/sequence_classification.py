@@ -1,5 +1,5 @@
 """The ``sequence_classification`` head: single sentences or sentence pairs to labels."""
-from typing import Optional
+from typing import Literal, Optional
 
 from kplm.components import Head
 from kplm.errors import ConfigError, DataError
@@ -18,6 +18,10 @@ class SequenceClassificationHead(Head):
         pair_field: str or None. Field with the second text of a pair. Defaults to None.
         label_field: str. Field with the label. Defaults to ``"label"``.
         dropout: float. Dropout before the output layer. Defaults to 0.1.
+        pooling: str. The sequence vector classified: ``"pooler"`` (BERT's pooled ``[CLS]``),
+            ``"cls"`` (the ``[CLS]`` hidden state) or ``"mean"`` (mean over real tokens; use it
+            for sentence-transformers checkpoints such as all-MiniLM-L6-v2). Defaults to
+            ``"pooler"``.
         shuffle_buffer: int. Examples held for shuffling. Defaults to 10000.
 
     Example:
@@ -32,17 +36,19 @@ class SequenceClassificationHead(Head):
 
     def __init__(self, labels: Optional[list[str]] = None, text_field: str = "text",
                  pair_field: Optional[str] = None, label_field: str = "label",
-                 dropout: float = 0.1, shuffle_buffer: int = 10000):
+                 dropout: float = 0.1, shuffle_buffer: int = 10000,
+                 pooling: Literal["pooler", "cls", "mean"] = "pooler"):
         self.labels = list(labels) if labels is not None else None
         self.text_field, self.pair_field, self.label_field = text_field, pair_field, label_field
-        self.dropout, self.shuffle_buffer = dropout, shuffle_buffer
+        self.dropout, self.shuffle_buffer, self.pooling = dropout, shuffle_buffer, pooling
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ConfigError("head.labels: labels must be distinct")
 
     def get_config(self):
         return {"labels": self.labels, "text_field": self.text_field,
                 "pair_field": self.pair_field, "label_field": self.label_field,
-                "dropout": self.dropout, "shuffle_buffer": self.shuffle_buffer}
+                "dropout": self.dropout, "shuffle_buffer": self.shuffle_buffer,
+                "pooling": self.pooling}
 
     # --- labels -----------------------------------------------------------------------------
     def prepare(self, source):
@@ -67,23 +73,15 @@ class SequenceClassificationHead(Head):
     def dataset(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
                 training=True, with_labels=True):
         """``(x, y)`` batches (``x`` only when ``with_labels`` is False)."""
-        import keras_hub
         import tensorflow as tf
 
-        layer = tokenizer.build()
-        cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
-        packer = keras_hub.layers.MultiSegmentPacker(
-            sequence_length=sequence_length, start_value=cls_id, end_value=sep_id,
-            pad_value=pad_id, truncate="round_robin")
+        inputs = self._inputs(tokenizer, sequence_length)
         encode_labels = self._label_encoder() if with_labels else None
 
         def encode(batch):
-            segments = [layer(batch[self.text_field])]
-            if self.pair_field:
-                segments.append(layer(batch[self.pair_field]))
-            token_ids, segment_ids = packer(tuple(segments))
-            x = {"token_ids": token_ids, "segment_ids": segment_ids,
-                 "padding_mask": tf.cast(token_ids != pad_id, tf.int32)}
+            texts = [batch[self.text_field]] + ([batch[self.pair_field]] if self.pair_field
+                                                else [])
+            x = inputs(*texts)
             if not with_labels:
                 return x
             return x, encode_labels(batch[self.label_field])
@@ -105,7 +103,8 @@ class SequenceClassificationHead(Head):
     # --- model ------------------------------------------------------------------------------
     def build_model(self, backbone):
         from kplm.models.classifier import SequenceClassifier
-        return SequenceClassifier(backbone, num_classes=len(self.labels), dropout=self.dropout)
+        return SequenceClassifier(backbone, num_classes=len(self.labels), dropout=self.dropout,
+                                  pooling=self.pooling)
 
     def evaluate(self, model, source, tokenizer, *, batch_size, sequence_length):
         """Accuracy, macro-F1 and Matthews correlation over all of ``source``."""
@@ -143,6 +142,49 @@ class SequenceClassificationHead(Head):
         values = [ex[field] for ex in eval_source.build().as_numpy_iterator()]
         return {"majority_label": top.decode(),
                 "accuracy": sum(v == top for v in values) / max(len(values), 1)}
+
+    # --- serving --------------------------------------------------------------------------------
+    def _serving_inputs(self, tokenizer, sequence_length):
+        """``(input specs, texts -> model inputs)`` for raw-string serving endpoints."""
+        from kplm.serving import string_input
+        names = [self.text_field] + ([self.pair_field] if self.pair_field else [])
+        return [string_input(n) for n in names], self._inputs(tokenizer, sequence_length)
+
+    @staticmethod
+    def _inputs(tokenizer, sequence_length):
+        """A function of 1 or 2 string batches -> the model's input dict: tokenized in-graph and
+        packed as ``[CLS] a [SEP] (b [SEP])`` (the tokenizer's own markers), truncated round
+        robin."""
+        import keras_hub
+        import tensorflow as tf
+
+        layer = tokenizer.build()
+        cls_id, sep_id, pad_id = (tokenizer.special_id(r) for r in ("cls", "sep", "pad"))
+        packer = keras_hub.layers.MultiSegmentPacker(
+            sequence_length=sequence_length, start_value=cls_id, end_value=sep_id,
+            pad_value=pad_id, truncate="round_robin",
+            sep_value=[tokenizer.special_id(r) for r in tokenizer.pair_separator])
+
+        def inputs(*texts):
+            token_ids, segment_ids = packer(tuple(layer(t) for t in texts))
+            return {"token_ids": token_ids, "segment_ids": segment_ids,
+                    "padding_mask": tf.cast(token_ids != pad_id, tf.int32)}
+        return inputs
+
+    def serving_endpoint(self, model, tokenizer, sequence_length):
+        """``(fn, input signature)``: raw text (and its pair) -> ``probabilities`` ``[batch,
+        labels]``, ``label`` (string) and ``label_id``; ``labels`` gives every label's name."""
+        import tensorflow as tf
+        signature, inputs = self._serving_inputs(tokenizer, sequence_length)
+        labels = tf.constant(self.labels)
+
+        def serve(*texts):
+            logits = tf.cast(model(inputs(*texts), training=False), tf.float32)
+            label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            return {"probabilities": tf.nn.softmax(logits), "label_id": label_id,
+                    "label": tf.gather(labels, label_id),
+                    "labels": tf.broadcast_to(labels, tf.shape(logits))}
+        return serve, signature
 
     def postprocess(self, logits):
         """Logits ``[n, classes]`` -> ``[{"label": str, "probabilities": {label: p}}]``."""

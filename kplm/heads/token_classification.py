@@ -89,8 +89,9 @@ class TokenClassificationHead(Head):
         import tensorflow as tf
 
         layer = tokenizer.build()
-        cls_id, sep_id, pad_id, unk_id = (tokenizer.token_to_id(t)
-                                          for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"))
+        tokenizer.require_word_pieces("the token_classification head")
+        cls_id, sep_id, pad_id, unk_id = (tokenizer.special_id(r)
+                                          for r in ("cls", "sep", "pad", "unk"))
         packers = {name: keras_hub.layers.StartEndPacker(
             sequence_length=sequence_length, start_value=start, end_value=end, pad_value=pad)
             for name, (start, end, pad) in {"token_ids": (cls_id, sep_id, pad_id),
@@ -222,6 +223,94 @@ class TokenClassificationHead(Head):
             with_labels=False))
         return [{"entities": self.entities(ex[self.text_field], t), "tags": t}
                 for ex, t in zip(examples, tags)]
+
+    # --- serving --------------------------------------------------------------------------------
+    def serving_endpoint(self, model, tokenizer, sequence_length):
+        """``(fn, input signature)``: raw lines ``text`` -> per word ``words``, ``tags``,
+        ``word_start``/``word_end``, and the entities ``entity_text``, ``entity_type``,
+        ``entity_start``/``entity_end`` (character offsets, end exclusive) and ``num_entities``.
+        Rows are padded with ``""`` / -1. Same words, tags and entities as ``predict``."""
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+
+        from kplm.ner_metrics import _split
+        from kplm.serving import char_offsets, string_input, words_to_pieces
+        tokenizer.require_word_pieces("the token_classification head")
+        cls_id, sep_id, pad_id = (tokenizer.special_id(r) for r in ("cls", "sep", "pad"))
+        labels = tf.constant(self.labels + ["O"])  # the extra "O" tags truncated words
+        outside = len(self.labels)
+        prefixes = tf.constant([_split(t)[0] for t in self.labels] + ["O"])
+        kinds = tf.constant([_split(t)[1] for t in self.labels] + [""])
+        whitespace = tf_text.WhitespaceTokenizer()
+
+        def serve(text):
+            words, starts, ends = whitespace.tokenize_with_offsets(text)
+            pieces = words_to_pieces(tokenizer, words.flat_values)
+            first = tf.ragged.range(pieces.row_lengths()).flat_values == 0
+            word_of_piece = tf.gather(tf.ragged.range(words.row_lengths()).flat_values,
+                                      pieces.value_rowids())
+            lengths = [words.row_lengths(), pieces.row_lengths()]
+
+            def per_sentence(values):
+                return tf.RaggedTensor.from_nested_row_lengths(values, lengths).merge_dims(1, 2)
+
+            kept = per_sentence(pieces.flat_values)[:, :sequence_length - 2]
+            batch = tf.shape(text, out_type=tf.int64)[0]
+            framing = tf.fill([batch, 1], tf.cast(cls_id, tf.int64))
+            ids = tf.concat([framing, kept, tf.fill([batch, 1], tf.cast(sep_id, tf.int64))], 1)
+            token_ids = tf.cast(ids.to_tensor(default_value=pad_id,
+                                              shape=[None, sequence_length]), tf.int32)
+            x = {"token_ids": token_ids, "segment_ids": tf.zeros_like(token_ids),
+                 "padding_mask": tf.cast(token_ids != pad_id, tf.int32)}
+            predicted = tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
+            predicted = tf.RaggedTensor.from_tensor(predicted[:, 1:], lengths=kept.row_lengths())
+            # the tag of each word: its first piece's prediction ("O" when truncated away)
+            is_first = per_sentence(first)[:, :sequence_length - 2]
+            word_ids = per_sentence(word_of_piece)[:, :sequence_length - 2]
+            rows = tf.cast(tf.ragged.boolean_mask(
+                tf.ones_like(word_ids) * tf.expand_dims(tf.range(batch), 1), is_first), tf.int64)
+            num_words = tf.maximum(tf.reduce_max(tf.concat([words.row_lengths(), [0]], 0)), 0)
+            tag_ids = tf.fill([batch, num_words], outside)
+            index = tf.stack([rows.flat_values,
+                              tf.ragged.boolean_mask(word_ids, is_first).flat_values], axis=1)
+            tag_ids = tf.tensor_scatter_nd_update(
+                tag_ids, index, tf.ragged.boolean_mask(predicted, is_first).flat_values)
+            valid = tf.sequence_mask(words.row_lengths(), num_words)
+            tags = tf.where(valid, tf.gather(labels, tag_ids), "")
+            # entities, conlleval style: a run starts at B-X, or at I-X not continuing an X run
+            prefix, kind = tf.gather(prefixes, tag_ids), tf.gather(kinds, tag_ids)
+            inside = valid & ((prefix == "B") | (prefix == "I"))
+            prev_inside = tf.pad(inside[:, :-1], [[0, 0], [1, 0]])
+            prev_kind = tf.pad(kind[:, :-1], [[0, 0], [1, 0]])
+            start = inside & ((prefix == "B") | ~(prev_inside & (prev_kind == kind)))
+            entity = tf.cumsum(tf.cast(start, tf.int64), axis=1) - 1
+            count = tf.reduce_sum(tf.cast(start, tf.int64), axis=1)
+            max_entities = tf.reduce_max(tf.concat([count, [0]], 0))
+            segment = tf.where(inside, tf.expand_dims(tf.range(batch), 1) * max_entities + entity,
+                               batch * max_entities)
+            position = tf.broadcast_to(tf.range(num_words), tf.shape(segment))
+            first_word = tf.math.unsorted_segment_min(position, segment,
+                                                      batch * max_entities + 1)[:-1]
+            last_word = tf.math.unsorted_segment_max(position, segment,
+                                                     batch * max_entities + 1)[:-1]
+            has = tf.sequence_mask(count, max_entities)
+            grid = [batch, max_entities]
+            first_word = tf.where(has, tf.reshape(first_word, grid), 0)
+            last_word = tf.where(has, tf.reshape(last_word, grid), 0)
+            word_start = char_offsets(text, starts).to_tensor(default_value=-1)
+            word_end = char_offsets(text, ends).to_tensor(default_value=-1)
+            entity_start = tf.where(has, tf.gather(word_start, first_word, batch_dims=1), -1)
+            entity_end = tf.where(has, tf.gather(word_end, last_word, batch_dims=1), -1)
+            entity_text = tf.where(has, tf.strings.substr(
+                tf.broadcast_to(tf.expand_dims(text, 1), grid), tf.maximum(entity_start, 0),
+                entity_end - entity_start, unit="UTF8_CHAR"), "")
+            entity_type = tf.where(has, tf.gather(kind, first_word, batch_dims=1), "")
+            return {"words": words.to_tensor(default_value=""), "tags": tags,
+                    "word_start": word_start, "word_end": word_end,
+                    "entity_text": entity_text, "entity_type": entity_type,
+                    "entity_start": entity_start, "entity_end": entity_end,
+                    "num_entities": count}
+        return serve, [string_input(self.text_field)]
 
     def baseline(self, train_source, eval_source):
         """Tagging every word with the most frequent training tag (usually ``O``)."""

@@ -7,7 +7,10 @@ from kplm.models.initializers import kernel_initializer
 
 @keras.saving.register_keras_serializable(package="kplm")
 class SequenceClassifier(keras_hub.models.TextClassifier):
-    """Classifies a sequence (or a sentence pair) from the backbone's ``pooled_output``.
+    """Classifies a sequence (or a sentence pair) from one vector per sequence: the backbone's
+    ``pooled_output`` (BERT's tanh pooler over ``[CLS]``), the ``[CLS]`` hidden state, or the
+    mean of the hidden states over real tokens (what sentence-transformers models are trained
+    for).
 
     Outputs logits ``[batch, num_classes]`` in float32. Compiles itself with sparse categorical
     cross-entropy from logits and accuracy.
@@ -16,6 +19,9 @@ class SequenceClassifier(keras_hub.models.TextClassifier):
         backbone: a kplm ``Encoder``.
         num_classes: int. Number of labels.
         dropout: float. Dropout before the output layer. Defaults to 0.1.
+        pooling: str. ``"pooler"``, ``"cls"`` or ``"mean"``. Defaults to ``"pooler"``.
+        output_bias: float. Initial bias of the output layer (a regression's mean target).
+            Defaults to 0.0.
 
     Example:
     >>> from kplm.models.encoder import Encoder
@@ -25,22 +31,38 @@ class SequenceClassifier(keras_hub.models.TextClassifier):
     >>> model.compile(optimizer="adam")
     """
 
-    def __init__(self, backbone, num_classes, dropout=0.1, preprocessor=None, **kwargs):
+    def __init__(self, backbone, num_classes, dropout=0.1, pooling="pooler", output_bias=0.0,
+                 preprocessor=None, **kwargs):
+        if pooling not in ("pooler", "cls", "mean"):
+            raise ValueError(f"pooling must be 'pooler', 'cls' or 'mean', not {pooling!r}")
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
         self.output_dropout = keras.layers.Dropout(dropout, dtype=backbone.dtype_policy,
                                                    name="output_dropout")
-        self.output_dense = keras.layers.Dense(num_classes, kernel_initializer=kernel_initializer(),
-                                               dtype="float32", name="logits")
+        self.output_dense = keras.layers.Dense(
+            num_classes, kernel_initializer=kernel_initializer(),
+            bias_initializer=keras.initializers.Constant(output_bias), dtype="float32",
+            name="logits")
         # === Functional Model ===
         inputs = backbone.input
-        pooled = backbone(inputs)["pooled_output"]
+        encoded = backbone(inputs)
+        if pooling == "pooler":
+            pooled = encoded["pooled_output"]
+        elif pooling == "cls":
+            pooled = encoded["sequence_output"][:, 0, :]
+        else:
+            sequence = encoded["sequence_output"]
+            mask = keras.ops.cast(inputs["padding_mask"], sequence.dtype)[:, :, None]
+            pooled = keras.ops.sum(sequence * mask, axis=1) / keras.ops.maximum(
+                keras.ops.sum(mask, axis=1), 1.0)
         outputs = self.output_dense(self.output_dropout(pooled))
         keras_hub.models.Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
         # === Config ===
         self.num_classes = num_classes
         self.dropout = dropout
+        self.pooling = pooling
+        self.output_bias = output_bias
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
         """``keras.Model.compile`` with defaults: cross-entropy from logits, ``accuracy``."""
@@ -54,7 +76,8 @@ class SequenceClassifier(keras_hub.models.TextClassifier):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_classes": self.num_classes, "dropout": self.dropout})
+        config.update({"num_classes": self.num_classes, "dropout": self.dropout,
+                       "pooling": self.pooling, "output_bias": self.output_bias})
         return config
 
 

@@ -24,7 +24,9 @@ class Encoder(keras_hub.models.Backbone):
         intermediate_dim: int. Width of each feed-forward block. Defaults to 512.
         sequence_length: int. Maximum input length (learned position embeddings). Defaults to 128.
         dropout: float. Dropout rate on embeddings, attention and feed-forward. Defaults to 0.1.
-        num_segments: int. Number of segment (token type) ids. Defaults to 2.
+        num_segments: int. Number of segment (token type) ids; 0 for none (DistilBERT) and 1
+            for a single one (RoBERTa), when ``segment_ids`` is accepted and ignored. Defaults
+            to 2.
         activation: str. Feed-forward activation, ``"gelu"`` (exact, as BERT) or
             ``"gelu_approximate"``. Defaults to ``"gelu"``.
         layer_norm_epsilon: float. Defaults to 1e-12 (BERT).
@@ -72,7 +74,8 @@ class Encoder(keras_hub.models.Backbone):
             name="position_embedding")
         self.segment_embedding = keras.layers.Embedding(
             input_dim=num_segments, output_dim=hidden_dim,
-            embeddings_initializer=kernel_initializer(), dtype=dtype, name="segment_embedding")
+            embeddings_initializer=kernel_initializer(), dtype=dtype,
+            name="segment_embedding") if num_segments else None
         self.embeddings_add = keras.layers.Add(dtype=dtype, name="embeddings_add")
         self.embeddings_layer_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="embeddings_layer_norm")
@@ -102,8 +105,13 @@ class Encoder(keras_hub.models.Backbone):
         segment_ids = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
         padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
         tokens = self.token_embedding(token_ids)
-        x = self.embeddings_add(
-            (tokens, self.position_embedding(tokens), self.segment_embedding(segment_ids)))
+        embedded = [tokens, self.position_embedding(tokens)]
+        if self.segment_embedding is not None:
+            types = segment_ids
+            if num_segments == 1:  # a single type (RoBERTa): every position uses it
+                types = keras.ops.zeros_like(segment_ids)
+            embedded.append(self.segment_embedding(types))
+        x = self.embeddings_add(embedded)
         x = self.embeddings_dropout(self.embeddings_layer_norm(x))
         for layer in self.transformer_layers:
             x = layer(x, padding_mask=padding_mask)
@@ -145,3 +153,18 @@ class Encoder(keras_hub.models.Backbone):
             "normalize_first": self.normalize_first,
         })
         return config
+
+
+@keras.saving.register_keras_serializable(package="kplm")
+class EncoderTokenizer(keras_hub.models.BertTokenizer):
+    """keras-hub's BERT WordPiece tokenizer, paired with kplm's ``Encoder`` so that
+    ``keras_hub.tokenizers.Tokenizer.from_preset`` finds it in a preset kplm wrote. kplm's
+    ``WordPiece`` tokenizers build this layer.
+
+    Example:
+    >>> tok = EncoderTokenizer(vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hi"])
+    >>> tok.backbone_cls.__name__
+    'Encoder'
+    """
+
+    backbone_cls = Encoder

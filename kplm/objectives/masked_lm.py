@@ -69,7 +69,7 @@ class MaskedLMObjective(Objective):
         import tensorflow as tf
 
         layer = tokenizer.build()
-        cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+        cls_id, sep_id, pad_id = (tokenizer.special_id(r) for r in ("cls", "sep", "pad"))
         texts = source_ds.map(lambda ex: ex["text"])
         if training and self.shuffle_buffer > 1:
             texts = texts.shuffle(self.shuffle_buffer, seed=seed)
@@ -106,7 +106,7 @@ class MaskedLMObjective(Objective):
         max_predictions = self.max_predictions_for(sequence_length)
         continuation = tokenizer.continuation_mask() if self.whole_word else None
         specials = tokenizer.special_token_ids
-        mask_id = tokenizer.token_to_id("[MASK]")
+        mask_id = tokenizer.special_id("mask")
         vocabulary_size = len(tokenizer.tokens)
         stream = 0 if training else 1
 

@@ -38,6 +38,8 @@ class WordPiece(Tokenizer):
     'the cat'
     """
 
+    name = "wordpiece"
+
     def __init__(
         self,
         vocabulary: Optional[str] = None,
@@ -89,8 +91,8 @@ class WordPiece(Tokenizer):
         if self.tokens is None:
             raise ConfigError("tokenizer has no vocabulary: set tokenizer.vocabulary or train it")
         if self._layer is None:
-            import keras_hub
-            self._layer = keras_hub.models.BertTokenizer(
+            from kplm.models.encoder import EncoderTokenizer
+            self._layer = EncoderTokenizer(
                 vocabulary=self.tokens, lowercase=self.lowercase,
                 strip_accents=self.strip_accents)
         return self._layer
@@ -98,13 +100,6 @@ class WordPiece(Tokenizer):
     @property
     def vocabulary_size_actual(self):
         return len(self.tokens)
-
-    def token_to_id(self, token):
-        return self.tokens.index(token)
-
-    @property
-    def special_token_ids(self):
-        return [i for i, t in enumerate(self.tokens) if t in SPECIAL_TOKENS]
 
     def continuation_mask(self):
         """Booleans over the vocabulary: True for word-piece continuations (``##...``)."""

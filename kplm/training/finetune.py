@@ -1,4 +1,5 @@
 """``kplm finetune`` / ``evaluate`` / ``predict``: a head on a (pretrained) backbone."""
+import copy
 import json
 import os
 import time
@@ -18,6 +19,12 @@ TOP_LEVEL_KEYS = ["run_dir", "seed", "init_from", "tokenizer", "data", "backbone
 HEAD_CONFIG = "head.json"
 MODEL_CONFIG = "model.json"
 MODEL_WEIGHTS = "model.weights.h5"
+
+
+def is_pretrained(backbone_cls):
+    """True for backbones read from a checkpoint with their tokenizer (``hf``, ``keras_hub``)."""
+    from kplm.components import PretrainedBackbone
+    return isinstance(backbone_cls, type) and issubclass(backbone_cls, PretrainedBackbone)
 
 
 class FinetuneOptions:
@@ -53,25 +60,28 @@ class FinetuneSpec:
         registry = get_registry()
         self.run_dir, self.seed = check_run_header(raw, TOP_LEVEL_KEYS)
         self.init_from = raw.get("init_from")
+        self.pretrained_format = None
         if self.init_from is not None:
-            if not isinstance(self.init_from, str):
-                raise ConfigError(f"config key 'init_from': expected a run directory, got "
-                                  f"{self.init_from!r}")
-            for name in (runs.BACKBONE_CONFIG, runs.BACKBONE_WEIGHTS, runs.TOKENIZER):
-                if not os.path.exists(os.path.join(self.init_from, name)):
-                    raise ConfigError(f"config key 'init_from': {self.init_from} has no {name}; "
-                                      "expected a finished `kplm pretrain` run directory")
+            from kplm.pretrained import checkpoint_format
+            self.pretrained_format = checkpoint_format(self.init_from, "init_from")
             for key in ("tokenizer", "backbone"):
                 if raw.get(key) is not None:
                     raise ConfigError(f"config key '{key}': comes from init_from "
                                       f"({self.init_from}); remove it")
             self.tokenizer_cls = self.tokenizer = self.backbone_cls = self.backbone = None
         else:
-            self.tokenizer_cls, self.tokenizer = check_section(
-                raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer", registry)
             self.backbone_cls, self.backbone = check_section(
                 raw.get("backbone", {"name": "encoder"}), "backbone", "backbone", registry,
                 provided=("vocabulary_size", "dtype"))
+            self.tokenizer_cls = self.tokenizer = None
+            if not is_pretrained(self.backbone_cls):
+                self.tokenizer_cls, self.tokenizer = check_section(
+                    raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer",
+                    registry)
+            elif raw.get("tokenizer") is not None:
+                raise ConfigError(f"config key 'tokenizer': comes from backbone "
+                                  f"'{self.backbone['name']}' ({self.backbone.get('path')}); "
+                                  "remove it")
         self.sources = check_data(raw, ["train", "validation", "test"], registry)
         if "head" not in raw:
             raise ConfigError(f"config key 'head' is required: which head to train "
@@ -118,6 +128,8 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
         except DataError as e:
             raise DataError(f"data.{split}: {e}") from None
     callbacks = [build(cls, section) for cls, section in spec.callbacks]
+    if is_pretrained(spec.backbone_cls):
+        build(spec.backbone_cls, spec.backbone).check()
 
     import keras
 
@@ -127,14 +139,18 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
     config_text = start_run(run_dir, overwrite, resolved)
     keras.utils.set_random_seed(spec.seed)
 
-    # --- tokenizer: the pretrained run's, or given, or learned ---------------------------------
+    # --- tokenizer: the pretrained checkpoint's, or given, or learned ----------------------------
+    loader = None
     if spec.init_from:
-        tokenizer = runs.load_tokenizer(spec.init_from)
-    else:
+        from kplm.pretrained import load_pretrained
+        loader = lambda: load_pretrained(spec.init_from)  # noqa: E731
+    elif is_pretrained(spec.backbone_cls):
+        loader = build(spec.backbone_cls, spec.backbone).load
+    tokenizer = None
+    if loader is None:
         tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
         if tokenizer.tokens is None:
             tokenizer.train(sources["train"].texts(), progress=progress)
-    tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
     runs.write_json(os.path.join(run_dir, HEAD_CONFIG),
                     {"name": spec.head["name"], **head.get_config()})
 
@@ -143,12 +159,13 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
         keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
     strategy = strategy_for(trainer.strategy)
     with strategy.scope():
-        if spec.init_from:
-            backbone = runs.load_backbone(spec.init_from)
+        if loader is not None:
+            backbone, tokenizer = loader()
         else:
             backbone = build(spec.backbone_cls, {**spec.backbone,
                                                  "vocabulary_size": len(tokenizer.tokens)})
         model = head.build_model(backbone)
+        tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
         if options.freeze_backbone:
             backbone.trainable = False
         from kplm.training.optimizer import build_optimizer
@@ -189,7 +206,9 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
                 monitor=f"val_{head.metric}", mode=head.metric_mode,
                 patience=options.early_stopping_patience))
     if echo:
-        source = f"init_from {spec.init_from}" if spec.init_from else "random initialisation"
+        source = (f"init_from {spec.init_from}" if spec.init_from else
+                  f"backbone {spec.backbone['name']} {spec.backbone['path']}" if is_pretrained(
+                      spec.backbone_cls) else "random initialisation")
         echo(f"fine-tuning {spec.head['name']} from {source} for {trainer.steps} steps of "
              f"{trainer.batch_size} examples")
     start = time.perf_counter()
@@ -221,12 +240,16 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
 
 
 def _save_model(model, run_dir):
+    """``model.json`` + ``model.weights.h5``: the architecture and the weights, without the
+    optimizer state (a fresh copy of the model holds the weights), each file atomically."""
     import keras
-    weights = os.path.join(run_dir, MODEL_WEIGHTS)
-    model.save_weights(weights + ".tmp.weights.h5")
-    os.replace(weights + ".tmp.weights.h5", weights)
     config = keras.saving.serialize_keras_object(model)
-    config.pop("compile_config", None)  # the optimizer state is not saved; loaders recompile
+    config.pop("compile_config", None)  # loaders recompile
+    fresh = keras.saving.deserialize_keras_object(copy.deepcopy(config))
+    fresh.set_weights(model.get_weights())
+    weights = os.path.join(run_dir, MODEL_WEIGHTS)
+    fresh.save_weights(weights + ".tmp.weights.h5")
+    os.replace(weights + ".tmp.weights.h5", weights)
     runs.write_json(os.path.join(run_dir, MODEL_CONFIG), config)
 
 
@@ -258,6 +281,9 @@ class FinetunedRun:
         self.head = get_registry().get("head", name)(**head_config)
         if self.head.model_module:
             importlib.import_module(self.head.model_module)
+        for name in (MODEL_CONFIG, MODEL_WEIGHTS):
+            if not os.path.exists(os.path.join(run_dir, name)):
+                raise KplmError(f"{run_dir}: no {name}; the fine-tuning run did not finish")
         self.tokenizer = runs.load_tokenizer(run_dir)
         with open(os.path.join(run_dir, MODEL_CONFIG), encoding="utf-8") as f:
             self.model = keras.saving.deserialize_keras_object(json.load(f))

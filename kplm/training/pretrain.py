@@ -5,7 +5,7 @@ import time
 from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
-from kplm.errors import DataError
+from kplm.errors import ConfigError, DataError
 from kplm.training.runtime import build, restoring_precision_policy, start_run, strategy_for
 from kplm.training.trainer_config import TrainerConfig
 
@@ -21,14 +21,21 @@ class PretrainSpec:
 
         registry = get_registry()
         self.run_dir, self.seed = check_run_header(raw, TOP_LEVEL_KEYS)
-        self.tokenizer_cls, self.tokenizer = check_section(
-            raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer", registry)
+        from kplm.training.finetune import is_pretrained
         sources = check_data(raw, ["train", "validation"], registry)
         self.train_cls, self.train = sources["train"]
         self.validation_cls, self.validation = sources.get("validation", (None, None))
         self.backbone_cls, self.backbone = check_section(
             raw.get("backbone", {"name": "encoder"}), "backbone", "backbone", registry,
             provided=("vocabulary_size", "dtype"))
+        self.tokenizer_cls = self.tokenizer = None
+        if not is_pretrained(self.backbone_cls):
+            self.tokenizer_cls, self.tokenizer = check_section(
+                raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer", registry)
+        elif raw.get("tokenizer") is not None:
+            raise ConfigError(f"config key 'tokenizer': comes from backbone "
+                              f"'{self.backbone['name']}' ({self.backbone.get('path')}); "
+                              "remove it")
         self.objective_cls, self.objective = check_section(
             raw.get("objective", {"name": "masked_lm"}), "objective", "objective", registry)
         self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
@@ -62,7 +69,12 @@ def _pretrain(config, *, overwrite=False, echo=print, progress=True):
     train_source = build(spec.train_cls, spec.train)
     validation_source = build(spec.validation_cls, spec.validation) if spec.validation else None
     objective = build(spec.objective_cls, spec.objective)
-    tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
+    loader = tokenizer = None
+    if spec.tokenizer_cls is None:  # a pretrained backbone brings its tokenizer
+        loader = build(spec.backbone_cls, spec.backbone)
+        loader.check()
+    else:
+        tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
     train_source.check()
     if validation_source is not None:
         validation_source.check()
@@ -75,20 +87,23 @@ def _pretrain(config, *, overwrite=False, echo=print, progress=True):
     keras.utils.set_random_seed(spec.seed)
 
     # --- tokenizer: given, or learned from the training data ----------------------------------
-    if tokenizer.tokens is None:
+    if tokenizer is not None and tokenizer.tokens is None:
         if echo:
             echo(f"learning a {spec.tokenizer['name']} vocabulary from data.train")
         tokenizer.train(train_source.texts(), progress=progress,
                         total_bytes=getattr(train_source, "size_bytes", lambda: None)())
-    tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
 
     # --- model, optimizer, compile, under the distribution strategy ---------------------------
     if trainer.mixed_precision:
         keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
     strategy = strategy_for(trainer.strategy)
     with strategy.scope():
-        backbone = build(spec.backbone_cls, {**spec.backbone,
-                                              "vocabulary_size": len(tokenizer.tokens)})
+        if loader is not None:
+            backbone, tokenizer = loader.load()
+        else:
+            backbone = build(spec.backbone_cls, {**spec.backbone,
+                                                  "vocabulary_size": len(tokenizer.tokens)})
+        tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
         model = objective.build_model(backbone)
         from kplm.training.optimizer import build_optimizer
         optimizer = build_optimizer(trainer)

@@ -1,0 +1,90 @@
+"""keras-hub preset directories in and out.
+
+A preset directory (``config.json`` naming the backbone class, ``model.weights.h5``,
+``tokenizer.json`` + ``assets/tokenizer/vocabulary.txt``, ``metadata.json``) is what
+``keras_hub.models.Backbone.save_to_preset`` writes and ``from_preset`` reads. kplm reads presets
+of its own ``Encoder`` and of keras-hub's ``BertBackbone`` (converted to an ``Encoder`` with the
+same weights and keras-hub's tanh-approximated GELU, so outputs are unchanged), and writes a
+backbone + tokenizer as a preset that ``keras_hub.models.Backbone.from_preset`` loads once
+``kplm`` is imported.
+
+Example:
+    save_preset(kplm.load_backbone("runs/bert_tiny_mlm"),
+                kplm.load_tokenizer("runs/bert_tiny_mlm"), "out/bert-tiny-preset")
+    backbone, tokenizer = load_preset("out/bert-tiny-preset")
+"""
+import json
+import os
+import shutil
+
+from kplm.errors import ConfigError
+
+_BERT = "keras_hub>BertBackbone"
+_KPLM = "kplm>Encoder"
+
+
+def is_preset(path):
+    """True when ``path`` looks like a keras-hub preset directory."""
+    return (os.path.isfile(os.path.join(path, "metadata.json"))
+            and _registered_name(path) is not None)
+
+
+def _registered_name(path):
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("registered_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def load_preset(path, dtype=None):
+    """``(Encoder, WordPiece)`` from a keras-hub preset directory."""
+    import keras_hub
+
+    import kplm.models.encoder  # noqa: F401  (registers kplm>Encoder)
+    from kplm.models.encoder import Encoder
+    name = _registered_name(path)
+    if name not in (_BERT, _KPLM):
+        raise ConfigError(f"{path}: a {name} preset; kplm reads presets of {_KPLM} and {_BERT}")
+    loaded = keras_hub.models.Backbone.from_preset(path, dtype=dtype)
+    if name == _BERT:
+        encoder = Encoder(
+            vocabulary_size=loaded.vocabulary_size, num_layers=loaded.num_layers,
+            num_heads=loaded.num_heads, hidden_dim=loaded.hidden_dim,
+            intermediate_dim=loaded.intermediate_dim, sequence_length=loaded.max_sequence_length,
+            dropout=loaded.dropout, num_segments=loaded.num_segments,
+            activation="gelu_approximate", layer_norm_epsilon=1e-12, dtype=dtype)
+        source = {w.path: w for w in loaded.weights}
+        for variable in encoder.weights:
+            variable.assign(source[variable.path])
+        loaded = encoder
+    return loaded, _load_tokenizer(path)
+
+
+def _load_tokenizer(path):
+    import keras_hub
+
+    from kplm.tokenizers.wordpiece import WordPiece
+    try:
+        layer = keras_hub.tokenizers.Tokenizer.from_preset(path)
+    except Exception as e:
+        raise ConfigError(f"{path}: no usable tokenizer in the preset: {e}") from None
+    if not isinstance(layer, keras_hub.tokenizers.WordPieceTokenizer):
+        raise ConfigError(f"{path}: a {type(layer).__name__}; kplm reads WordPiece tokenizers")
+    tokenizer = WordPiece(lowercase=layer.lowercase, strip_accents=layer.strip_accents)
+    tokenizer.tokens = list(layer.get_vocabulary())
+    return tokenizer
+
+
+def save_preset(backbone, tokenizer, directory):
+    """Write ``backbone`` and ``tokenizer`` as a keras-hub preset directory (complete or not at
+    all: written under a temporary name, then renamed)."""
+    tokenizer.require_word_pieces("a keras-hub preset of kplm's Encoder")
+    tmp = directory.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    backbone.save_to_preset(tmp)
+    tokenizer.build().save_to_preset(tmp)
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory

@@ -1,0 +1,94 @@
+"""``kplm export``: a fine-tuned run as a SavedModel that takes raw strings.
+
+Tokenization runs inside the graph (tensorflow-text ops), so a serving process needs only
+TensorFlow and ``import tensorflow_text`` (which registers those ops) — no kplm, no Keras:
+
+    import tensorflow as tf, tensorflow_text  # noqa: F401
+    model = tf.saved_model.load("exported/sst2")
+    model.signatures["serving_default"](text=tf.constant(["a gripping , funny film"]))
+
+Each head defines its endpoint (``Head.serving_endpoint``); this module holds the export itself
+and the in-graph helpers the heads share. See ``docs/serving.md``.
+"""
+import os
+import shutil
+
+from kplm.errors import KplmError
+
+
+def export_saved_model(run_dir, output, *, echo=print):
+    """Write the fine-tuned run in ``run_dir`` as a SavedModel directory ``output`` (complete or
+    not at all: written under a temporary name, then renamed). Returns the signature's input
+    names.
+
+    Example:
+        export_saved_model("runs/sst2_classification", "exported/sst2")
+    """
+    import keras
+
+    from kplm.training.finetune import FinetunedRun
+    run = FinetunedRun(run_dir)
+    endpoint = getattr(run.head, "serving_endpoint", None)
+    if endpoint is None:
+        raise KplmError(f"{run_dir}: head '{run.head.name}' defines no serving endpoint")
+    layer = run.tokenizer.build()
+    layer(["warm up"])  # a keras_hub tokenizer must run once before it can be tracked
+    fn, signature = endpoint(run.model, run.tokenizer, run.sequence_length)
+    archive = keras.export.ExportArchive()
+    archive.track(run.model)
+    archive.track(layer)
+    archive.add_endpoint(name="serving_default", fn=fn, input_signature=signature)
+    tmp = output.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    archive.write_out(tmp, verbose=False)
+    if os.path.exists(output):
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    names = [spec.name for spec in signature]
+    if echo:
+        echo(f"exported {run_dir} ({run.head.name}) to {output}: serving_default({', '.join(names)})")
+    return names
+
+
+def string_input(name):
+    """A ``[batch]`` string ``TensorSpec`` named ``name``."""
+    import tensorflow as tf
+    return tf.TensorSpec([None], tf.string, name=name)
+
+
+def char_offsets(text, byte_offsets):
+    """Character offsets of ``byte_offsets`` (ragged ``[batch, (n)]`` int64, positions on a
+    character boundary or at the end) in the UTF-8 strings ``text`` ``[batch]``."""
+    import tensorflow as tf
+    _, starts = tf.strings.unicode_decode_with_offsets(text, "UTF-8", errors="replace")
+    big = tf.int64.max
+    dense_starts = starts.to_tensor(default_value=big)
+    dense_offsets = tf.cast(byte_offsets, tf.int64).to_tensor(default_value=0)
+    found = tf.searchsorted(dense_starts, dense_offsets, side="left")
+    return tf.RaggedTensor.from_tensor(tf.cast(found, tf.int64), lengths=byte_offsets.row_lengths())
+
+
+def piece_char_lengths(tokens):
+    """Characters of the text each vocabulary token stands for (``##`` stripped), as a
+    constant vector indexed by token id."""
+    import tensorflow as tf
+    return tf.constant([len(t[2:]) if t.startswith("##") else len(t) for t in tokens], tf.int64)
+
+
+def words_to_pieces(tokenizer, words):
+    """Word pieces of each word (``words`` a 1-D string tensor): ragged ``[words, (pieces)]``,
+    with a word the tokenizer drops entirely (control characters only) as ``[UNK]``."""
+    import tensorflow as tf
+    pieces = tokenizer.build()(words)
+    if not isinstance(pieces, tf.RaggedTensor):
+        pieces = tf.RaggedTensor.from_tensor(pieces)
+    pieces = tf.cast(pieces, tf.int64)
+    empty = tf.cast(pieces.row_lengths() == 0, tf.int64)
+    unk = tf.cast(tokenizer.special_id("unk"), tf.int64)
+    return tf.concat([pieces, tf.RaggedTensor.from_row_lengths(
+        tf.fill([tf.reduce_sum(empty)], unk), empty)], axis=1)
+
+
+def pad_strings(ragged, default=""):
+    """A ragged string tensor as a dense ``[batch, max]`` one padded with ``default``."""
+    return ragged.to_tensor(default_value=default)

