@@ -217,13 +217,15 @@ def test_keras_hub_presets_in_and_out(tmp_path):
     assert WordPiece  # the tokenizer kind kplm maps presets to
 
 
-def _small_dev():
-    """The first 48 SST-2 dev sentences (with the header), so each run's evaluation is quick."""
+def _head_of(source, rows):
+    """The first ``rows`` SST-2 rows of ``source`` (with the header) in a temporary file, so the
+    runs below read, evaluate and baseline quickly."""
     import tempfile
-    path = os.path.join(tempfile.gettempdir(), f"kplm-sst2-dev48-{os.getpid()}.tsv")
+    name = os.path.basename(source).replace(".tsv", "")
+    path = os.path.join(tempfile.gettempdir(), f"kplm-sst2-{name}{rows}-{os.getpid()}.tsv")
     if not os.path.exists(path):
-        with open(SST_DEV, encoding="utf-8") as f:
-            lines = f.readlines()[:49]
+        with open(source, encoding="utf-8") as f:
+            lines = f.readlines()[:rows + 1]
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(lines)
     return path
@@ -232,9 +234,9 @@ def _small_dev():
 def _sst2_config(run_dir, **top):
     config = {
         "run_dir": run_dir, "seed": 0,
-        "data": {"train": {"name": "csv", "paths": [SST_TRAIN],
+        "data": {"train": {"name": "csv", "paths": [_head_of(SST_TRAIN, 400)],
                            "columns": {"text": "sentence", "label": "label"}},
-                 "validation": {"name": "csv", "paths": [_small_dev()],
+                 "validation": {"name": "csv", "paths": [_head_of(SST_DEV, 48)],
                                 "columns": {"text": "sentence", "label": "label"}}},
         "head": {"name": "sequence_classification"},
         "finetune": {"sequence_length": 24},
