@@ -88,7 +88,3 @@ def words_to_pieces(tokenizer, words):
     return tf.concat([pieces, tf.RaggedTensor.from_row_lengths(
         tf.fill([tf.reduce_sum(empty)], unk), empty)], axis=1)
 
-
-def pad_strings(ragged, default=""):
-    """A ragged string tensor as a dense ``[batch, max]`` one padded with ``default``."""
-    return ragged.to_tensor(default_value=default)

@@ -267,12 +267,10 @@ class TokenClassificationHead(Head):
             # the tag of each word: its first piece's prediction ("O" when truncated away)
             is_first = per_sentence(first)[:, :sequence_length - 2]
             word_ids = per_sentence(word_of_piece)[:, :sequence_length - 2]
-            rows = tf.cast(tf.ragged.boolean_mask(
-                tf.ones_like(word_ids) * tf.expand_dims(tf.range(batch), 1), is_first), tf.int64)
-            num_words = tf.maximum(tf.reduce_max(tf.concat([words.row_lengths(), [0]], 0)), 0)
+            first_words = tf.ragged.boolean_mask(word_ids, is_first)
+            num_words = tf.reduce_max(tf.concat([words.row_lengths(), [0]], 0))
             tag_ids = tf.fill([batch, num_words], outside)
-            index = tf.stack([rows.flat_values,
-                              tf.ragged.boolean_mask(word_ids, is_first).flat_values], axis=1)
+            index = tf.stack([first_words.value_rowids(), first_words.flat_values], axis=1)
             tag_ids = tf.tensor_scatter_nd_update(
                 tag_ids, index, tf.ragged.boolean_mask(predicted, is_first).flat_values)
             valid = tf.sequence_mask(words.row_lengths(), num_words)

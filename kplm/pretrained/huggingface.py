@@ -162,8 +162,8 @@ def _mapping(encoder, family):
     """
     v = {w.path: w for w in encoder.weights}
     out = []
+    emb, ln = "embeddings.", "embeddings.LayerNorm."
     if family == "distilbert":
-        emb, ln = "embeddings.", "embeddings.LayerNorm."
         layer_names = {"query": "attention.q_lin", "key": "attention.k_lin",
                        "value": "attention.v_lin", "attention_output": "attention.out_lin",
                        "self_attention_layer_norm": "sa_layer_norm",
@@ -172,7 +172,6 @@ def _mapping(encoder, family):
                        "feedforward_layer_norm": "output_layer_norm"}
         layer_prefix = "transformer.layer."
     else:
-        emb, ln = "embeddings.", "embeddings.LayerNorm."
         layer_names = {"query": "attention.self.query", "key": "attention.self.key",
                        "value": "attention.self.value",
                        "attention_output": "attention.output.dense",
@@ -228,7 +227,7 @@ def _to_keras(array, kind, shape, offset):
 
 
 def _to_hf(array, kind):
-    if kind in ("dense",):
+    if kind == "dense":
         return array.T
     if kind == "qkv":
         return array.reshape(array.shape[0], -1).T

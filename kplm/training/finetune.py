@@ -60,10 +60,9 @@ class FinetuneSpec:
         registry = get_registry()
         self.run_dir, self.seed = check_run_header(raw, TOP_LEVEL_KEYS)
         self.init_from = raw.get("init_from")
-        self.pretrained_format = None
         if self.init_from is not None:
             from kplm.pretrained import checkpoint_format
-            self.pretrained_format = checkpoint_format(self.init_from, "init_from")
+            checkpoint_format(self.init_from, "init_from")  # refuses what kplm cannot read
             for key in ("tokenizer", "backbone"):
                 if raw.get(key) is not None:
                     raise ConfigError(f"config key '{key}': comes from init_from "
