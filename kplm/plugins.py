@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "kplm.models",
     "kplm.pretrained",
     "kplm.objectives.masked_lm",
+    "kplm.objectives.next_sentence",
     "kplm.heads.sequence_classification",
     "kplm.heads.question_answering",
     "kplm.heads.token_classification",

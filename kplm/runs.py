@@ -3,6 +3,7 @@
 ``config.yaml`` (resolved), ``tokenizer/``, ``checkpoints/``, ``tensorboard/{train,validation}/``,
 ``metrics.json``, ``backbone.weights.h5`` + ``backbone.json`` (the pretrained backbone).
 """
+import importlib
 import json
 import os
 
@@ -49,7 +50,15 @@ def load_backbone(run_dir):
         raise KplmError(f"{run_dir}: no saved backbone ({BACKBONE_CONFIG}); is it a finished "
                         "pretraining run directory?")
     with open(config_path, encoding="utf-8") as f:
-        backbone = keras.saving.deserialize_keras_object(json.load(f))
+        config = json.load(f)
+    module = config.get("module") if isinstance(config, dict) else None
+    if module:  # the backbone's class registers itself when its module is imported
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise KplmError(f"{config_path}: the backbone's module {module} cannot be imported "
+                            f"({e}); is the plugin that defines it installed?") from None
+    backbone = keras.saving.deserialize_keras_object(config)
     backbone.load_weights(os.path.join(run_dir, BACKBONE_WEIGHTS))
     return backbone
 

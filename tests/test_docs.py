@@ -32,6 +32,8 @@ DOCTEST_MODULES = [
     "kplm.models.masked_lm", "kplm.models.classifier", "kplm.training.optimizer",
     "kplm.training.trainer_config", "kplm.heads.sequence_classification", "kplm.heads.regression",
     "kplm.pretrained", "kplm.pretrained.torch_zip",
+    "kplm.objectives.sentence_pairs", "kplm.objectives.next_sentence", "kplm.objectives.combined",
+    "kplm.models.pretrainer",
 ]
 
 

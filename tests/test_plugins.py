@@ -70,7 +70,10 @@ def broken_import():
 
 def test_builtins_register_through_hooks():
     registry = plugins.get_registry()
-    assert registry.names("objective") == ["masked_lm"]
+    assert {"masked_lm", "next_sentence_prediction",
+            "sentence_order_prediction"} <= set(registry.names("objective"))
+    assert registry.entry("objective", "sentence_order_prediction").plugin == \
+        "kplm.objectives.next_sentence"
     assert {"text_files", "jsonl"} <= set(registry.names("data_source"))
     assert registry.entry("data_source", "text_files").plugin == "kplm.data.text_files"
     assert registry.names("backbone") == ["encoder", "hf", "keras_hub"]

@@ -34,6 +34,10 @@ class MaskedLMObjective(Objective):
     20
     """
 
+    families = ("encoder",)
+    output_name = "masked_lm"
+    builds_rows = False
+
     def __init__(
         self,
         mask_rate: float = 0.15,
@@ -83,16 +87,11 @@ class MaskedLMObjective(Objective):
             pad_value=pad_id, return_padding_mask=True)
         return tokens.map(packer).unbatch().map(lambda r, m: (r, tf.cast(m, tf.int32)))
 
-    def dataset(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
+    def batches(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
                 training=True):
-        """A ``tf.data.Dataset`` of ``(x, y, sample_weight)`` batches for ``model.fit``.
-
-        Training streams repeat forever and are shuffled; validation streams are finite and
-        deterministic (fixed masks), so validation metrics are comparable across runs.
-        """
+        """Batches of unmasked rows: dicts of ``token_ids``, ``segment_ids`` (zeros) and
+        ``padding_mask``. Training batches repeat forever (shuffled); validation is finite."""
         import tensorflow as tf
-
-        from kplm.objectives.masking import mask_tokens
 
         rows = self.token_rows(source_ds, tokenizer, sequence_length, training, seed)
         if training:
@@ -102,25 +101,46 @@ class MaskedLMObjective(Objective):
                 raise DataError(f"too little text to fill one sequence of {sequence_length} "
                                 "tokens")
             rows = rows.repeat()
-        batches = rows.batch(batch_size, drop_remainder=training)
-        max_predictions = self.max_predictions_for(sequence_length)
-        continuation = tokenizer.continuation_mask() if self.whole_word else None
-        specials = tokenizer.special_token_ids
-        mask_id = tokenizer.special_id("mask")
-        vocabulary_size = len(tokenizer.tokens)
-        stream = 0 if training else 1
+        return rows.batch(batch_size, drop_remainder=training).map(
+            lambda token_ids, padding_mask: {"token_ids": token_ids,
+                                             "segment_ids": tf.zeros_like(token_ids),
+                                             "padding_mask": padding_mask})
 
-        def mask(index, batch):
-            token_ids, padding_mask = batch
-            out = mask_tokens(
-                token_ids, tf.stack([tf.cast(seed, tf.int64) * 2 + stream, index]),
-                mask_token_id=mask_id, vocabulary_size=vocabulary_size,
-                special_token_ids=specials, max_predictions=max_predictions,
-                mask_rate=self.mask_rate, mask_token_rate=self.mask_token_rate,
-                random_token_rate=self.random_token_rate, continuation_mask=continuation)
-            x = {"token_ids": out["token_ids"], "segment_ids": tf.zeros_like(token_ids),
-                 "padding_mask": padding_mask, "mask_positions": out["mask_positions"]}
-            return x, out["mask_ids"], out["mask_weights"]
+    def transform(self, features, index, tokenizer, *, seed, training, sequence_length):
+        """Mask batch ``index`` of ``features``: ``(features with masked token_ids and
+        mask_positions, original ids at those positions, their weights)``."""
+        import tensorflow as tf
+
+        from kplm.objectives.masking import mask_tokens
+
+        stream = 0 if training else 1
+        out = mask_tokens(
+            features["token_ids"], tf.stack([tf.cast(seed, tf.int64) * 2 + stream, index]),
+            mask_token_id=tokenizer.special_id("mask"), vocabulary_size=len(tokenizer.tokens),
+            special_token_ids=tokenizer.special_token_ids,
+            max_predictions=self.max_predictions_for(sequence_length),
+            mask_rate=self.mask_rate, mask_token_rate=self.mask_token_rate,
+            random_token_rate=self.random_token_rate,
+            continuation_mask=tokenizer.continuation_mask() if self.whole_word else None)
+        features = {**features, "token_ids": out["token_ids"],
+                    "mask_positions": out["mask_positions"]}
+        return features, out["mask_ids"], out["mask_weights"]
+
+    def dataset(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
+                training=True):
+        """A ``tf.data.Dataset`` of ``(x, y, sample_weight)`` batches for ``model.fit``.
+
+        Training streams repeat forever and are shuffled; validation streams are finite and
+        deterministic (fixed masks), so validation metrics are comparable across runs.
+        """
+        import tensorflow as tf
+
+        batches = self.batches(source_ds, tokenizer, batch_size=batch_size,
+                               sequence_length=sequence_length, seed=seed, training=training)
+
+        def mask(index, features):
+            return self.transform(features, index, tokenizer, seed=seed, training=training,
+                                  sequence_length=sequence_length)
 
         return batches.enumerate().map(mask, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
             tf.data.AUTOTUNE)
@@ -133,6 +153,38 @@ class MaskedLMObjective(Objective):
 
     def tokens_per_row(self, sequence_length):
         return sequence_length
+
+    # --- combining with other objectives (kplm.objectives.combined) --------------------------
+    def model_inputs(self):
+        import keras
+        return {"mask_positions": keras.Input(shape=(None,), dtype="int32",
+                                              name="mask_positions")}
+
+    def head(self, backbone):
+        """The tied-embedding prediction head at the masked positions:
+        ``fn(backbone_outputs, inputs)``."""
+        import keras
+        from keras_hub.layers import MaskedLMHead
+
+        from kplm.models.initializers import kernel_initializer
+        layer = MaskedLMHead(
+            vocabulary_size=backbone.vocabulary_size, token_embedding=backbone.token_embedding,
+            intermediate_activation=keras.activations.gelu,
+            kernel_initializer=kernel_initializer(), dtype=backbone.dtype_policy,
+            name="mlm_head")
+        return lambda outputs, inputs: keras.ops.cast(
+            layer(outputs["sequence_output"], inputs["mask_positions"]), "float32")
+
+    def loss(self):
+        import keras
+        return keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight")
+
+    def metrics(self):
+        import keras
+        import keras_hub
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                keras_hub.metrics.Perplexity(from_logits=True, name="perplexity")]
 
 
 @hookimpl

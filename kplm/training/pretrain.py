@@ -9,8 +9,8 @@ from kplm.errors import ConfigError, DataError
 from kplm.training.runtime import build, restoring_precision_policy, start_run, strategy_for
 from kplm.training.trainer_config import TrainerConfig
 
-TOP_LEVEL_KEYS = ["run_dir", "seed", "tokenizer", "data", "backbone", "objective", "trainer",
-                  "callbacks"]
+TOP_LEVEL_KEYS = ["run_dir", "seed", "tokenizer", "data", "backbone", "objective", "objectives",
+                  "trainer", "callbacks"]
 
 
 class PretrainSpec:
@@ -36,8 +36,11 @@ class PretrainSpec:
             raise ConfigError(f"config key 'tokenizer': comes from backbone "
                               f"'{self.backbone['name']}' ({self.backbone.get('path')}); "
                               "remove it")
-        self.objective_cls, self.objective = check_section(
-            raw.get("objective", {"name": "masked_lm"}), "objective", "objective", registry)
+        self.objectives = check_objectives(raw, registry)
+        self.objective = (self.objectives[0][1] if "objectives" not in raw else
+                          [{**section, "weight": weight} for _, section, weight in self.objectives])
+        self.objective_names = [section["name"] for _, section, _ in self.objectives]
+        check_family(self.backbone_cls, self.backbone["name"], self.objectives)
         self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
         self.callbacks = check_callbacks(raw, registry)
 
@@ -45,8 +48,60 @@ class PretrainSpec:
         """The config with every default filled in, as written to ``run_dir/config.yaml``."""
         return {"run_dir": self.run_dir, "seed": self.seed, "tokenizer": self.tokenizer,
                 "data": {"train": self.train, "validation": self.validation},
-                "backbone": self.backbone, "objective": self.objective, "trainer": self.trainer,
+                "backbone": self.backbone,
+                ("objectives" if isinstance(self.objective, list) else "objective"):
+                    self.objective,
+                "trainer": self.trainer,
                 "callbacks": [c for _, c in self.callbacks]}
+
+
+def check_objectives(raw, registry):
+    """``objective: SECTION`` or ``objectives: [SECTION | NAME, ...]`` (each with an optional
+    ``weight:``) -> ``[(class, section, weight)]``."""
+    if "objectives" not in raw:
+        cls, section = check_section(raw.get("objective", {"name": "masked_lm"}), "objective",
+                                     "objective", registry)
+        return [(cls, section, 1.0)]
+    if "objective" in raw:
+        raise ConfigError("config keys 'objective' and 'objectives': give one of them")
+    entries = raw["objectives"]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("config key 'objectives': expected a list of objectives, e.g. "
+                          "[masked_lm, next_sentence_prediction]")
+    checked = []
+    for i, entry in enumerate(entries):
+        path = f"objectives[{i}]"
+        entry = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict):
+            raise ConfigError(f"config key '{path}': expected a name or a mapping with 'name:', "
+                              f"got {entry!r}")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+            raise ConfigError(f"config key '{path}.weight': expected a number > 0, got {weight!r}")
+        section = {k: v for k, v in entry.items() if k != "weight"}
+        cls, section = check_section(section, "objective", path, registry)
+        checked.append((cls, section, float(weight)))
+    return checked
+
+
+def check_family(backbone_cls, backbone_name, objectives):
+    """Refuse an objective that cannot train this kind of backbone (a decoder for masked LM)."""
+    family = getattr(backbone_cls, "family", "encoder")
+    for cls, section, _ in objectives:
+        families = getattr(cls, "families", ("encoder",))
+        if family not in families:
+            raise ConfigError(f"objective '{section['name']}' trains {' or '.join(families)} "
+                              f"backbones; backbone '{backbone_name}' is a "
+                              f"{family.replace('_', '-')}")
+
+
+def build_objective(spec):
+    """The objective a checked spec names: one, or a ``CombinedObjective`` of a list."""
+    parts = [build(cls, section) for cls, section, _ in spec.objectives]
+    if isinstance(spec.objective, list):
+        from kplm.objectives.combined import CombinedObjective
+        return CombinedObjective(parts, [w for _, _, w in spec.objectives])
+    return parts[0]
 
 
 def pretrain(config, *, overwrite=False, echo=print, progress=True):
@@ -68,7 +123,7 @@ def _pretrain(config, *, overwrite=False, echo=print, progress=True):
     trainer = TrainerConfig(**spec.trainer)
     train_source = build(spec.train_cls, spec.train)
     validation_source = build(spec.validation_cls, spec.validation) if spec.validation else None
-    objective = build(spec.objective_cls, spec.objective)
+    objective = build_objective(spec)
     loader = tokenizer = None
     if spec.tokenizer_cls is None:  # a pretrained backbone brings its tokenizer
         loader = build(spec.backbone_cls, spec.backbone)
@@ -141,7 +196,7 @@ def _pretrain(config, *, overwrite=False, echo=print, progress=True):
                             trainer.keep_checkpoints)
     if echo:
         echo(f"pretraining {spec.backbone['name']} ({backbone.count_params():,} parameters, "
-             f"vocabulary {len(tokenizer.tokens):,}) with {spec.objective['name']} for "
+             f"vocabulary {len(tokenizer.tokens):,}) with {' + '.join(spec.objective_names)} for "
              f"{trainer.steps} steps of {trainer.batch_size} x {sequence_length} tokens "
              f"on {strategy.num_replicas_in_sync} replica(s)")
     start = time.perf_counter()
