@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-clm venv clean
 
-$(STAMP): pyproject.toml plugins/kplm-text-extras/pyproject.toml
+$(STAMP): pyproject.toml plugins/kplm-text-extras/pyproject.toml plugins/kplm-electra/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
@@ -20,11 +20,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m kplm.demo
 
+# Test files run in two processes (one per CI core); a file's tests stay in one process, so its
+# module fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q -x --durations=10
+	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_mlm.py
+
+bench-clm: $(STAMP)
+	$(PY) benchmarks/bench_clm.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -160,6 +160,44 @@ def export(run_dir, fmt, output):
     click.echo(f"exported the backbone and tokenizer of {run_dir} to {output} ({fmt})")
 
 
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--prompt", "prompts", multiple=True, help="A prompt to continue (repeatable).")
+@click.option("--file", "prompt_file", type=click.File("r", encoding="utf-8"),
+              help="Prompts, one per line (- is stdin).")
+@click.option("--sampler", type=click.Choice(["greedy", "top_k", "top_p", "beam"]),
+              default="greedy", show_default=True)
+@click.option("--max-length", type=int, help="Tokens per sequence, prompt included "
+              "(default: the backbone's sequence_length).")
+@click.option("--top-k", type=int, help="top_k: candidates per step; top_p: at most this many.")
+@click.option("--top-p", type=float, help="top_p: probability mass kept.")
+@click.option("--num-beams", type=int, help="beam: beams kept.")
+@click.option("--temperature", type=float, help="Divide the logits by this (default 1).")
+@click.option("--seed", type=int, help="Random seed of top_k / top_p sampling.")
+@click.option("--no-cache", is_flag=True,
+              help="Recompute the whole prefix at every step (slow; same tokens).")
+def generate(run_dir, prompts, prompt_file, sampler, max_length, top_k, top_p, num_beams,
+             temperature, seed, no_cache):
+    """Continue prompts with a causal_lm pretraining RUN_DIR; one JSON line per prompt."""
+    from kplm.errors import KplmError
+    prompts = list(prompts)
+    if prompt_file is not None:
+        prompts += [line.rstrip("\n") for line in prompt_file if line.strip()]
+    if not prompts:
+        raise KplmError("no prompt: give --prompt TEXT or --file PROMPTS.txt")
+    import_tensorflow_quietly()
+    from kplm.generation import decode, generate_ids, load_generator
+    model, tok = load_generator(run_dir)
+    out = generate_ids(model, tok, prompts, max_length=max_length or model.backbone.sequence_length,
+                       sampler=sampler, use_cache=not no_cache, k=top_k, p=top_p,
+                       num_beams=num_beams, temperature=temperature, seed=seed)
+    texts = decode(tok, out["token_ids"], out["padding_mask"])
+    completions = decode(tok, out["token_ids"], out["padding_mask"], out["prompt_lengths"])
+    for prompt, text, completion in zip(prompts, texts, completions):
+        click.echo(json.dumps({"prompt": prompt, "text": text, "completion": completion},
+                              ensure_ascii=False))
+
+
 @click.group()
 def tokenizer():
     """Learn and inspect tokenizers."""
@@ -169,13 +207,15 @@ def tokenizer():
 @click.argument("config", type=click.Path(dir_okay=False))
 @set_option
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
-              help="Directory to write the tokenizer (vocab.txt, tokenizer.json) into.")
-def tokenizer_train(config, overrides, output):
+              help="Directory to write the tokenizer (its vocabulary and tokenizer.json) into.")
+@click.option("--kind", help="Tokenizer kind to learn (wordpiece, sentencepiece, ...), instead "
+              "of the config's tokenizer.name; the section's options that kind takes are kept.")
+def tokenizer_train(config, overrides, output, kind):
     """Learn a vocabulary from CONFIG's data.train with CONFIG's tokenizer section."""
     import_tensorflow_quietly()
     from kplm.tokenizers.train import train_tokenizer
-    tokens = train_tokenizer(_config(config, overrides), output)
-    click.echo(f"wrote {len(tokens):,} tokens to {os.path.join(output, 'vocab.txt')}")
+    tokens = train_tokenizer(_config(config, overrides), output, kind=kind)
+    click.echo(f"wrote {len(tokens):,} tokens to {output}")
 
 
 @click.command()
@@ -209,6 +249,7 @@ def register_commands(cli):
     cli.add_command(finetune)
     cli.add_command(evaluate)
     cli.add_command(predict)
+    cli.add_command(generate)
     cli.add_command(export)
     cli.add_command(tokenizer)
     cli.add_command(plugins)

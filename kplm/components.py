@@ -87,6 +87,11 @@ class PretrainedBackbone(Component):
         """Cheap validation before a run starts (e.g. the directory's format); raises
         ``ConfigError``. Default: nothing."""
 
+    def family(self):
+        """The family of the backbone ``load`` will return (``"encoder"``, ``"decoder"`` or
+        ``"encoder_decoder"``), known without loading it. Default: ``"encoder"``."""
+        return "encoder"
+
     def load(self, dtype=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -94,10 +99,28 @@ class PretrainedBackbone(Component):
 class Objective(Component):
     """A pretraining objective: turns raw text into (x, y, sample_weight) and builds the model.
 
-    Subclasses implement ``dataset(source_ds, tokenizer, batch_size, sequence_length, seed)`` and
-    ``build_model(backbone, tokenizer)``; the returned model compiles itself with its own loss and
-    metrics (``model.compile(optimizer=...)``).
+    Contract used by ``kplm pretrain`` (see ``kplm.objectives.masked_lm`` for a complete
+    example, and ``docs/plugin_tutorial.md``):
+
+    - ``families``: the backbone families it trains (``"encoder"``, ``"decoder"``,
+      ``"encoder_decoder"``); a config pairing it with another is refused.
+    - ``build_model(backbone)``: a Keras model that compiles itself with its loss and metrics
+      (``model.compile(optimizer=...)``); kplm saves ``backbone`` when the run ends.
+    - ``dataset(source_ds, tokenizer, *, batch_size, sequence_length, seed, training)``:
+      ``(x, y, sample_weight)`` batches; training streams repeat forever, validation streams
+      are finite and deterministic.
+    - ``tokens_per_row(sequence_length)``: tokens one row trains on (for tokens/s).
+    - Optionally the combinable protocol (``output_name``, ``batches``, ``transform``,
+      ``model_inputs``, ``head``, ``loss``, ``metrics``), so that it can be listed with others
+      in ``objectives:``; see ``kplm.objectives.combined.CombinedObjective``.
     """
+
+    families = ("encoder",)
+    output_name = None
+
+    def tokens_per_row(self, sequence_length):
+        """Tokens one row trains on. Default: ``sequence_length``."""
+        return sequence_length
 
 
 class Head(Component):

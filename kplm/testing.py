@@ -67,8 +67,8 @@ def tiny_byte_bpe(size):
 def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=32,
                              num_layers=2, num_heads=4, intermediate_size=64, max_positions=64):
     """Write a tiny random Hugging Face checkpoint (``config.json``, ``model.safetensors``,
-    ``vocab.txt``, ``tokenizer_config.json``) of ``model_type`` ``bert``, ``roberta`` or
-    ``distilbert``. The weights come from ``numpy.random.RandomState(seed)``, so the same
+    ``vocab.txt``, ``tokenizer_config.json``) of ``model_type`` ``bert``, ``roberta``,
+    ``distilbert`` or ``gpt2`` (byte-level BPE ``vocab.json`` + ``merges.txt`` for the last two). The weights come from ``numpy.random.RandomState(seed)``, so the same
     arguments give the same bytes on every machine; ``tests/reference`` holds the reference
     implementation's outputs for them. Returns the config dict.
 
@@ -141,14 +141,43 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
             state.update(linear(p + "output.dense.", h, i_size))
             state.update(ln(p + "output.LayerNorm."))
         state.update(linear(prefix + "pooler.dense.", h, h))
+    elif model_type == "gpt2":
+        config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": v,
+                  "n_embd": h, "n_layer": num_layers, "n_head": num_heads, "n_inner": i_size,
+                  "n_positions": max_positions, "activation_function": "gelu_new",
+                  "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.1, "embd_pdrop": 0.1,
+                  "attn_pdrop": 0.1, "bos_token_id": v - 1, "eos_token_id": v - 1,
+                  "tie_word_embeddings": True}
+        p = "transformer."
+        state[p + "wte.weight"] = w(v, h)
+        state[p + "wpe.weight"] = w(max_positions, h)
+        for layer in range(num_layers):
+            q = f"{p}h.{layer}."
+            state.update(ln(q + "ln_1."))
+            # GPT-2's Conv1D layers store [in, out]
+            state[q + "attn.c_attn.weight"] = w(h, 3 * h)
+            state[q + "attn.c_attn.bias"] = w(3 * h, scale=0.1)
+            state[q + "attn.c_proj.weight"] = w(h, h)
+            state[q + "attn.c_proj.bias"] = w(h, scale=0.1)
+            state.update(ln(q + "ln_2."))
+            state[q + "mlp.c_fc.weight"] = w(h, i_size)
+            state[q + "mlp.c_fc.bias"] = w(i_size, scale=0.1)
+            state[q + "mlp.c_proj.weight"] = w(i_size, h)
+            state[q + "mlp.c_proj.bias"] = w(h, scale=0.1)
+        state.update(ln(p + "ln_f."))
+        state["lm_head.weight"] = state[p + "wte.weight"].copy()  # tied, stored twice
     else:
-        raise ValueError(f"model_type must be bert, roberta or distilbert, not {model_type!r}")
+        raise ValueError("model_type must be bert, roberta, distilbert or gpt2, not "
+                         f"{model_type!r}")
     os.makedirs(directory, exist_ok=True)
     save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
-    if model_type == "roberta":
+    if model_type in ("roberta", "gpt2"):
         bpe_vocab, merges = tiny_byte_bpe(v)
+        if model_type == "gpt2":  # GPT-2's one special token takes the last id
+            del bpe_vocab["<mask>"]
+            bpe_vocab["<|endoftext|>"] = v - 1
         with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
             json.dump(bpe_vocab, f, ensure_ascii=False)
         with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:

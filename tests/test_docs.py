@@ -33,7 +33,12 @@ DOCTEST_MODULES = [
     "kplm.training.trainer_config", "kplm.heads.sequence_classification", "kplm.heads.regression",
     "kplm.pretrained", "kplm.pretrained.torch_zip",
     "kplm.objectives.sentence_pairs", "kplm.objectives.next_sentence", "kplm.objectives.combined",
-    "kplm.models.pretrainer",
+    "kplm.models.pretrainer", "kplm.models.token_loss",
+    "kplm.tokenizers.sentencepiece", "kplm.objectives.noising", "kplm.objectives.span_corruption",
+    "kplm.objectives.denoising",
+    "kplm.models.decoder", "kplm.models.causal_lm", "kplm.objectives.causal_lm",
+    "kplm.models.encoder_decoder", "kplm.models.seq2seq_lm", "kplm.data.parallel_text",
+    "kplm.heads.seq2seq",
 ]
 
 

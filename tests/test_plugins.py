@@ -76,9 +76,16 @@ def test_builtins_register_through_hooks():
         "kplm.objectives.next_sentence"
     assert {"text_files", "jsonl"} <= set(registry.names("data_source"))
     assert registry.entry("data_source", "text_files").plugin == "kplm.data.text_files"
-    assert registry.names("backbone") == ["encoder", "hf", "keras_hub"]
+    assert {"encoder", "decoder", "hf", "keras_hub"} <= set(registry.names("backbone"))
+    assert registry.entry("backbone", "encoder_decoder").plugin == "kplm.models"
+    assert registry.entry("head", "seq2seq").plugin == "kplm.heads.seq2seq"
+    assert registry.entry("data_source", "parallel_text").plugin == "kplm.data.parallel_text"
+    assert registry.entry("objective", "causal_lm").plugin == "kplm.objectives.causal_lm"
     assert registry.entry("backbone", "hf").plugin == "kplm.pretrained"
-    assert registry.names("tokenizer") == ["byte_bpe", "wordpiece"]
+    assert registry.names("tokenizer") == ["byte_bpe", "gpt2_bpe", "sentencepiece", "wordpiece"]
+    assert {"span_corruption", "denoising"} <= set(registry.names("objective"))
+    assert registry.entry("objective", "span_corruption").plugin == \
+        "kplm.objectives.span_corruption"
 
 
 def test_duplicate_name_names_both_plugins():

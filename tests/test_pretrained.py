@@ -358,3 +358,50 @@ def test_continued_pretraining_from_a_hugging_face_directory(tiny_dirs, tmp_path
              for a, b in zip(start.weights, trained.weights)]
     assert sum(moved) > len(moved) // 2  # trained from the checkpoint, not from scratch:
     assert np.abs(start.weights[0].numpy() - trained.weights[0].numpy()).max() < 0.05
+
+
+def test_gpt2_matches_transformers_in_hidden_states_tokens_and_greedy_generation(tmp_path):
+    """A tiny random GPT2LMHeadModel directory: kplm's Decoder gives transformers' hidden
+    states, its CausalLM the same greedy continuation (cached and uncached), its byte-level
+    BPE the same ids; GPT-2 can only be pretrained with a decoder objective."""
+    import kplm
+    from kplm.models.causal_lm import CausalLM
+    from kplm.training.pretrain import PretrainSpec
+
+    ref = np.load(os.path.join(REFERENCE, "tiny_gpt2.npz"))
+    path = str(tmp_path / "gpt2")
+    config = write_tiny_hf_checkpoint(path, "gpt2")
+    digest = hashlib.sha256(open(os.path.join(path, "model.safetensors"), "rb").read()).hexdigest()
+    assert digest == str(ref["safetensors_sha256"])
+    decoder, tokenizer = kplm.load_pretrained(path)
+    assert decoder.family == "decoder" and tokenizer.name == "gpt2_bpe"
+    hidden = np.asarray(decoder({"token_ids": ref["input_ids"].astype("int32"),
+                                 "padding_mask": ref["attention_mask"].astype("int32")})
+                        ["sequence_output"])
+    real = ref["attention_mask"].astype(bool)
+    assert np.abs(hidden[real] - ref["last_hidden_state"][real]).max() < 1e-4
+    assert np.abs(ref["last_hidden_state"][real]).max() > 0.5
+
+    prompt, expected = ref["prompt_ids"].astype("int32"), ref["greedy_ids"]
+    length = expected.shape[1]
+    inputs = {"token_ids": np.zeros((2, length), "int32"),
+              "padding_mask": np.zeros((2, length), "int32")}
+    inputs["token_ids"][:, :prompt.shape[1]] = prompt
+    inputs["padding_mask"][:, :prompt.shape[1]] = 1
+    for use_cache in (True, False):
+        model = CausalLM(decoder, use_cache=use_cache)
+        model.compile(sampler="greedy")
+        out = model.generate(inputs, stop_token_ids=None)
+        np.testing.assert_array_equal(np.asarray(out["token_ids"]), expected)
+
+    layer = tokenizer.build()
+    for sentence, ids in zip(ref["sentences"], ref["sentence_ids"]):
+        assert np.asarray(layer(str(sentence))).tolist() == [i for i in ids if i >= 0]
+
+    base = {"run_dir": str(tmp_path / "run"), "backbone": {"name": "hf", "path": path},
+            "data": {"train": {"name": "text_files", "paths": ["x.txt"]}}}
+    with pytest.raises(ConfigError, match="objective 'masked_lm' trains encoder backbones; "
+                                          "backbone 'hf' is a decoder"):
+        PretrainSpec({**base, "objective": {"name": "masked_lm"}})
+    PretrainSpec({**base, "objective": {"name": "causal_lm"}})
+    assert config["model_type"] == "gpt2"

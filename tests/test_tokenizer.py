@@ -59,3 +59,20 @@ def test_cli_tokenizer_train(tmp_path):
     vocab = (out / "vocab.txt").read_text().split("\n")
     assert vocab[:5] == SPECIAL_TOKENS and "the" in vocab
     assert os.path.exists(out / "tokenizer.json")
+
+
+def test_train_tokenizer_kind_replaces_the_configs_kind(tmp_path):
+    """``kplm tokenizer train --kind sentencepiece`` on a WordPiece config keeps the options
+    SentencePiece takes (vocabulary_size, lowercase) and drops the others (strip_accents)."""
+    import json
+
+    from kplm.tokenizers.train import train_tokenizer
+    config = {"tokenizer": {"name": "wordpiece", "vocabulary_size": 400, "lowercase": True,
+                            "strip_accents": True, "max_training_lines": 300},
+              "data": {"train": {"name": "text_files", "paths": [TRAIN]}}}
+    tokens = train_tokenizer(config, str(tmp_path / "sp"), progress=False,
+                             kind="sentencepiece")
+    assert len(tokens) == 400
+    saved = json.loads((tmp_path / "sp" / "tokenizer.json").read_text())
+    assert saved["name"] == "sentencepiece"
+    assert (tmp_path / "sp" / "sentencepiece.model").exists()

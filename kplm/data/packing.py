@@ -46,3 +46,50 @@ def pack_tokens(token_ds, sequence_length, start_id, end_id, separator_id=None):
 
     flat = token_ds.map(flatten)
     return flat.scan(tf.zeros([0], tf.int32), step)
+
+
+def pack_documents(token_ds, row_length, start_id=None, end_id=None):
+    """Pack documents into one stream cut into dense rows of exactly ``row_length``, unframed.
+
+    Every document becomes ``[start] tokens [end]`` (either id optional); the documents are
+    concatenated in order and the stream is cut into consecutive rows, a document running on into
+    the next row where it does not fit (what causal language models train on: no padding, no
+    tokens invented at row boundaries). The remainder of one batch is carried into the next, so
+    only the final partial row of the whole stream is dropped.
+
+    Args:
+        token_ds: ``tf.data.Dataset`` of ``tf.RaggedTensor`` ``[documents, (tokens)]`` int32.
+        row_length: int, length of every output row (>= 1).
+        start_id, end_id: ids put before and after each document (e.g. ``[CLS]`` and
+            ``[SEP]``), or None.
+
+    Returns:
+        A dataset of int32 ``[rows, row_length]`` tensors (a variable number of rows per
+        element, possibly zero); ``unbatch()`` and re-``batch()`` it.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> ds = tf.data.Dataset.from_tensors(tf.ragged.constant([[5, 6, 7], [8, 9]], tf.int32))
+    >>> [r.numpy().tolist() for r in pack_documents(ds, 4, start_id=1, end_id=2)]
+    [[[1, 5, 6, 7], [2, 1, 8, 9]]]
+    """
+    if row_length < 1:
+        raise ValueError(f"row_length must be >= 1, got {row_length}")
+
+    def flatten(ragged):
+        ragged = tf.cast(ragged, tf.int32)
+        parts = [ragged]
+        if start_id is not None:
+            parts.insert(0, tf.RaggedTensor.from_tensor(
+                tf.fill([ragged.nrows(), 1], tf.constant(start_id, tf.int32))))
+        if end_id is not None:
+            parts.append(tf.RaggedTensor.from_tensor(
+                tf.fill([ragged.nrows(), 1], tf.constant(end_id, tf.int32))))
+        return tf.concat(parts, axis=1).flat_values
+
+    def step(carry, tokens):
+        stream = tf.concat([carry, tokens], axis=0)
+        n = tf.size(stream) // row_length
+        return stream[n * row_length:], tf.reshape(stream[: n * row_length], [n, row_length])
+
+    return token_ds.map(flatten).scan(tf.zeros([0], tf.int32), step)

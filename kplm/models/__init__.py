@@ -6,3 +6,5 @@ from kplm.hookspecs import hookimpl
 @hookimpl
 def register_backbones(register):
     register("encoder", "kplm.models.encoder:Encoder")
+    register("decoder", "kplm.models.decoder:Decoder")
+    register("encoder_decoder", "kplm.models.encoder_decoder:EncoderDecoder")

@@ -54,15 +54,7 @@ class MaskedLM(keras_hub.models.MaskedLM):
         The default loss divides by the number of real masked tokens (sum of sample weights),
         not by every prediction slot: padded slots would otherwise dilute it.
         """
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(5e-4)
-        if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, reduction="mean_with_sample_weight")
-        if weighted_metrics == "auto":
-            weighted_metrics = [
-                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                keras_hub.metrics.Perplexity(from_logits=True, name="perplexity"),
-            ]
+        from kplm.models.token_loss import compile_defaults
+        optimizer, loss, weighted_metrics = compile_defaults(optimizer, loss, weighted_metrics)
         keras.Model.compile(self, optimizer=optimizer, loss=loss,
                             weighted_metrics=weighted_metrics, **kwargs)

@@ -176,15 +176,12 @@ class MaskedLMObjective(Objective):
             layer(outputs["sequence_output"], inputs["mask_positions"]), "float32")
 
     def loss(self):
-        import keras
-        return keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight")
+        from kplm.models.token_loss import token_loss
+        return token_loss()
 
     def metrics(self):
-        import keras
-        import keras_hub
-        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                keras_hub.metrics.Perplexity(from_logits=True, name="perplexity")]
+        from kplm.models.token_loss import token_metrics
+        return token_metrics()
 
 
 @hookimpl

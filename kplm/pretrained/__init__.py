@@ -50,7 +50,7 @@ def load_pretrained(path, dtype=None, key="init_from"):
         from kplm.pretrained.presets import load_preset
         return load_preset(path, dtype=dtype)
     from kplm.pretrained import huggingface
-    return huggingface.load_encoder(path, dtype=dtype), huggingface.load_tokenizer(path)
+    return huggingface.load_backbone(path, dtype=dtype), huggingface.load_tokenizer(path)
 
 
 class _CheckpointBackbone(PretrainedBackbone):
@@ -76,8 +76,8 @@ class _CheckpointBackbone(PretrainedBackbone):
 
 
 class HuggingFaceBackbone(_CheckpointBackbone):
-    """``backbone: {name: hf, path: DIR}``: a BERT-family encoder and its tokenizer from a local
-    Hugging Face model directory (``config.json``, ``model.safetensors`` or
+    """``backbone: {name: hf, path: DIR}``: a BERT-family encoder (or a GPT-2 decoder) and its
+    tokenizer from a local Hugging Face model directory (``config.json``, ``model.safetensors`` or
     ``pytorch_model.bin``, ``vocab.txt`` / ``vocab.json`` + ``merges.txt`` / ``tokenizer.json``).
 
     Args:
@@ -89,6 +89,10 @@ class HuggingFaceBackbone(_CheckpointBackbone):
     """
 
     format, description = "hf", "Hugging Face model directory"
+
+    def family(self):
+        from kplm.pretrained import huggingface
+        return "decoder" if huggingface.read_config(self.path)[0] == "gpt2" else "encoder"
 
 
 class KerasHubPreset(_CheckpointBackbone):

