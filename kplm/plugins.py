@@ -200,6 +200,27 @@ def list_plugins():
     return rows
 
 
+def add_plugin(plugin, name, distribution="(added in-process)"):
+    """Register ``plugin`` (a module or object with ``@hookimpl`` functions) under ``name`` in
+    the running process, as if it were installed; the registry is rebuilt on next use. Used by
+    ``kplm.testing.registered``."""
+    pm = get_plugin_manager()
+    if pm.get_plugin(name) is not None:
+        raise PluginError(f"a plugin named {name!r} is already loaded")
+    pm.register(plugin, name=name)
+    _State.info[name] = {"distribution": distribution, "version": "", "builtin": False}
+    _State.registry = None
+
+
+def remove_plugin(name):
+    """Undo ``add_plugin``: unregister ``name`` and rebuild the registry on next use."""
+    pm = get_plugin_manager()
+    if pm.get_plugin(name) is not None:
+        pm.unregister(name=name)
+    _State.info.pop(name, None)
+    _State.registry = None
+
+
 def reset():
     """Forget the loaded plugins (tests use this after changing the environment)."""
     _State.pm, _State.registry, _State.failures, _State.info = None, None, [], {}

@@ -1,4 +1,5 @@
 """Test helpers for kplm and for plugin authors (no TensorFlow at import)."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -188,6 +189,34 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
         with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump({"do_lower_case": True, "model_max_length": max_positions}, f)
     return config
+
+
+@contextlib.contextmanager
+def registered(*plugins):
+    """Load plugin modules in this process for the duration of a ``with`` block, without
+    installing them: what a plugin's own tests need to run ``kplm.pretrain`` / ``finetune`` on
+    its components. ``plugins`` are module names or module objects holding ``@hookimpl``
+    functions. Yields the registry.
+
+    Example:
+        with kplm.testing.registered("kplm_electra.electra") as registry:
+            assert "electra" in registry.names("objective")
+            kplm.pretrain(config)
+    """
+    import importlib
+
+    from kplm import plugins as plugin_core
+    names = []
+    try:
+        for plugin in plugins:
+            module = importlib.import_module(plugin) if isinstance(plugin, str) else plugin
+            name = plugin if isinstance(plugin, str) else module.__name__
+            plugin_core.add_plugin(module, name)
+            names.append(name)
+        yield plugin_core.get_registry()
+    finally:
+        for name in names:
+            plugin_core.remove_plugin(name)
 
 
 _SERVE = """

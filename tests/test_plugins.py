@@ -182,3 +182,29 @@ def test_plugins_json_lists_builtins():
     by_name = {p["name"]: p for p in data["plugins"]}
     assert by_name["kplm.objectives.masked_lm"]["components"] == {"objective": ["masked_lm"]}
     assert by_name["kplm.data.text_files"]["version"]
+
+
+def test_testing_registered_loads_a_plugin_module_for_a_block():
+    """``kplm.testing.registered``: a plugin's tests use its components in-process."""
+    import types
+
+    from kplm.components import Objective
+    from kplm.hookspecs import hookimpl
+    from kplm.testing import registered
+
+    class Toy(Objective):
+        pass
+
+    module = types.ModuleType("kplm_toy_plugin")
+
+    @hookimpl
+    def register_objectives(register):
+        register("toy", Toy)
+    module.register_objectives = register_objectives
+
+    with registered(module) as registry:
+        assert registry.get("objective", "toy") is Toy
+        assert any(r["name"] == "kplm_toy_plugin" and not r["builtin"]
+                   for r in plugins.list_plugins())
+    assert "toy" not in plugins.get_registry().names("objective")
+    assert "kplm_toy_plugin" not in [r["name"] for r in plugins.list_plugins()]
