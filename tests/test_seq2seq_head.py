@@ -232,3 +232,28 @@ def test_evaluate_a_copied_run_on_parallel_files_reproduces_its_scores(translati
     assert run.evaluate(source, batch_size=16) == pytest.approx(metrics["test"], abs=1e-6)
     with pytest.raises(ConfigError, match="--data SOURCE --data TARGET"):
         run.source([VALIDATION["source"]], split="test")
+
+
+def test_finetune_with_validation_logs_bleu_and_keeps_the_best_weights(tmp_path, vocabulary):
+    """With a validation split, generation scores reach the console/TensorBoard logs and
+    ``val_bleu`` chooses the kept weights."""
+    from kplm.training.finetune import finetune
+    pairs = [("A man sleeps.", "Ein Mann schläft."), ("Two dogs play.", "Zwei Hunde spielen.")]
+    run_dir = str(tmp_path / "run")
+    config = {
+        "run_dir": run_dir, "seed": 0,
+        "tokenizer": {"name": "wordpiece", "vocabulary": vocabulary, "strip_accents": False},
+        "backbone": {"name": "encoder_decoder", "num_layers": 1, "num_heads": 2,
+                     "hidden_dim": 16, "intermediate_dim": 32, "sequence_length": 16,
+                     "dropout": 0.0},
+        "data": {"train": TRAIN,
+                 "validation": dict(zip(("name", "source", "target"),
+                                        ("parallel_text", *write_pairs(tmp_path, pairs))))},
+        "head": {"name": "seq2seq"},
+        "trainer": {"steps": 4, "batch_size": 8, "eval_every": 2, "log_every": 2},
+    }
+    log = []
+    metrics = finetune(config, echo=log.append, progress=False)
+    validations = [line for line in log if line.startswith("validation at step")]
+    assert len(validations) == 2 and all(" bleu " in line for line in validations), log
+    assert metrics["best_step"] in (2, 4) and set(metrics["validation"]) >= {"bleu", "rougeL"}

@@ -197,12 +197,12 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
                               trainer.batch_size * tokens_per_row, trainer.batch_size,
                               trainer.log_every, trainer.steps, config_text=config_text, echo=echo)
     best = os.path.join(run_dir, "best.weights.h5")
-    extra = []
+    extra, first = [], []
     if validation_ds is not None:
         if hasattr(head, "validation_callback"):
-            # metrics fit() cannot compute (generation + BLEU): added to the logs first, so the
-            # checkpoint and early stopping below see them
-            extra.append(head.validation_callback(
+            # metrics fit() cannot compute (generation + BLEU): added to the logs before the
+            # monitor (TensorBoard, console), the checkpoint and early stopping read them
+            first.append(head.validation_callback(
                 model, sources["validation"], tokenizer, batch_size=trainer.batch_size,
                 sequence_length=sequence_length))
         extra.append(keras.callbacks.ModelCheckpoint(
@@ -220,7 +220,8 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
              f"{trainer.batch_size} examples")
     start = time.perf_counter()
     model.fit(train_ds, steps_per_epoch=trainer.eval_every, epochs=trainer.epochs,
-              validation_data=validation_ds, callbacks=[monitor, *extra, *callbacks], verbose=0,
+              validation_data=validation_ds, callbacks=[*first, monitor, *extra, *callbacks],
+              verbose=0,
               shuffle=False)
     wall = time.perf_counter() - start
     steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
