@@ -2,6 +2,17 @@
 import tensorflow as tf
 
 
+def tokenized_texts(source_ds, tokenizer, *, shuffle_buffer=0, training=True, seed=0,
+                    field="text"):
+    """The ``field`` strings of ``source_ds``, shuffled when training (``shuffle_buffer`` > 1),
+    tokenized in-graph in batches of 256: a dataset of ragged ``[texts, (tokens)]`` ids, what
+    ``pack_tokens`` and ``pack_documents`` take."""
+    texts = source_ds.map(lambda example: example[field])
+    if training and shuffle_buffer > 1:
+        texts = texts.shuffle(shuffle_buffer, seed=seed)
+    return texts.batch(256).map(tokenizer.build(), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def pack_tokens(token_ds, sequence_length, start_id, end_id, separator_id=None):
     """Pack a dataset of ragged token batches into dense rows of exactly ``sequence_length``.
 

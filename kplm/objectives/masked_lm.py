@@ -72,12 +72,11 @@ class MaskedLMObjective(Objective):
         import keras_hub
         import tensorflow as tf
 
-        layer = tokenizer.build()
+        from kplm.data.packing import tokenized_texts
+
         cls_id, sep_id, pad_id = (tokenizer.special_id(r) for r in ("cls", "sep", "pad"))
-        texts = source_ds.map(lambda ex: ex["text"])
-        if training and self.shuffle_buffer > 1:
-            texts = texts.shuffle(self.shuffle_buffer, seed=seed)
-        tokens = texts.batch(256).map(layer, num_parallel_calls=tf.data.AUTOTUNE)
+        tokens = tokenized_texts(source_ds, tokenizer, shuffle_buffer=self.shuffle_buffer,
+                                 training=training, seed=seed)
         if self.packing == "pack":
             from kplm.data.packing import pack_tokens
             rows = pack_tokens(tokens, sequence_length, cls_id, sep_id, separator_id=sep_id)

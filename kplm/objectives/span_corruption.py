@@ -110,15 +110,10 @@ def packed_batches(source_ds, tokenizer, row_length, *, batch_size, seed, traini
     """Batches of int32 rows ``[batch, row_length]``: the texts tokenized in-graph and packed
     back to back (no separators, no padding; T5's ``reduce_concat_tokens`` + ``split_tokens``).
     Training: shuffled texts, repeated forever, full batches; validation: finite, in order."""
-    import tensorflow as tf
+    from kplm.data.packing import pack_documents, tokenized_texts
 
-    from kplm.data.packing import pack_documents
-
-    layer = tokenizer.build()
-    texts = source_ds.map(lambda ex: ex["text"])
-    if training and shuffle_buffer > 1:
-        texts = texts.shuffle(shuffle_buffer, seed=seed)
-    tokens = texts.batch(256).map(layer, num_parallel_calls=tf.data.AUTOTUNE)
+    tokens = tokenized_texts(source_ds, tokenizer, shuffle_buffer=shuffle_buffer,
+                             training=training, seed=seed)
     rows = pack_documents(tokens, row_length).unbatch()
     if training:
         # An empty stream would make repeat() spin forever: check for one row first.
