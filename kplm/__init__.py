@@ -71,11 +71,18 @@ _LAZY = {
     "DenoisingObjective": "kplm.objectives.denoising",
     "SentencePiece": "kplm.tokenizers.sentencepiece",
     "ParallelText": "kplm.data.parallel_text",
+    "TFRecordShards": "kplm.data.tfrecord",
+    "prepare_data": "kplm.data.prepare",
     "Seq2SeqHead": "kplm.heads.seq2seq",
     "generate": "kplm.generation",
     "build_optimizer": "kplm.training.optimizer",
     "WarmupDecay": "kplm.training.optimizer",
     "TrainingMonitor": "kplm.training.logging",
+    "strategy_for": "kplm.training.distribute",
+    "is_chief": "kplm.training.distribute",
+    "global_mean": "kplm.training.step",
+    "install_train_step": "kplm.training.step",
+    "TokenLoss": "kplm.models.token_loss",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

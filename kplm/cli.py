@@ -19,7 +19,7 @@ class _Group(click.Group):
             if os.environ.get("KPLM_DEBUG"):
                 raise
             click.echo(f"Error: {e}", err=True)
-            ctx.exit(1)
+            ctx.exit(getattr(e, "exit_code", 1))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)

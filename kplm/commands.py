@@ -218,6 +218,30 @@ def tokenizer_train(config, overrides, output, kind):
     click.echo(f"wrote {len(tokens):,} tokens to {output}")
 
 
+@click.group()
+def data():
+    """Prepare corpora for training."""
+
+
+@data.command("prepare")
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Directory to write the shards, manifest.json and tokenizer/ into.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Processes tokenizing files in parallel (default: min(CPUs, files)).")
+@click.option("--overwrite", is_flag=True, help="Start again: delete OUTPUT first.")
+@click.option("--quiet", is_flag=True, help="No line per finished shard.")
+def data_prepare(config, overrides, output, workers, overwrite, quiet):
+    """Tokenize CONFIG's data.train (and data.validation) once into TFRecord shards; resumable.
+
+    Train on them with data: {train: {name: tfrecord, path: OUTPUT}} and tokenizer:
+    {name: KIND, vocabulary: OUTPUT/tokenizer}."""
+    from kplm.data.prepare import prepare  # imports TensorFlow where it is needed
+    prepare(_config(config, overrides), output, overwrite=overwrite, echo=click.echo,
+            progress=not quiet, workers=workers)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all", "show_all", is_flag=True, help="Include built-in plugins.")
@@ -252,4 +276,5 @@ def register_commands(cli):
     cli.add_command(generate)
     cli.add_command(export)
     cli.add_command(tokenizer)
+    cli.add_command(data)
     cli.add_command(plugins)

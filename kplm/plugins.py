@@ -27,6 +27,7 @@ DEFAULT_PLUGINS = (
     "kplm.data.squad",
     "kplm.data.conll",
     "kplm.data.parallel_text",
+    "kplm.data.tfrecord",
     "kplm.tokenizers.wordpiece",
     "kplm.tokenizers.byte_bpe",
     "kplm.tokenizers.sentencepiece",

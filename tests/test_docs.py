@@ -38,7 +38,7 @@ DOCTEST_MODULES = [
     "kplm.objectives.denoising",
     "kplm.models.decoder", "kplm.models.causal_lm", "kplm.objectives.causal_lm",
     "kplm.models.encoder_decoder", "kplm.models.seq2seq_lm", "kplm.data.parallel_text",
-    "kplm.heads.seq2seq",
+    "kplm.heads.seq2seq", "kplm.data.prepare", "kplm.training.distribute", "kplm.training.step",
 ]
 
 

@@ -12,7 +12,7 @@ from kplm.errors import KplmError
 from kplm.runs import load_backbone, load_tokenizer
 from kplm.training.pretrain import pretrain
 
-from conftest import ROOT, TINY, run_kplm
+from conftest import TINY, run_kplm
 
 
 def read_scalars(directory):
@@ -56,13 +56,14 @@ def test_tensorboard_has_named_scalars(pretrained_run):
 def test_run_directory_contract(pretrained_run):
     run_dir = pretrained_run["run_dir"]
     for name in ("config.yaml", "metrics.json", "backbone.json", "backbone.weights.h5",
-                 "tokenizer/vocab.txt", "tokenizer/tokenizer.json", "checkpoints/checkpoint"):
+                 "tokenizer/vocab.txt", "tokenizer/tokenizer.json",
+                 "checkpoints/step-00000060/state.json"):
         assert os.path.exists(os.path.join(run_dir, name)), name
     assert not glob.glob(os.path.join(run_dir, "**", "*.tmp*"), recursive=True)
     resolved = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
     assert resolved["trainer"]["weight_decay"] == 0.01  # defaults written out
-    checkpoints = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.index")))
-    assert [os.path.basename(c) for c in checkpoints] == ["ckpt-30.index", "ckpt-60.index"]
+    checkpoints = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    assert checkpoints == ["step-00000000", "step-00000030", "step-00000060"]
     assert json.load(open(os.path.join(run_dir, "metrics.json")))["steps"] == 60
 
 
@@ -81,7 +82,7 @@ def test_saved_backbone_and_tokenizer_reload(pretrained_run):
 
 def test_existing_run_dir_is_refused(pretrained_run):
     config = dict(pretrained_run["config"])
-    with pytest.raises(KplmError, match="already holds a run"):
+    with pytest.raises(KplmError, match="already holds a finished run"):
         pretrain(config, echo=None, progress=False)
 
 

@@ -45,7 +45,9 @@ class MaskedLM(keras_hub.models.MaskedLM):
                   "mask_positions": keras.Input(shape=(None,), dtype="int32",
                                                 name="mask_positions")}
         sequence = backbone(backbone.input)["sequence_output"]
-        outputs = self.masked_lm_head(sequence, inputs["mask_positions"])
+        # Logits in float32 even when the backbone computes in (b)float16.
+        outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(
+            self.masked_lm_head(sequence, inputs["mask_positions"]))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
     def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto", **kwargs):

@@ -66,12 +66,14 @@ class Pretrainer(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         from keras.src.losses import loss as loss_module
 
+        from kplm.training.step import target
         if not getattr(self, "part_losses", None) or self._compile_loss is not None:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
         total = []
         for name, loss_fn in self.part_losses.items():
             weight = None if sample_weight is None else sample_weight.get(name)
-            value = loss_fn(y[name], y_pred[name], weight)
+            with target(name):  # token losses divide by this output's global target count
+                value = loss_fn(y[name], y_pred[name], weight)
             batch = keras.ops.cast(keras.ops.shape(y_pred[name])[0], "float32")
             self.part_loss_trackers[name].update_state(
                 loss_module.unscale_loss_for_distribution(value), sample_weight=batch)

@@ -49,8 +49,8 @@ class TokenClassifier(keras_hub.models.Task):
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(5e-5)
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, reduction="mean_with_sample_weight")
+            from kplm.models.token_loss import token_loss
+            loss = token_loss()  # averaged over the labelled tokens of the global batch
         if metrics == "auto":
             kwargs.setdefault("weighted_metrics",
                               [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])

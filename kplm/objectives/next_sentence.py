@@ -49,6 +49,9 @@ class NextSentencePredictionObjective(Objective):
 
         from kplm.objectives.sentence_pairs import segment_pairs
 
+        if "text" not in source_ds.element_spec:
+            raise DataError(f"objective '{self.output_name}' splits documents into sentences: "
+                            "it needs a text source, not token ids (tfrecord shards)")
         specials = 2 + len(tokenizer.pair_separator)
         if sequence_length <= specials + 1:
             raise ConfigError(f"backbone.sequence_length ({sequence_length}) is too short for a "

@@ -7,3 +7,78 @@ def register_callbacks(register):
     register("early_stopping", "keras.callbacks:EarlyStopping")
     register("terminate_on_nan", "keras.callbacks:TerminateOnNaN")
     register("csv_logger", "keras.callbacks:CSVLogger")
+
+
+class BestWeights:
+    """Keeps the weights of the best validation so far in ``path`` (``.weights.h5``), with the
+    value and step beside it in ``path + ".json"``, both written atomically; a resumed run
+    reads them back, so it only replaces a better earlier best with a still better one.
+
+    Built lazily (``BestWeights(...)`` returns a ``keras.callbacks.Callback``) so this module
+    stays importable without TensorFlow.
+    """
+
+    def __new__(cls, path, monitor, mode="max", write=True):
+        return _best_weights_callback()(path, monitor, mode, write)
+
+    @staticmethod
+    def load(model, path):
+        """Load the best weights into ``model``; returns the step they are from."""
+        import json
+        model.load_weights(path)
+        try:
+            with open(path + ".json", encoding="utf-8") as f:
+                return json.load(f)["step"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    @staticmethod
+    def remove(path):
+        import os
+        for name in (path, path + ".json"):
+            if os.path.exists(name):
+                os.remove(name)
+
+
+def _best_weights_callback():
+    import json
+    import math
+    import os
+
+    import keras
+
+    class _BestWeights(keras.callbacks.Callback):
+        def __init__(self, path, monitor, mode, write):
+            super().__init__()
+            self.path, self.monitor, self.mode, self.write = path, monitor, mode, write
+            self.best = None
+            try:
+                with open(path + ".json", encoding="utf-8") as f:
+                    self.best = json.load(f)["value"]
+            except (OSError, ValueError, KeyError):
+                pass
+
+        def _better(self, value):
+            if value is None or not math.isfinite(value):
+                return False
+            if self.best is None:
+                return True
+            return value > self.best if self.mode == "max" else value < self.best
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(self.monitor)
+            value = None if value is None else float(value)
+            if not self._better(value):
+                return
+            self.best = value
+            if not self.write:
+                return
+            step = int(self.model.optimizer.iterations.numpy())
+            tmp = self.path[: -len(".weights.h5")] + ".tmp.weights.h5"
+            self.model.save_weights(tmp)
+            os.replace(tmp, self.path)
+            with open(self.path + ".json.tmp", "w", encoding="utf-8") as f:
+                json.dump({"value": value, "step": step, "monitor": self.monitor}, f)
+            os.replace(self.path + ".json.tmp", self.path + ".json")
+
+    return _BestWeights

@@ -11,7 +11,9 @@ from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
 from kplm.errors import ConfigError, DataError, KplmError
-from kplm.training.runtime import build, restoring_precision_policy, start_run, strategy_for
+from kplm.training.distribute import check_batch_size
+from kplm.training.runtime import (build, install_train_step, is_chief,
+                                   restoring_precision_policy, start_run, strategy_for)
 from kplm.training.trainer_config import TrainerConfig
 
 TOP_LEVEL_KEYS = ["run_dir", "seed", "init_from", "tokenizer", "data", "backbone", "head",
@@ -132,10 +134,14 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
 
     import keras
 
+    # The strategy comes first: a multi-worker strategy must exist before any TensorFlow op runs.
+    strategy = strategy_for(trainer.strategy)
+    write = is_chief(strategy)
+    check_batch_size(trainer.batch_size, trainer.gradient_accumulation_steps, strategy)
     run_dir = spec.run_dir
     resolved = spec.resolved()
     resolved["head"] = {"name": spec.head["name"], **head.get_config()}
-    config_text = start_run(run_dir, overwrite, resolved)
+    config_text, resuming = start_run(run_dir, overwrite, resolved, write=write)
     keras.utils.set_random_seed(spec.seed)
 
     # --- tokenizer: the pretrained checkpoint's, or given, or learned ----------------------------
@@ -146,17 +152,19 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
     elif is_pretrained(spec.backbone_cls):
         loader = build(spec.backbone_cls, spec.backbone).load
     tokenizer = None
-    if loader is None:
+    if loader is None and resuming:
+        tokenizer = runs.load_tokenizer(run_dir)
+    elif loader is None:
         tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
         if tokenizer.tokens is None:
             tokenizer.train(sources["train"].texts(), progress=progress)
-    runs.write_json(os.path.join(run_dir, HEAD_CONFIG),
-                    {"name": spec.head["name"], **head.get_config()})
+    if write:
+        runs.write_json(os.path.join(run_dir, HEAD_CONFIG),
+                        {"name": spec.head["name"], **head.get_config()})
 
     # --- model under the strategy ---------------------------------------------------------------
     if trainer.mixed_precision:
         keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
-    strategy = strategy_for(trainer.strategy)
     with strategy.scope():
         if loader is not None:
             backbone, tokenizer = loader()
@@ -164,13 +172,17 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
             backbone = build(spec.backbone_cls, {**spec.backbone,
                                                  "vocabulary_size": len(tokenizer.tokens)})
         model = head.build_model(backbone)
-        tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
+        if write and not resuming:
+            tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
         if options.freeze_backbone:
             backbone.trainable = False
         from kplm.training.optimizer import build_optimizer
         optimizer = build_optimizer(trainer, backbone.trainable_variables,
                                     options.backbone_learning_rate_scale)
+        if trainer.mixed_precision == "float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer, jit_compile=trainer.jit_compile)
+    install_train_step(model, trainer)
 
     sequence_length = options.sequence_length or backbone.sequence_length
     if sequence_length > backbone.sequence_length:
@@ -190,12 +202,16 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
         validation_ds = validation_ds.cache()
 
     # --- fit, keeping the best weights by the validation metric ---------------------------------
-    from kplm.training.logging import TrainingMonitor
+    from kplm.training.callbacks import BestWeights
+    from kplm.training.logging import TrainingMonitor, flops_per_token, peak_flops
+    from kplm.training.loop import train
     tokens_per_row = (head.tokens_per_row(sequence_length) if hasattr(head, "tokens_per_row")
                       else sequence_length)
     monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD),
                               trainer.batch_size * tokens_per_row, trainer.batch_size,
-                              trainer.log_every, trainer.steps, config_text=config_text, echo=echo)
+                              trainer.log_every, trainer.steps, config_text=config_text, echo=echo,
+                              flops_per_token=flops_per_token(model, backbone),
+                              peak_flops=peak_flops(trainer, strategy), write=write)
     best = os.path.join(run_dir, "best.weights.h5")
     extra, first = [], []
     if validation_ds is not None:
@@ -205,9 +221,8 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
             first.append(head.validation_callback(
                 model, sources["validation"], tokenizer, batch_size=trainer.batch_size,
                 sequence_length=sequence_length))
-        extra.append(keras.callbacks.ModelCheckpoint(
-            best, monitor=f"val_{head.metric}", mode=head.metric_mode, save_best_only=True,
-            save_weights_only=True))
+        extra.append(BestWeights(best, monitor=f"val_{head.metric}", mode=head.metric_mode,
+                                 write=write))
         if options.early_stopping_patience:
             extra.append(keras.callbacks.EarlyStopping(
                 monitor=f"val_{head.metric}", mode=head.metric_mode,
@@ -219,20 +234,29 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
         echo(f"fine-tuning {spec.head['name']} from {source} for {trainer.steps} steps of "
              f"{trainer.batch_size} examples")
     start = time.perf_counter()
-    model.fit(train_ds, steps_per_epoch=trainer.eval_every, epochs=trainer.epochs,
-              validation_data=validation_ds, callbacks=[*first, monitor, *extra, *callbacks],
-              verbose=0,
-              shuffle=False)
+    try:
+        result = train(model, train_ds, steps=trainer.steps, eval_every=trainer.eval_every,
+                       checkpoint_dir=os.path.join(run_dir, runs.CHECKPOINTS),
+                       checkpoint_every=trainer.checkpoint_every, keep=trainer.keep_checkpoints,
+                       validation_data=validation_ds,
+                       callbacks=[*first, monitor, *extra, *callbacks], strategy=strategy,
+                       max_loss=trainer.max_loss, max_recoveries=trainer.max_recoveries,
+                       resume=resuming, write=write, echo=echo)
+    finally:
+        monitor.close()
     wall = time.perf_counter() - start
-    steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    steps_done, best_step = result.step, result.step
     if os.path.exists(best):
-        model.load_weights(best)
-        os.remove(best)
+        best_step = BestWeights.load(model, best)
+        if write:
+            BestWeights.remove(best)
 
     # --- save and evaluate ----------------------------------------------------------------------
-    _save_model(model, run_dir)
-    metrics = {"wall_seconds": wall, "train_steps": steps_done,
-               "best_step": int(keras.ops.convert_to_numpy(model.optimizer.iterations))}
+    if write:
+        _save_model(model, run_dir)
+    metrics = {"wall_seconds": wall, "train_steps": steps_done, "best_step": best_step,
+               "resumed_from_step": result.resumed_from,
+               "recoveries": [list(r) for r in result.recoveries]}
     for split in ("validation", "test"):
         if split in sources:
             metrics[split] = head.evaluate(model, sources[split], tokenizer,
@@ -241,7 +265,8 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
     evaluated = "test" if "test" in sources else "validation" if "validation" in sources else None
     if evaluated:
         metrics["baseline"] = head.baseline(sources["train"], sources[evaluated])
-    runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
+    if write:
+        runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
     if echo:
         echo(f"done in {wall:.0f} s; run directory {run_dir}")
     return metrics

@@ -6,7 +6,9 @@ from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
 from kplm.errors import ConfigError, DataError
-from kplm.training.runtime import build, restoring_precision_policy, start_run, strategy_for
+from kplm.training.distribute import check_batch_size
+from kplm.training.runtime import (build, install_train_step, is_chief,
+                                   restoring_precision_policy, start_run, strategy_for)
 from kplm.training.trainer_config import TrainerConfig
 
 TOP_LEVEL_KEYS = ["run_dir", "seed", "tokenizer", "data", "backbone", "objective", "objectives",
@@ -142,34 +144,50 @@ def _pretrain(config, *, overwrite=False, echo=print, progress=True):
 
     import keras
 
+    # The strategy comes first: a multi-worker strategy must exist before any TensorFlow op runs.
+    strategy = strategy_for(trainer.strategy)
+    write = is_chief(strategy)
+    check_batch_size(trainer.batch_size, trainer.gradient_accumulation_steps, strategy)
     run_dir = spec.run_dir
-    config_text = start_run(run_dir, overwrite, spec.resolved())
+    config_text, resuming = start_run(run_dir, overwrite, spec.resolved(), write=write)
     keras.utils.set_random_seed(spec.seed)
 
-    # --- tokenizer: given, or learned from the training data ----------------------------------
-    if tokenizer is not None and tokenizer.tokens is None:
+    # --- tokenizer: given, or learned from the training data, or the interrupted run's ---------
+    if resuming and loader is None:
+        tokenizer = runs.load_tokenizer(run_dir)
+    elif (tokenizer is not None and tokenizer.tokens is None
+          and hasattr(train_source, "tokenizer_dir")):  # prepared shards bring their tokenizer
+        from kplm.plugins import get_registry
+        tokenizer = get_registry().get("tokenizer", train_source.manifest["tokenizer"]["name"]) \
+            .load(train_source.tokenizer_dir)
+    elif tokenizer is not None and tokenizer.tokens is None:
         if echo:
             echo(f"learning a {spec.tokenizer['name']} vocabulary from data.train")
         tokenizer.train(train_source.texts(), progress=progress,
                         total_bytes=getattr(train_source, "size_bytes", lambda: None)())
 
+    for source in (train_source, validation_source):  # shards hold ids of one tokenizer
+        if source is not None and hasattr(source, "check_tokenizer") and tokenizer is not None:
+            source.check_tokenizer(tokenizer)
+
     # --- model, optimizer, compile, under the distribution strategy ---------------------------
     if trainer.mixed_precision:
         keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
-    strategy = strategy_for(trainer.strategy)
     with strategy.scope():
         if loader is not None:
             backbone, tokenizer = loader.load()
         else:
             backbone = build(spec.backbone_cls, {**spec.backbone,
                                                   "vocabulary_size": len(tokenizer.tokens)})
-        tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
+        if write and not resuming:
+            tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
         model = objective.build_model(backbone)
         from kplm.training.optimizer import build_optimizer
         optimizer = build_optimizer(trainer)
         if trainer.mixed_precision == "float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer, jit_compile=trainer.jit_compile)
+    install_train_step(model, trainer)
 
     # --- data: tokenized, packed and masked in tf.data ----------------------------------------
     sequence_length = backbone.sequence_length
@@ -190,40 +208,52 @@ def _pretrain(config, *, overwrite=False, echo=print, progress=True):
             validation_ds = validation_ds.take(trainer.validation_steps)
         validation_ds = validation_ds.cache()
 
-    # --- callbacks and fit --------------------------------------------------------------------
-    from kplm.training.checkpoints import CheckpointSaver
-    from kplm.training.logging import TrainingMonitor
-    tokens_per_step = trainer.batch_size * objective.tokens_per_row(sequence_length)
-    monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD), tokens_per_step,
-                              trainer.batch_size, trainer.log_every, trainer.steps,
-                              config_text=config_text, echo=echo)
-    saver = CheckpointSaver(os.path.join(run_dir, runs.CHECKPOINTS), trainer.checkpoint_every,
-                            trainer.keep_checkpoints)
+    # --- callbacks and the training loop --------------------------------------------------------
+    from kplm.training.logging import TrainingMonitor, flops_per_token, peak_flops
+    from kplm.training.loop import train
+    tokens_per_row = objective.tokens_per_row(sequence_length)
+    monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD),
+                              trainer.batch_size * tokens_per_row, trainer.batch_size,
+                              trainer.log_every, trainer.steps, config_text=config_text,
+                              echo=echo, flops_per_token=flops_per_token(model, backbone),
+                              peak_flops=peak_flops(trainer, strategy), write=write)
     if echo:
         echo(f"pretraining {spec.backbone['name']} ({backbone.count_params():,} parameters, "
              f"vocabulary {len(tokenizer.tokens):,}) with {' + '.join(spec.objective_names)} for "
              f"{trainer.steps} steps of {trainer.batch_size} x {sequence_length} tokens "
              f"on {strategy.num_replicas_in_sync} replica(s)")
     start = time.perf_counter()
-    history = model.fit(train_ds, steps_per_epoch=trainer.eval_every, epochs=trainer.epochs,
-                        validation_data=validation_ds, callbacks=[monitor, saver, *callbacks],
-                        verbose=0, shuffle=False)
+    try:
+        result = train(model, train_ds, steps=trainer.steps, eval_every=trainer.eval_every,
+                       checkpoint_dir=os.path.join(run_dir, runs.CHECKPOINTS),
+                       checkpoint_every=trainer.checkpoint_every, keep=trainer.keep_checkpoints,
+                       validation_data=validation_ds, callbacks=[monitor, *callbacks],
+                       strategy=strategy, max_loss=trainer.max_loss,
+                       max_recoveries=trainer.max_recoveries, resume=resuming, write=write,
+                       echo=echo)
+    finally:
+        monitor.close()
     wall = time.perf_counter() - start
+    history = result.history
 
     # --- save what fine-tuning needs ----------------------------------------------------------
-    runs.save_backbone(backbone, run_dir)
     metrics = {
-        "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
-        "train": {k: float(v[-1]) for k, v in history.history.items() if not k.startswith("val_")},
-        "validation": {k[4:]: float(v[-1]) for k, v in history.history.items()
+        "steps": result.step,
+        "train": {k: float(v[-1]) for k, v in history.items() if not k.startswith("val_")},
+        "validation": {k[4:]: float(v[-1]) for k, v in history.items()
                        if k.startswith("val_")},
+        "resumed_from_step": result.resumed_from,
+        "restore_seconds": result.restore_seconds,
+        "recoveries": [list(r) for r in result.recoveries],
         "first_logged_loss": monitor.history[0][1]["loss"] if monitor.history else None,
         "tokens_per_second": monitor.last_throughput,
         "wall_seconds": wall,
         "parameters": int(backbone.count_params()),
         "vocabulary_size": len(tokenizer.tokens),
     }
-    runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
+    if write:
+        runs.save_backbone(backbone, run_dir)
+        runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
     if echo:
         echo(f"done in {wall:.0f} s; run directory {run_dir}")
     return metrics

@@ -24,8 +24,21 @@ class TrainerConfig:
         log_every: int. Steps between TensorBoard/console logs. Defaults to 10.
         checkpoint_every: int or None. Steps between checkpoints; None means ``eval_every``.
         keep_checkpoints: int. Newest checkpoints kept. Defaults to 3.
-        strategy: ``"auto"``, ``"default"`` or ``"mirrored"``. Defaults to ``"auto"``.
-        mixed_precision: None, ``"bfloat16"`` or ``"float16"``. Defaults to None.
+        gradient_accumulation_steps: int. Split every global batch into this many micro-batches
+            and apply one update for their sum, normalised by the batch's true number of target
+            tokens (so k micro-batches of b rows equal one batch of k*b rows). Defaults to 1.
+        max_loss: float or None. A training loss above this bound counts as a spike: like a
+            non-finite loss, it restores the last good checkpoint and skips the batches since.
+            Defaults to None (only non-finite losses).
+        max_recoveries: int. Recoveries from non-finite or spiking losses before the run stops.
+            Defaults to 3.
+        peak_tflops: float or None. The accelerator's peak TFLOP/s per replica, for model FLOPs
+            utilisation; None looks the device up in a table of known ones. Defaults to None.
+        strategy: ``"auto"``, ``"default"``, ``"mirrored"``, ``"multi_worker"`` or ``"tpu"``.
+            ``auto`` picks multi_worker when ``TF_CONFIG`` is set, tpu when one is found,
+            mirrored with more than one GPU, default otherwise. Defaults to ``"auto"``.
+        mixed_precision: None, ``"bfloat16"`` or ``"float16"`` (with dynamic loss scaling);
+            logits and losses stay float32. Defaults to None.
         jit_compile: bool. Compile train steps with XLA. Defaults to False (slower start on CPU).
 
     Example:
@@ -51,13 +64,18 @@ class TrainerConfig:
         log_every: int = 10,
         checkpoint_every: Optional[int] = None,
         keep_checkpoints: int = 3,
-        strategy: Literal["auto", "default", "mirrored"] = "auto",
+        gradient_accumulation_steps: int = 1,
+        max_loss: Optional[float] = None,
+        max_recoveries: int = 3,
+        peak_tflops: Optional[float] = None,
+        strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto",
         mixed_precision: Optional[Literal["bfloat16", "float16"]] = None,
         jit_compile: bool = False,
     ):
         for key, value in (("steps", steps), ("batch_size", batch_size),
                            ("eval_every", eval_every), ("log_every", log_every),
-                           ("keep_checkpoints", keep_checkpoints)):
+                           ("keep_checkpoints", keep_checkpoints),
+                           ("gradient_accumulation_steps", gradient_accumulation_steps)):
             if value < 1:
                 raise ConfigError(f"config key 'trainer.{key}' must be >= 1, got {value}")
         if learning_rate <= 0:
@@ -69,7 +87,19 @@ class TrainerConfig:
         if steps % eval_every:
             raise ConfigError(f"config key 'trainer.steps' ({steps}) must be a multiple of "
                               f"'trainer.eval_every' ({eval_every})")
+        if batch_size % gradient_accumulation_steps:
+            raise ConfigError(f"config key 'trainer.batch_size' ({batch_size}) must be a multiple "
+                              f"of 'trainer.gradient_accumulation_steps' "
+                              f"({gradient_accumulation_steps})")
+        if max_recoveries < 0:
+            raise ConfigError(f"config key 'trainer.max_recoveries' must be >= 0, "
+                              f"got {max_recoveries}")
+        for key, value in (("max_loss", max_loss), ("peak_tflops", peak_tflops)):
+            if value is not None and value <= 0:
+                raise ConfigError(f"config key 'trainer.{key}' must be > 0, got {value}")
         self.steps, self.batch_size = steps, batch_size
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.max_loss, self.max_recoveries, self.peak_tflops = max_loss, max_recoveries, peak_tflops
         self.learning_rate, self.warmup_steps, self.decay = learning_rate, warmup_steps, decay
         self.end_learning_rate_fraction = end_learning_rate_fraction
         self.weight_decay, self.beta_1, self.beta_2, self.epsilon = (

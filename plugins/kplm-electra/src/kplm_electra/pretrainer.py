@@ -195,30 +195,39 @@ class ElectraPretrainer(keras_hub.models.Task):
         where = ops.one_hot(x["mask_positions"], ops.shape(x["token_ids"])[1])
         return ops.max(where * ops.cast(replaced, where.dtype)[..., None], axis=1)
 
+    def target_counts(self, x, y, sample_weight):
+        """The number of targets of each loss in this batch (``kplm.global_mean`` keys)."""
+        return {"generator": ops.sum(ops.cast(sample_weight, "float32")),
+                "discriminator": ops.sum(ops.cast(x["padding_mask"], "float32"))}
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        from kplm import global_mean
         slot_weights = ops.cast(sample_weight, "float32")
         per_slot = keras.losses.sparse_categorical_crossentropy(
             y, ops.cast(y_pred["generator_logits"], "float32"), from_logits=True)
-        generator_loss = ops.divide_no_nan(ops.sum(per_slot * slot_weights),
-                                           ops.sum(slot_weights))
+        generator_sum = ops.sum(per_slot * slot_weights)
+        generator_loss = ops.divide_no_nan(generator_sum, ops.sum(slot_weights))
         token_weights = ops.cast(x["padding_mask"], "float32")
         per_token = keras.losses.binary_crossentropy(
             self.replaced_labels(x, y, y_pred)[..., None],
             y_pred["discriminator_logits"][..., None], from_logits=True)
-        discriminator_loss = ops.divide_no_nan(ops.sum(per_token * token_weights),
-                                               ops.sum(token_weights))
+        discriminator_sum = ops.sum(per_token * token_weights)
+        discriminator_loss = ops.divide_no_nan(discriminator_sum, ops.sum(token_weights))
         # Weighted by a count read from the batch: an unweighted update of a constant count would
         # also run on the step that finds a finite dataset exhausted (TF runs it without waiting
         # for the data), diluting validation means by one phantom step.
         self.generator_loss_tracker.update_state(generator_loss, ops.sum(slot_weights))
         self.discriminator_loss_tracker.update_state(discriminator_loss, ops.sum(token_weights))
-        total = (self.generator_weight * generator_loss
-                 + self.discriminator_weight * discriminator_loss)
-        for extra in self.losses:  # regularizers, add_loss
-            total = total + ops.cast(extra, total.dtype)
-        # Gradients are summed over replicas: each replica's mean counts 1 / replicas (what
-        # Keras does for compiled losses).
-        return total / tf.distribute.get_strategy().num_replicas_in_sync
+        # This replica's share of the global means (over all replicas and micro-batches):
+        # gradients are summed over replicas, and replicas hold different numbers of targets.
+        total = (self.generator_weight
+                 * global_mean(generator_sum, ops.sum(slot_weights), key="generator")
+                 + self.discriminator_weight
+                 * global_mean(discriminator_sum, ops.sum(token_weights), key="discriminator"))
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        for extra in self.losses:  # regularizers, add_loss: each replica's counts 1 / replicas
+            total = total + ops.cast(extra, total.dtype) / replicas
+        return total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels = self.replaced_labels(x, y, y_pred)

@@ -1,0 +1,170 @@
+"""Token ids prepared by ``kplm data prepare``: TFRecord shards read with interleave."""
+import os
+from typing import Literal, Optional
+
+from kplm.components import DataSource
+from kplm.data.prepare import (FEATURE, MANIFEST, TOKENIZER_DIR, read_manifest, tokenizer_hash)
+from kplm.errors import ConfigError, DataError
+from kplm.hookspecs import hookimpl
+
+
+class TFRecordShards(DataSource):
+    """Streams pre-tokenized examples ``{"ids": int32 vector}`` from a directory written by
+    ``kplm data prepare`` (its ``manifest.json`` lists the shards; a directory without one is
+    refused). Shards are read ``cycle_length`` at a time, interleaved record by record, in an
+    order fixed by ``seed``: the same config gives the same stream, which exact resume needs.
+
+    Objectives that pack token streams (``masked_lm``, ``causal_lm``, ``span_corruption``,
+    ``denoising``) take these examples instead of text; the run's tokenizer must be the one the
+    shards were made with (``tokenizer: {name: wordpiece, vocabulary: DIR/tokenizer}``), which
+    ``check_tokenizer`` verifies.
+
+    Args:
+        path: str. The directory ``kplm data prepare --output`` wrote.
+        split: ``"train"`` or ``"validation"``. Which shards to read. Defaults to ``"train"``.
+        cycle_length: int. Shards read at once (interleaved). Defaults to 4.
+        shuffle_files: bool. Read the shards in an order shuffled with ``seed``, a new order each
+            epoch. Defaults to False.
+        seed: int. Seed of the shard order. Defaults to 0.
+
+    Example:
+        TFRecordShards(path="data/prepared").build()   # {"ids": int32 [tokens]} examples
+    """
+
+    name = "tfrecord"
+    text_field = FEATURE
+    #: Examples are token ids, not text: ``kplm data prepare`` refuses to re-tokenize them.
+    token_ids = True
+
+    def __init__(self, path: str, split: Literal["train", "validation"] = "train",
+                 cycle_length: int = 4, shuffle_files: bool = False, seed: int = 0):
+        if cycle_length < 1:
+            raise ConfigError(f"data.{split}.cycle_length: expected an integer >= 1, got "
+                              f"{cycle_length}")
+        self.path = path
+        self.split = split
+        self.cycle_length = cycle_length
+        self.shuffle_files = shuffle_files
+        self.seed = seed
+        self._manifest = None
+
+    # --- the manifest -----------------------------------------------------------------------
+    @property
+    def manifest(self):
+        if self._manifest is None:
+            self._manifest = read_manifest(self.path, f"data {self.split} path")
+        return self._manifest
+
+    @property
+    def files(self):
+        """The split's shard files, in manifest order."""
+        split = self.manifest.get("splits", {}).get(self.split)
+        if not split or not split.get("shards"):
+            raise DataError(f"{self.path}: no '{self.split}' shards in {MANIFEST} "
+                            f"(splits: {', '.join(self.manifest.get('splits', {})) or 'none'})")
+        return [os.path.join(self.path, s["file"]) for s in split["shards"]]
+
+    @property
+    def tokenizer_dir(self):
+        """The directory holding the tokenizer the ids were made with."""
+        return os.path.join(self.path, self.manifest["tokenizer"].get("directory", TOKENIZER_DIR))
+
+    @property
+    def tokenizer_sha256(self):
+        return self.manifest["tokenizer"]["sha256"]
+
+    def check(self):
+        """The manifest is complete and every shard exists with its recorded size."""
+        if not self.manifest.get("complete"):
+            raise DataError(f"{self.path}: `kplm data prepare` did not finish (manifest "
+                            "incomplete); run it again to resume")
+        split = self.manifest["splits"].get(self.split) or {}
+        for path, shard in zip(self.files, split.get("shards", [])):
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: shard listed in {MANIFEST} is missing")
+            if os.path.getsize(path) != shard.get("bytes"):
+                raise DataError(f"{path}: {os.path.getsize(path)} bytes, {MANIFEST} says "
+                                f"{shard.get('bytes')}; run `kplm data prepare` again")
+        if not split.get("tokens"):
+            raise DataError(f"{self.path}: the '{self.split}' shards hold no tokens")
+
+    def check_tokenizer(self, tokenizer):
+        """Refuse ``tokenizer`` (a kplm ``Tokenizer``, or the directory one was saved in, e.g. a
+        run's ``tokenizer/``) unless it is the one these shards were made with."""
+        if isinstance(tokenizer, (str, os.PathLike)):
+            check_tokenizer(self.path, tokenizer)
+            return
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save(tmp)
+            check_tokenizer(self.path, tmp, tokenizer_name="the run's tokenizer")
+
+    def size_bytes(self):
+        return sum(os.path.getsize(f) for f in self.files)
+
+    def texts(self):
+        raise DataError(f"data source tfrecord ({self.path}) holds token ids, not text: set "
+                        f"tokenizer.vocabulary: {self.tokenizer_dir}")
+
+    # --- the stream -------------------------------------------------------------------------
+    def files_for(self, input_context=None):
+        """The shards one input pipeline reads: every ``num_input_pipelines``-th file from
+        ``input_pipeline_id`` (a ``tf.distribute.InputContext``); all of them without one."""
+        files = self.files
+        if input_context is None or input_context.num_input_pipelines <= 1:
+            return files
+        n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if len(files) < n:
+            raise DataError(f"{self.path}: {len(files)} '{self.split}' shard(s) for {n} input "
+                            "pipelines; prepare the corpus as at least as many files")
+        return files[i::n]
+
+    def build(self, input_context: Optional[object] = None):
+        """``{"ids": int32 [tokens]}`` examples. With ``input_context`` (a
+        ``tf.distribute.InputContext``, as ``strategy.distribute_datasets_from_function``
+        passes) each input pipeline reads its own, disjoint share of the shards."""
+        import tensorflow as tf
+
+        files = tf.data.Dataset.from_tensor_slices(self.files_for(input_context))
+        if self.shuffle_files:
+            files = files.shuffle(len(self.files), seed=self.seed, reshuffle_each_iteration=True)
+        records = files.interleave(
+            lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),  # 1 MB read-ahead
+            cycle_length=self.cycle_length, block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        spec = {FEATURE: tf.io.RaggedFeature(tf.int64)}
+
+        def parse(serialized):
+            return {FEATURE: tf.cast(tf.io.parse_example(serialized, spec)[FEATURE], tf.int32)}
+
+        # Parse 256 records per op, then back to single examples.
+        examples = records.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                                          deterministic=True).unbatch()
+        # unbatch leaves a ragged spec of rank 1; make it the plain int32 vector it is
+        examples = examples.map(lambda e: {FEATURE: tf.identity(e[FEATURE])})
+        # tokenized_texts (kplm.data.packing) checks the run's tokenizer against this.
+        examples._kplm_manifest_dir = self.path
+        return examples
+
+
+def check_tokenizer(manifest_dir, tokenizer_dir, tokenizer_name=None):
+    """``ConfigError`` naming both directories unless the tokenizer saved in ``tokenizer_dir``
+    hashes like the one the shards in ``manifest_dir`` were made with.
+
+    Example:
+        check_tokenizer("data/prepared", "runs/bert/tokenizer")
+    """
+    manifest = read_manifest(manifest_dir)
+    expected = manifest["tokenizer"]["sha256"]
+    actual = tokenizer_hash(tokenizer_dir)
+    if actual != expected:
+        shards_tok = os.path.join(manifest_dir, manifest["tokenizer"].get("directory",
+                                                                         TOKENIZER_DIR))
+        raise ConfigError(f"tokenizer {tokenizer_name or tokenizer_dir} (sha256 {actual[:12]}) is not the one the "
+                          f"shards in {manifest_dir} were made with ({shards_tok}, sha256 "
+                          f"{expected[:12]}); set tokenizer.vocabulary: {shards_tok}")
+
+
+@hookimpl
+def register_data_sources(register):
+    register("tfrecord", TFRecordShards)

@@ -1,0 +1,343 @@
+"""The training loop around Keras ``fit``: exact resume, atomic checkpoints, loss guard, signals.
+
+``train(model, dataset, ...)`` calls ``model.fit`` as a user would, and adds what a long run
+needs:
+
+- **Exact resume.** The input pipeline is read through one iterator that lives across ``fit``
+  calls, and a checkpoint holds that iterator's state (``tf.data`` iterator checkpointing: the
+  shuffle buffer and the position in every file), the weights, the optimizer, the step and the
+  random generators. A resumed run reads the next batch an uninterrupted run would read, at the
+  same learning rate: its losses and weights equal the uninterrupted run's. Restoring costs the
+  same at step 10 and at step 10,000, because nothing is replayed. Keras' ``BackupAndRestore``
+  instead restarts the interrupted epoch.
+- **Mid-interval resume.** Keras epochs are kplm's validation intervals. A run resumed between two
+  validations first trains the rest of that interval as a short ``fit``, then goes on.
+- **Loss guard.** A non-finite training loss (or one above ``max_loss``) stops ``fit``, restores
+  the newest checkpoint from before it whose weights are finite, and goes on with the batches
+  after the offending one: the batches in between are skipped (the data iterator is not rewound).
+  After ``max_recoveries`` recoveries the run stops with a ``TrainingError``.
+- **Signals.** SIGTERM and SIGINT during training write a checkpoint at the current step and stop
+  with ``Interrupted``; the same command continues from there.
+
+Example:
+>>> import keras, numpy as np, tensorflow as tf, tempfile
+>>> x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+>>> ds = tf.data.Dataset.from_tensor_slices((x, x.sum(1))).repeat().batch(8)
+>>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+>>> model.compile(optimizer="sgd", loss="mse")
+>>> result = train(model, ds, steps=20, eval_every=10, checkpoint_dir=tempfile.mkdtemp())
+>>> result.step, len(result.history["loss"])
+(20, 2)
+"""
+import contextlib
+import math
+import signal
+import threading
+import warnings
+
+import keras
+import tensorflow as tf
+
+from kplm.errors import KplmError
+from kplm.training.checkpoints import CheckpointDirectory, checkpoint_of
+
+
+class TrainingError(KplmError):
+    """Training cannot go on (e.g. the loss stayed non-finite after every allowed recovery)."""
+
+
+class Interrupted(KplmError):
+    """SIGTERM / SIGINT stopped training after a checkpoint was written."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class PositionedData:
+    """A training dataset read through one iterator whose position can be checkpointed.
+
+    ``keras_input()`` is what ``fit`` takes: every ``fit`` call continues where the last one
+    stopped, instead of starting the dataset over. The dataset is distributed with the strategy
+    (global batches split across replicas, files or data sharded across workers).
+    """
+
+    def __init__(self, dataset, strategy=None):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        if (isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                and dataset.options().experimental_distribute.auto_shard_policy
+                == tf.data.experimental.AutoShardPolicy.AUTO):
+            # every worker reads the stream and keeps its share of each global batch: correct
+            # whatever the number of files (sharding by file fails with fewer files than workers)
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA)
+            dataset = dataset.with_options(options)
+        self.dataset = dataset
+        self.distributed = self.strategy.experimental_distribute_dataset(dataset)
+        self.iterator = iter(self.distributed)
+        self.batches = 0  # batches handed to training (for state.json)
+        self._probe = None
+        self.checkpointable = self._can_checkpoint()
+
+    def _can_checkpoint(self):
+        """Whether the iterator's state can be saved: not when the pipeline runs Python
+        (``from_generator``: the csv/jsonl/conll/squad sources), nor under a multi-replica
+        strategy. Then a resume re-reads and skips the batches already trained on (the input
+        pipeline only, no training), which costs time in proportion to them."""
+        from tensorflow.python.trackable.base import Trackable
+        if not isinstance(self.iterator, Trackable):
+            # tf.distribute's iterators (MirroredStrategy, MultiWorkerMirroredStrategy) cannot
+            # be checkpointed (TensorFlow 2.21): those runs resume by skipping.
+            return False
+        try:
+            self.dataset._as_serialized_graph(  # what saving the iterator needs
+                external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL)
+            return True
+        except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError):
+            return False
+
+    def skip(self, batches):
+        """Read and drop ``batches`` batches (resume when the position cannot be restored)."""
+        for _ in range(batches):
+            next(self.iterator)
+        self.batches += batches
+
+    def keras_input(self, model):
+        """The object to pass to ``model.fit``: it hands Keras the persistent iterator."""
+        # Under a tf.distribute strategy, Keras' fit() first pulls one batch to build the model
+        # symbolically (TensorFlowTrainer._maybe_symbolic_build); that batch must not come from
+        # the training position, so the first iter() of that fit() gets a throwaway iterator.
+        probe = getattr(model, "_distribute_strategy", None) is not None
+        return _KerasInput(self, probe)
+
+    def _probe_iterator(self):
+        if self._probe is None:
+            self._probe = iter(self.distributed)
+        return self._probe
+
+
+def _keras_input_class():
+    from tensorflow.python.distribute import input_lib
+
+    class KerasInput(input_lib.DistributedDataset):
+        """Looks like a distributed dataset to Keras; ``iter()`` gives the run's iterator."""
+
+        def __init__(self, data, probe):  # noqa: D401 - no super().__init__: a thin view
+            self._data, self._probe_pending = data, probe
+
+        def __iter__(self):
+            if self._probe_pending:
+                self._probe_pending = False
+                return self._data._probe_iterator()
+            return self._data.iterator
+
+        @property
+        def element_spec(self):
+            return self._data.distributed.element_spec
+
+        @property
+        def cardinality(self):
+            import numpy as np
+            return np.int64(-1)  # infinite: fit() is always given steps_per_epoch
+
+    return KerasInput
+
+
+_KERAS_INPUT = None
+
+
+def _KerasInput(data, probe):
+    global _KERAS_INPUT
+    if _KERAS_INPUT is None:
+        _KERAS_INPUT = _keras_input_class()
+    return _KERAS_INPUT(data, probe)
+
+
+class _StopFit(Exception):
+    """Raised by the keeper to leave ``fit`` at once (no validation of a partial interval)."""
+
+
+class TrainResult:
+    """What ``train`` returns: ``step`` (optimizer steps done), ``history`` (Keras' history of
+    every ``fit`` call, merged), ``resumed_from`` (the checkpoint step, or None),
+    ``restore_seconds``, ``recoveries`` ([(bad_step, restored_step)])."""
+
+    def __init__(self):
+        self.step, self.history, self.resumed_from = 0, {}, None
+        self.restore_seconds, self.recoveries = 0.0, []
+
+
+class _Keeper(keras.callbacks.Callback):
+    """Per step: checks the loss, writes due checkpoints, and answers signals."""
+
+    def __init__(self, save, checkpoint_every, max_loss):
+        super().__init__()
+        self._save, self.checkpoint_every, self.max_loss = save, checkpoint_every, max_loss
+        self.bad = None  # (step, loss) of the first bad step
+        self.signal = None
+        self._t, self._mean = 0, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t, self._mean = 0, 0.0  # Keras resets its running means every epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        self.data.batches += 1
+        self._t += 1
+        mean = float((logs or {}).get("loss", 0.0))
+        # Keras logs the running mean of the epoch; the step's own loss is the difference.
+        loss = self._t * mean - (self._t - 1) * self._mean if math.isfinite(mean) else mean
+        self._mean = mean
+        if not math.isfinite(loss) or (self.max_loss is not None and loss > self.max_loss):
+            self.bad = (step, loss)
+            raise _StopFit
+        if step % self.checkpoint_every == 0 or self.signal is not None:
+            self._save(step)
+        if self.signal is not None:
+            raise _StopFit
+
+
+@contextlib.contextmanager
+def _signals_to(keeper):
+    """Route SIGTERM/SIGINT to ``keeper.signal`` while training (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if keeper.signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: now
+            raise KeyboardInterrupt
+        keeper.signal = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _fit_of(model):
+    """``model.fit``, or Keras' own for a keras_hub task without a preprocessor: keras_hub's
+    ``PipelineModel.fit`` maps its (here: identity) preprocessing over the input, which would
+    replace the run's positioned iterator with a fresh pipeline."""
+    try:
+        from keras_hub.src.utils.pipeline_model import PipelineModel
+    except ImportError:  # pragma: no cover - keras_hub is a dependency
+        return model.fit
+    if isinstance(model, PipelineModel) and getattr(model, "preprocessor", None) is None:
+        return lambda *args, **kwargs: keras.Model.fit(model, *args, **kwargs)
+    return model.fit
+
+
+def _weights_finite(model):
+    return all(bool(tf.reduce_all(tf.math.is_finite(tf.cast(v.value, tf.float32))).numpy())
+               for v in model.trainable_variables if v.dtype != "string")
+
+
+def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every=None, keep=3,
+          validation_data=None, callbacks=(), strategy=None, max_loss=None, max_recoveries=3,
+          resume=True, write=True, echo=None):
+    """Train a compiled ``model`` on ``dataset`` (an endless ``tf.data.Dataset`` of global
+    batches) for ``steps`` optimizer steps with ``fit``, validating every ``eval_every`` steps,
+    checkpointing into ``checkpoint_dir`` every ``checkpoint_every`` steps (default
+    ``eval_every``), resuming from its newest checkpoint when ``resume``.
+
+    ``callbacks`` run after kplm's checkpoint keeper, in order; ``write=False`` (multi-worker
+    non-chief) keeps checkpoints off the disk. Returns a ``TrainResult``.
+    """
+    import time
+
+    checkpoint_every = checkpoint_every or eval_every
+    data = PositionedData(dataset, strategy)
+    store = CheckpointDirectory(checkpoint_dir, keep=keep, write=write)
+    optimizer = model.optimizer
+    with (strategy or tf.distribute.get_strategy()).scope():
+        optimizer.build(model.trainable_variables)  # slots exist before they are restored
+    checkpoint = checkpoint_of(model, data.iterator if data.checkpointable else None)
+    result = TrainResult()
+    recoveries = []
+
+    def state():
+        return {"batches": data.batches, "recoveries": [list(r) for r in recoveries]}
+
+    def step_now():
+        return int(optimizer.iterations.numpy())
+
+    def save(step):
+        store.save(checkpoint, step, state())
+
+    if resume and store.complete():
+        start = time.perf_counter()
+        restored = store.restore(checkpoint)
+        result.restore_seconds = time.perf_counter() - start
+        if restored is not None:
+            if data.checkpointable:
+                data.batches = restored.get("batches", 0)
+            else:
+                data.skip(restored.get("batches", 0))
+                result.restore_seconds = time.perf_counter() - start
+            recoveries.extend(tuple(r) for r in restored.get("recoveries", []))
+            result.resumed_from = restored["step"]
+            if echo:
+                echo(f"resuming from {restored['path']} (step {restored['step']}, restored in "
+                     f"{result.restore_seconds:.1f} s)")
+    if not store.complete():
+        save(step_now())  # step 0: a loss-guard recovery always has a checkpoint to go back to
+
+    keeper = _Keeper(save, checkpoint_every, max_loss)
+    keeper.data = data
+    with _signals_to(keeper):
+        while step_now() < steps:
+            step = step_now()
+            if step % eval_every == 0:
+                per_epoch, epochs = eval_every, (steps - step) // eval_every
+            else:  # resumed (or recovered) between two validations: finish that interval
+                per_epoch, epochs = eval_every - step % eval_every, 1
+            keeper.bad = None
+            try:
+                _fit_of(model)(data.keras_input(model), steps_per_epoch=per_epoch,
+                               epochs=epochs, validation_data=validation_data,
+                               callbacks=[keeper, *callbacks], verbose=0, shuffle=False)
+            except _StopFit:
+                pass
+            # Keras' History callback (model.history) keeps the epochs finished before a stop.
+            for key, values in getattr(model.history, "history", {}).items():
+                result.history.setdefault(key, []).extend(values)
+            if keeper.signal is not None:
+                name = signal.Signals(keeper.signal).name
+                raise Interrupted(f"{name} at step {step_now()}: checkpoint written to "
+                                  f"{checkpoint_dir}; run the same command again to continue",
+                                  keeper.signal)
+            if keeper.bad is not None:
+                bad_step, loss = keeper.bad
+                what = ("a non-finite loss" if not math.isfinite(loss) else
+                        f"a loss of {loss:.4g} above trainer.max_loss={max_loss}")
+                if len(recoveries) >= max_recoveries:
+                    raise TrainingError(
+                        f"{what} at step {bad_step}, after {len(recoveries)} recoveries "
+                        f"(trainer.max_recoveries={max_recoveries}); stopped. The last good "
+                        f"checkpoint is in {checkpoint_dir}: lower the learning rate or check "
+                        "the data around this step")
+                restored = store.restore(checkpoint_of(model), before=bad_step,
+                                         accept=lambda: _weights_finite(model))
+                if restored is None:
+                    raise TrainingError(f"{what} at step {bad_step} and no checkpoint with "
+                                        f"finite weights before it in {checkpoint_dir}")
+                recoveries.append((bad_step, restored["step"]))
+                warnings.warn(f"{what} at step {bad_step}: restored the checkpoint of step "
+                              f"{restored['step']} and skipped the {bad_step - restored['step']} "
+                              f"batch(es) since ({len(recoveries)}/{max_recoveries} recoveries)",
+                              RuntimeWarning, stacklevel=2)
+                if echo:
+                    echo(f"recovered from {what} at step {bad_step}: back to step "
+                         f"{restored['step']}, skipping the batches in between")
+                continue
+            if model.stop_training:  # a user callback (early stopping) ended the run
+                break
+    final = step_now()
+    if not store.complete() or store.complete()[0][0] != final:
+        save(final)
+    result.step, result.recoveries = final, list(recoveries)
+    return result

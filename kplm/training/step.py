@@ -1,0 +1,189 @@
+"""Token-count-normalised losses across replicas and micro-batches (gradient accumulation).
+
+A language-model loss is a mean over target tokens, and batches hold different numbers of
+them. Keras averages what each replica computes, so under ``MirroredStrategy`` each replica
+dividing by its own token count gives a mean of means, not the mean (measured: 7.038 against
+6.990 after 20 steps on 2 replicas); accumulating micro-batch means has the same flaw.
+
+The fix lives in the loss, not in each model: ``global_mean(total, count)`` divides a summed
+loss by the count summed over every replica (one all-reduce) and, inside an accumulated step,
+over every micro-batch. ``kplm.models.token_loss.TokenLoss`` (every kplm language model's
+default loss) and the models that compute their own losses (``Pretrainer``, ELECTRA) call it,
+so the models need no train step of their own: with one micro-batch Keras' ``train_step``
+is exact on any strategy. Counts in the loss rather than re-weighted gradients after the
+fact, because the count is known before the forward pass (it is the sum of the sample
+weights, read from the data) while gradients of several outputs with different counts
+(masked LM + NSP) cannot be re-weighted once summed.
+
+``install(model, accumulation_steps=k)`` (k > 1) sets the model's ``train_step`` to one that
+splits each replica's batch into k micro-batches, first sums every output's sample weights
+over the whole batch and all replicas, then adds up the k micro-batches' gradients and
+applies them once: k micro-batches of b rows give the same loss, metrics and update as one
+batch of k*b rows. Keras' own ``Optimizer(gradient_accumulation_steps=...)`` averages the
+micro-steps' means instead, and logs one step per micro-batch. Under ``mixed_float16`` each
+micro-batch's loss is scaled by the ``LossScaleOptimizer`` and the summed gradients are
+unscaled (and checked for overflow) once, by ``apply_gradients``.
+"""
+import threading
+
+_state = threading.local()  # MirroredStrategy traces each replica in a thread of its own
+
+
+def global_mean(total, count, key=None):
+    """``total`` (a loss summed over this replica's targets) divided by the number of targets
+    in the global batch, as this replica's share: the shares of all replicas add up to the
+    mean (what Keras expects of a loss under ``tf.distribute``).
+
+    ``count`` is this replica's number of targets (the sum of its sample weights). Inside a
+    step ``install`` made, the global count comes from the step (all micro-batches), looked up
+    by ``key`` (the output's name, for models with several; ``target(key)`` sets it around a
+    loss call); otherwise it is ``count`` summed over the replicas.
+
+    Example:
+    >>> float(global_mean(6.0, 3.0))  # one replica: the mean
+    2.0
+    """
+    from keras import ops
+    total = ops.cast(total, "float32")
+    step = getattr(_state, "step", None)
+    key = key if key is not None else getattr(_state, "key", None)
+    if step is not None and key in step.counts:
+        return ops.divide_no_nan(total * step.micro_batches, step.counts[key])
+    return ops.divide_no_nan(total, all_reduce_sum(ops.cast(count, "float32")))
+
+
+class target:
+    """``with target("masked_lm"): loss = loss_fn(y, y_pred, weight)``: the loss is the one of
+    that output (its count is the sum of ``sample_weight["masked_lm"]``)."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def __enter__(self):
+        self.previous = getattr(_state, "key", None)
+        _state.key = self.key
+
+    def __exit__(self, *exc):
+        _state.key = self.previous
+
+
+def all_reduce_sum(value):
+    """``value`` summed over the replicas in sync (itself with one replica, or outside a
+    replica context)."""
+    import tensorflow as tf
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def target_counts(model, x, y, sample_weight):
+    """This replica's number of targets per output: ``model.target_counts(x, y, sample_weight)``
+    when the model defines it, else the sum of each output's sample weights (key None for a
+    single output). Outputs without sample weights are averaged over rows, which Keras already
+    does right."""
+    import tensorflow as tf
+    if hasattr(model, "target_counts"):
+        return dict(model.target_counts(x, y, sample_weight))
+    if sample_weight is None:
+        return {}
+    if isinstance(sample_weight, dict):
+        return {k: tf.reduce_sum(tf.cast(v, "float32"))
+                for k, v in sample_weight.items() if v is not None}
+    if isinstance(sample_weight, (list, tuple)):
+        return {}
+    return {None: tf.reduce_sum(tf.cast(sample_weight, "float32"))}
+
+
+class _Step:
+    def __init__(self, counts, micro_batches):
+        self.counts, self.micro_batches = counts, micro_batches
+
+
+def install(model, accumulation_steps=1):
+    """Train ``model`` (compiled) on ``accumulation_steps`` micro-batches per optimizer step.
+
+    Call after ``compile`` and before ``fit``; each replica's batch (global batch / replicas)
+    must split evenly (``kplm.training.distribute.check_batch_size``). With 1 it changes
+    nothing: kplm's losses are exact on any strategy without it. Returns the model.
+
+    Example:
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> model = install(model, accumulation_steps=2)
+    >>> history = model.fit(np.ones((4, 3)), np.zeros((4, 2)), batch_size=4, verbose=0)
+    >>> int(model.optimizer.iterations)  # one update for the 2 micro-batches
+    1
+    """
+    if accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+    if accumulation_steps > 1:
+        model.train_step = lambda data: accumulated_train_step(model, data, accumulation_steps)
+        model.train_function = None  # rebuilt around the new step
+    return model
+
+
+def accumulated_train_step(model, data, k):
+    """One optimizer step over ``k`` micro-batches of ``data`` (runs in the replica context)."""
+    import tensorflow as tf
+    from keras.src import tree
+    from keras.src.losses.loss import unscale_loss_for_distribution
+    from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
+
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
+    counts = target_counts(model, x, y, sample_weight)
+    if counts:
+        keys = list(counts)
+        total = all_reduce_sum(tf.stack([tf.cast(counts[key], "float32") for key in keys]))
+        counts = {key: total[i] for i, key in enumerate(keys)}
+    rows = tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
+    tf.debugging.assert_equal(rows % k, 0, message=(
+        "gradient accumulation: each replica's batch must split into micro-batches evenly"))
+    size = rows // k
+    weights = model.trainable_weights
+    gradients = [None] * len(weights)
+    previous = getattr(_state, "step", None)
+    _state.step = _Step(counts, k)
+    try:
+        for i in range(k):
+            # Wait for the previous micro-batch's gradients: otherwise TF may run the k
+            # forward passes at once, and the memory accumulation saves is spent anyway.
+            with tf.control_dependencies([getattr(g, "values", g) for g in gradients
+                                          if g is not None]):
+                part = tree.map_structure(
+                    lambda t: None if t is None else tf.identity(t[i * size:(i + 1) * size]),
+                    (x, y, sample_weight))
+            xm, ym, wm = part
+            with tf.GradientTape() as tape:
+                y_pred = model(xm, training=True) if model._call_has_training_arg else model(xm)
+                loss = model._compute_loss(x=xm, y=ym, y_pred=y_pred, sample_weight=wm,
+                                           training=True)
+                model._loss_tracker.update_state(unscale_loss_for_distribution(loss),
+                                                 sample_weight=size)
+                # Each micro-batch's loss is a mean-like value; the step's loss is their mean.
+                scaled = model.optimizer.scale_loss(loss / k)
+            gradients = [add_gradients(a, g)
+                         for a, g in zip(gradients, tape.gradient(scaled, weights))]
+            logs = model.compute_metrics(xm, ym, y_pred, sample_weight=wm)
+    finally:
+        _state.step = previous
+    model.optimizer.apply_gradients(zip(gradients, weights))
+    return logs
+
+
+def add_gradients(total, gradient):
+    """``total + gradient``, where sparse gradients (``IndexedSlices``, from embedding lookups)
+    are concatenated: exactly the slices one big batch gives, which optimizers treat row by
+    row (Adam squares each slice before summing them)."""
+    import tensorflow as tf
+    if total is None or gradient is None:
+        return gradient if total is None else total
+    if isinstance(total, tf.IndexedSlices) and isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.concat([total.values, gradient.values], 0),
+                                tf.concat([total.indices, gradient.indices], 0),
+                                total.dense_shape)
+    return tf.convert_to_tensor(total) + tf.convert_to_tensor(gradient)
+
+
+install_train_step = install  # the name ``kplm`` exports

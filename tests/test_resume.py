@@ -1,0 +1,273 @@
+"""Exact resume: SIGTERM writes a checkpoint, SIGKILL loses nothing past the last one, and the
+resumed run's losses and weights equal an uninterrupted run's; atomic checkpoints with fallback."""
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from kplm.errors import KplmError
+from kplm.training.pretrain import pretrain
+
+from conftest import ROOT, TINY
+from test_pretrain import read_scalars
+
+
+@pytest.fixture(scope="module")
+def resume_config(tmp_path_factory, tokenizer):
+    """TINY with dropout (so the random generators' state matters), a fixed vocabulary (no
+    tokenizer learning in every process), checkpoints every 10 steps, validation every 30."""
+    base = tmp_path_factory.mktemp("resume")
+    vocab = base / "vocab.txt"
+    vocab.write_text("\n".join(tokenizer.tokens) + "\n")
+    config = copy.deepcopy(TINY)
+    config["tokenizer"] = {"name": "wordpiece", "vocabulary": str(vocab)}
+    config["backbone"]["dropout"] = 0.1
+    config["trainer"].update(steps=40, eval_every=20, checkpoint_every=10, log_every=5,
+                             validation_steps=2)
+    return base, config
+
+
+def _uninterrupted(base, config):
+    config = copy.deepcopy(config)
+    config["run_dir"] = str(base / "uninterrupted")
+    metrics = pretrain(config, echo=None, progress=False)
+    return config["run_dir"], metrics
+
+
+def _start(config_path, log_path):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen([sys.executable, "-m", "kplm", "pretrain", str(config_path)],
+                            stdout=open(log_path, "a"), stderr=subprocess.STDOUT, env=env,
+                            cwd=ROOT)
+
+
+def _wait_for_checkpoint(process, run_dir, step, timeout=300):
+    target = os.path.join(run_dir, "checkpoints", f"step-{step:08d}")
+    deadline = time.time() + timeout
+    while not os.path.isdir(target):
+        assert process.poll() is None, "the run ended before the checkpoint"
+        assert time.time() < deadline, f"no checkpoint {target} after {timeout} s"
+        time.sleep(0.05)
+
+
+def _steps(run_dir):
+    return sorted(int(n.split("-")[1]) for n in os.listdir(os.path.join(run_dir, "checkpoints"))
+                  if n.startswith("step-"))
+
+
+def _weights(run_dir):
+    from kplm.runs import load_backbone
+    return [w.copy() for w in load_backbone(run_dir).get_weights()]
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigkill_then_same_command_equals_uninterrupted_run(resume_config):
+    base, config = resume_config
+    reference_dir, reference = _uninterrupted(base, config)
+
+    config = copy.deepcopy(config)
+    config["run_dir"] = run_dir = str(base / "interrupted")
+    config_path = base / "interrupted.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log = base / "interrupted.log"
+
+    # 1. SIGTERM after the step-10 checkpoint: a checkpoint at the current step, exit 143.
+    process = _start(config_path, log)
+    _wait_for_checkpoint(process, run_dir, 10)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
+    assert "SIGTERM at step" in log.read_text()
+    terminated_at = _steps(run_dir)[-1]
+    assert terminated_at >= 10 and not os.path.exists(os.path.join(run_dir, "metrics.json"))
+
+    # 2. The same command resumes there; SIGKILL it after the step-30 checkpoint (mid-epoch:
+    #    validation is every 20 steps), losing whatever it did past its last checkpoint.
+    process = _start(config_path, log)
+    _wait_for_checkpoint(process, run_dir, 30)
+    process.kill()
+    process.wait(timeout=60)
+    assert f"(step {terminated_at}," in log.read_text()
+    killed_at = _steps(run_dir)[-1]
+    assert 30 <= killed_at < 40
+
+    # 3. The same command again finishes the run.
+    process = _start(config_path, log)
+    assert process.wait(timeout=300) == 0, log.read_text()
+    text = log.read_text()
+    assert f"(step {killed_at}," in text
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert metrics["steps"] == 40 and metrics["resumed_from_step"] == killed_at
+
+    # Weights, the final validation and the losses logged after the resume are the
+    # uninterrupted run's.
+    for got, want in zip(_weights(run_dir), _weights(reference_dir)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert metrics["validation"]["loss"] == pytest.approx(reference["validation"]["loss"],
+                                                          rel=1e-5)
+    want = dict(read_scalars(os.path.join(reference_dir, "tensorboard", "train"))["train/loss"])
+    got = read_scalars(os.path.join(run_dir, "tensorboard", "train"))["train/loss"]
+    after = [(s, v) for s, v in got if s > killed_at]
+    assert [s for s, _ in after] == [s for s in sorted(want) if s > killed_at]
+    for step, value in after:
+        assert value == pytest.approx(want[step], rel=1e-4), step
+    # TensorBoard continues the curves by optimizer step: every logged step, once per process
+    # that reached it, and validation only at 20 and 40 (none at a signal's step).
+    validation = read_scalars(os.path.join(run_dir, "tensorboard", "validation"))
+    assert sorted({s for s, _ in validation["validation/loss"]}) == [20, 40]
+
+
+def test_finished_run_dir_is_refused_and_changed_config_names_the_key(resume_config, tmp_path):
+    base, config = resume_config
+    config = copy.deepcopy(config)
+    config["run_dir"] = str(tmp_path / "run")
+    config["trainer"].update(steps=4, eval_every=4, checkpoint_every=2, log_every=2,
+                             warmup_steps=1)
+    pretrain(config, echo=None, progress=False)
+    with pytest.raises(KplmError, match="already holds a finished run"):
+        pretrain(config, echo=None, progress=False)
+    os.remove(os.path.join(config["run_dir"], "metrics.json"))  # as if killed before the end
+    config["trainer"]["steps"] = 8
+    with pytest.raises(KplmError, match=r"unfinished run with a different config "
+                                        r"\(trainer.steps: 4 in the run, 8 now\)"):
+        pretrain(config, echo=None, progress=False)
+
+
+def _tiny_model(seed=0):
+    import keras
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dropout(0.2), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    from kplm.training.checkpoints import CheckpointDirectory, checkpoint_of
+    model = _tiny_model()
+    model.optimizer.build(model.trainable_variables)
+    store = CheckpointDirectory(str(tmp_path), keep=3)
+    saved = {}
+    for step in (1, 2, 3, 4):
+        for v in model.trainable_variables:
+            v.assign(np.full(v.shape, float(step), "float32"))
+        store.save(checkpoint_of(model), step, {"batches": step})
+        saved[step] = [w.copy() for w in model.get_weights()]
+    assert [s for s, _ in store.complete()] == [4, 3, 2]  # newest 3 kept
+    # a process killed mid-save leaves only a temporary directory: never a candidate
+    os.makedirs(tmp_path / ".tmp-step-00000005-999999")
+    (tmp_path / ".tmp-step-00000005-999999" / "ckpt.index").write_bytes(b"partial")
+    # the newest is truncated, the one before lost its state file
+    data = [n for n in os.listdir(tmp_path / "step-00000004") if n.startswith("ckpt.data")][0]
+    path = tmp_path / "step-00000004" / data
+    path.write_bytes(path.read_bytes()[:7])
+    os.remove(tmp_path / "step-00000003" / "state.json")
+    for v in model.trainable_variables:
+        v.assign(np.zeros(v.shape, "float32"))
+    with pytest.warns(RuntimeWarning, match="step-00000004 cannot be restored") as record:
+        state = store.restore(checkpoint_of(model))
+    assert any("step-00000003 cannot be restored" in str(w.message) for w in record)
+    assert state["step"] == 2 and state["batches"] == 2
+    for got, want in zip(model.get_weights(), saved[2]):
+        np.testing.assert_array_equal(got, want)
+    # the next save removes the dead process's leftovers
+    store.save(checkpoint_of(model), 5, {"batches": 5})
+    assert not os.path.exists(tmp_path / ".tmp-step-00000005-999999")
+
+
+def _dataset(nan_batches=(), drop=()):
+    """64 batches of 4 rows; ``nan_batches`` (0-based) hold NaN inputs; ``drop`` are left out."""
+    import tensorflow as tf
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4, 3)).astype("float32")
+    y = x.sum(-1, keepdims=True) * 0.5
+    for i in nan_batches:
+        x[i, 0, 0] = np.nan
+    keep = [i for i in range(64) if i not in drop]
+    return tf.data.Dataset.from_tensor_slices((x[keep], y[keep])).repeat()
+
+
+def test_injected_nan_batch_restores_last_good_checkpoint_and_skips_the_batches(tmp_path):
+    from kplm.training.loop import train
+    # batch 13 (the 14th step) is NaN; checkpoints every 5 steps: back to step 10, batches 10-13
+    # (0-based) skipped
+    model = _tiny_model()
+    with pytest.warns(RuntimeWarning, match="non-finite loss at step 14: restored the "
+                                            "checkpoint of step 10 and skipped the 4 batch"):
+        result = train(model, _dataset(nan_batches=[13]), steps=30, eval_every=15,
+                       checkpoint_dir=str(tmp_path / "a"), checkpoint_every=5)
+    assert result.step == 30 and result.recoveries == [(14, 10)]
+    clean = _tiny_model()
+    reference = train(clean, _dataset(drop=[10, 11, 12, 13]), steps=30, eval_every=15,
+                      checkpoint_dir=str(tmp_path / "b"), checkpoint_every=5)
+    assert reference.recoveries == []
+    for got, want in zip(model.get_weights(), clean.get_weights()):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_loss_guard_gives_up_after_max_recoveries_with_a_clear_message(tmp_path):
+    from kplm.training.loop import TrainingError, train
+    model = _tiny_model()
+    with pytest.warns(RuntimeWarning):
+        with pytest.raises(TrainingError, match=r"a loss of .* above trainer.max_loss=1e-06 at "
+                                                r"step \d+, after 2 recoveries"):
+            train(model, _dataset(), steps=30, eval_every=15, checkpoint_dir=str(tmp_path),
+                  checkpoint_every=5, max_loss=1e-6, max_recoveries=2)
+
+
+def test_pretrain_stops_with_a_clear_message_when_the_loss_keeps_spiking(resume_config, tmp_path):
+    from kplm.training.loop import TrainingError
+    base, config = resume_config
+    config = copy.deepcopy(config)
+    config["run_dir"] = str(tmp_path / "run")
+    config["trainer"].update(steps=6, eval_every=6, checkpoint_every=2, log_every=2,
+                             warmup_steps=1, max_loss=0.5, max_recoveries=1)
+    with pytest.warns(RuntimeWarning, match="above trainer.max_loss=0.5 at step 1: restored the "
+                                            "checkpoint of step 0"):
+        with pytest.raises(TrainingError, match=r"at step 1, after 1 recoveries "
+                                                r"\(trainer.max_recoveries=1\); stopped"):
+            pretrain(config, echo=None, progress=False)
+    assert not os.path.exists(os.path.join(config["run_dir"], "metrics.json"))
+
+
+def test_python_fed_pipeline_resumes_by_skipping_and_sigterm_in_process(tmp_path):
+    """A ``from_generator`` pipeline (csv, jsonl, conll, squad sources) cannot save its
+    position: the resumed run re-reads and skips the batches done, and still equals the
+    uninterrupted run."""
+    import keras
+    import tensorflow as tf
+
+    from kplm.training.loop import Interrupted, train
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 3)).astype("float32")
+
+    def data():
+        rows = tf.data.Dataset.from_generator(lambda: iter(range(40)),
+                                              output_signature=tf.TensorSpec((), tf.int64))
+        return rows.map(lambda i: (tf.gather(x, i), tf.reduce_sum(tf.gather(x, i))[None])) \
+                   .repeat().batch(4)
+
+    class Terminate(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 7:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    model = _tiny_model()
+    with pytest.raises(Interrupted, match="SIGTERM at step 8") as stopped:
+        train(model, data(), steps=20, eval_every=10, checkpoint_dir=str(tmp_path / "a"),
+              callbacks=[Terminate()])
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    resumed = _tiny_model(seed=5)  # different initial weights: all restored
+    result = train(resumed, data(), steps=20, eval_every=10, checkpoint_dir=str(tmp_path / "a"))
+    assert result.resumed_from == 8 and result.step == 20  # seen at the next step
+    reference = _tiny_model()
+    train(reference, data(), steps=20, eval_every=10, checkpoint_dir=str(tmp_path / "b"))
+    for got, want in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
