@@ -39,6 +39,7 @@ DOCTEST_MODULES = [
     "kplm.models.decoder", "kplm.models.causal_lm", "kplm.objectives.causal_lm",
     "kplm.models.encoder_decoder", "kplm.models.seq2seq_lm", "kplm.data.parallel_text",
     "kplm.heads.seq2seq", "kplm.data.prepare", "kplm.training.distribute", "kplm.training.step",
+    "kplm.training.loop", "kplm.training.checkpoints", "kplm.training.logging",
 ]
 
 

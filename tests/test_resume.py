@@ -271,3 +271,81 @@ def test_python_fed_pipeline_resumes_by_skipping_and_sigterm_in_process(tmp_path
     train(reference, data(), steps=20, eval_every=10, checkpoint_dir=str(tmp_path / "b"))
     for got, want in zip(resumed.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+# --- fine-tuning resumes too (csv source: a Python-fed pipeline, resumed by skipping) ---------
+
+from kplm.hookspecs import hookimpl  # noqa: E402
+
+
+def _terminate_at_step_class():
+    import keras
+
+    class TerminateAtStep(keras.callbacks.Callback):
+        """Sends this process SIGTERM after optimizer step ``step`` (as a scheduler would)."""
+
+        def __init__(self, step: int):
+            super().__init__()
+            self.step = step
+
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == self.step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return TerminateAtStep
+
+
+@hookimpl
+def register_callbacks(register):
+    register("terminate_at_step", _terminate_at_step_class())
+
+
+@pytest.mark.slow
+def test_finetune_resumes_exactly_after_sigterm(tmp_path, tokenizer):
+    import kplm.testing
+    from kplm.training.finetune import finetune
+    from kplm.training.loop import Interrupted
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(tokenizer.tokens) + "\n")
+    sst = os.path.join(ROOT, "data", "sst2")
+    columns = {"text": "sentence", "label": "label"}
+
+    def config(name, callbacks=()):
+        return {
+            "run_dir": str(tmp_path / name), "seed": 0,
+            "tokenizer": {"name": "wordpiece", "vocabulary": str(vocab)},
+            "backbone": {"name": "encoder", "num_layers": 1, "num_heads": 2, "hidden_dim": 32,
+                         "intermediate_dim": 64, "sequence_length": 32, "dropout": 0.1},
+            "data": {"train": {"name": "csv", "paths": [os.path.join(sst, "train.tsv")],
+                               "columns": columns},
+                     "validation": {"name": "csv", "paths": [os.path.join(sst, "dev.tsv")],
+                                    "columns": columns}},
+            "head": {"name": "sequence_classification"},
+            "trainer": {"steps": 8, "batch_size": 16, "learning_rate": 1e-3, "eval_every": 4,
+                        "checkpoint_every": 2, "validation_steps": 2, "log_every": 2},
+            "callbacks": list(callbacks)}
+
+    reference = finetune(config("reference"), echo=None, progress=False)
+    module = sys.modules[__name__]
+    with kplm.testing.registered(module):
+        with pytest.raises(Interrupted, match="SIGTERM at step 6"):
+            finetune(config("run", [{"name": "terminate_at_step", "step": 5}]), echo=None,
+                     progress=False)
+        metrics = finetune(config("run", [{"name": "terminate_at_step", "step": 5}]),
+                           echo=None, progress=False)
+    assert metrics["resumed_from_step"] == 6 and metrics["train_steps"] == 8
+    assert metrics["best_step"] == reference["best_step"]
+    assert metrics["validation"] == pytest.approx(reference["validation"], rel=1e-5)
+    import h5py
+
+    def read(path):  # every array of a weights file, in file order
+        arrays = []
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, item: arrays.append(item[()])
+                         if isinstance(item, h5py.Dataset) else None)
+        return arrays
+
+    got, want = (read(tmp_path / name / "model.weights.h5") for name in ("run", "reference"))
+    assert len(got) == len(want) > 4
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 
 from kplm.errors import ConfigError, DataError
@@ -100,7 +101,8 @@ def prepare(config, output=None, overwrite=False, echo=print, progress=True, wor
         overwrite: bool. Start from scratch: delete ``output`` first (a tokenizer is relearned).
             Without it, finished shards are kept and only the missing or stale ones are made.
         echo: a function printing one line, or None for silence.
-        progress: bool. A line per finished shard.
+        progress: bool. A live progress bar on stderr when it is a terminal, else a line per
+            finished shard.
         workers: int or None. Processes tokenizing files in parallel; default
             ``min(cpu count, files)``. 1 tokenizes in this process.
 
@@ -221,7 +223,11 @@ def prepare(config, output=None, overwrite=False, echo=print, progress=True, wor
     if jobs:
         say(f"tokenizing {len(jobs)} file(s) with {workers} worker(s) into {output}")
     start, done_bytes = time.perf_counter(), 0
-    for number, result in enumerate(_run(jobs, workers), 1):
+    bar = None
+    if progress and jobs and sys.stderr.isatty():  # a live bar; logs get a line per shard
+        from kplm.progress import ByteProgress
+        bar = ByteProgress(total_bytes, label="prepare: tokenized")
+    for number, result in enumerate(_run(jobs, workers, bar.add if bar else None), 1):
         for split_entry in manifest["splits"].values():
             for i, shard in enumerate(split_entry["shards"]):
                 if shard["file"] == result["file"]:
@@ -229,12 +235,14 @@ def prepare(config, output=None, overwrite=False, echo=print, progress=True, wor
         _totals(manifest)
         write_manifest(output, manifest)
         done_bytes += result.get("source_size", 0)
-        if progress and echo:
+        if progress and echo and bar is None:
             wall = time.perf_counter() - start
             echo(f"[{number}/{len(jobs)}] {100 * done_bytes / total_bytes:5.1f}% "
                  f"{result['file']}: {result['records']:,} records, {result['tokens']:,} "
                  f"tokens from {result['source_file']} ({wall:.1f} s, "
                  f"{done_bytes / 1e6 / max(wall, 1e-9):.1f} MB/s)")
+    if bar is not None:
+        bar.finish(f"{len(jobs)} shard(s)")
     manifest["complete"] = True
     write_manifest(output, manifest)
     say(f"prepared {manifest['records']:,} records, {manifest['tokens']:,} tokens in "
@@ -273,16 +281,32 @@ def _totals(manifest):
     manifest["tokens"] = sum(s["tokens"] for s in manifest["splits"].values())
 
 
-def _run(jobs, workers):
-    """Yield each job's finished shard entry, in completion order."""
+def _run(jobs, workers, report=None):
+    """Yield each job's finished shard entry, in completion order; ``report(nbytes)`` is called
+    as the workers read (for the progress bar)."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            yield tokenize_file(job)
+            yield tokenize_file(job, report)
         return
     import multiprocessing
+    import queue
     # spawn, not fork: TensorFlow's threads do not survive a fork.
-    with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=None) as pool:
-        yield from pool.imap_unordered(tokenize_file, jobs)
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(workers) as pool:
+        reports = manager.Queue() if report is not None else None
+        pending = [pool.apply_async(tokenize_file, (job, reports)) for job in jobs]
+        while pending:
+            if reports is not None:
+                try:
+                    while True:
+                        report(reports.get(timeout=0.2))
+                except queue.Empty:
+                    pass
+            else:
+                pending[0].wait(0.2)
+            for result in [r for r in pending if r.ready()]:
+                pending.remove(result)
+                yield result.get()
 
 
 def import_tensorflow():
@@ -294,8 +318,10 @@ def import_tensorflow():
 
 
 # --- one file -> one shard (runs in a worker process) ------------------------------------------
-def tokenize_file(job):
-    """Tokenize one input file into its shard; return the shard's manifest entry."""
+def tokenize_file(job, report=None):
+    """Tokenize one input file into its shard; return the shard's manifest entry. ``report``
+    (a callable, or a queue from another process) receives the bytes of text read, batch by
+    batch, for the progress bar."""
     import_tensorflow()
     import tensorflow as tf
 
@@ -309,19 +335,24 @@ def tokenize_file(job):
     tokenizer = registry.get("tokenizer", job["tokenizer"]).load(job["tok_dir"])
     field = source.text_field
     texts = source.build().map(lambda example: example[field]).batch(BATCH)
-    ids = texts.map(tokenizer.build(), num_parallel_calls=tf.data.AUTOTUNE).map(
-        lambda r: (tf.cast(r.flat_values, tf.int64), r.row_splits)).prefetch(2)
+    tokenize = tokenizer.build()
+    ids = texts.map(lambda t: (tokenize(t), tf.reduce_sum(tf.strings.length(t)) + tf.size(t)),
+                    num_parallel_calls=tf.data.AUTOTUNE).map(
+        lambda r, n: (tf.cast(r.flat_values, tf.int64), r.row_splits, n)).prefetch(2)
+    put = getattr(report, "put", report)
 
     entry = dict(job["entry"])
     final = os.path.join(job["output"], entry["file"])
     tmp = final + ".tmp"
     records = tokens = 0
     with tf.io.TFRecordWriter(tmp) as writer:
-        for flat, splits in ids.as_numpy_iterator():
+        for flat, splits, nbytes in ids.as_numpy_iterator():
             for record in serialize_examples(flat, splits):
                 writer.write(record)
             records += len(splits) - 1
             tokens += len(flat)
+            if put is not None:
+                put(int(nbytes))
     os.replace(tmp, final)
     entry.update(records=records, tokens=tokens, bytes=os.path.getsize(final))
     return entry

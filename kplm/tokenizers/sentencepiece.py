@@ -103,11 +103,11 @@ class SentencePiece(Tokenizer):
 
         import sentencepiece as spm
 
-        from kplm.tokenizers.wordpiece import _Progress
+        from kplm.progress import ByteProgress
 
         if self.max_training_lines:
             texts = texts.take(self.max_training_lines)
-        meter = _Progress(total_bytes, enabled=progress)
+        meter = ByteProgress(total_bytes, enabled=progress)
 
         def sentences():
             for batch in texts.batch(1024).as_numpy_iterator():

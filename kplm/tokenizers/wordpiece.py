@@ -1,8 +1,6 @@
 """WordPiece tokenizers: learned from a data source, saved in a run directory, run in-graph."""
 import json
 import os
-import sys
-import time
 from typing import Optional
 
 from kplm.components import Tokenizer
@@ -64,10 +62,11 @@ class WordPiece(Tokenizer):
         import keras_hub
         import tensorflow as tf
 
+        from kplm.progress import ByteProgress
         if self.max_training_lines:
             texts = texts.take(self.max_training_lines)
         texts = texts.batch(1024)
-        meter = _Progress(total_bytes, enabled=progress)
+        meter = ByteProgress(total_bytes, enabled=progress)
         if progress:
             def tick(batch):
                 n = tf.reduce_sum(tf.strings.length(batch))
@@ -151,32 +150,6 @@ def _atomic_write(path, text):
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-class _Progress:
-    """A one-line progress display on stderr (bytes read, rate, percent when the total is known)."""
-
-    def __init__(self, total, enabled=True):
-        self.total, self.enabled, self.done, self.start, self.last = total, enabled, 0, time.time(), 0
-
-    def add(self, n):
-        self.done += int(n)
-        now = time.time()
-        if self.enabled and now - self.last > 0.5:
-            self.last = now
-            self._show()
-        return self.done
-
-    def _show(self, suffix=""):
-        mb = self.done / 1e6
-        rate = mb / max(time.time() - self.start, 1e-9)
-        pct = f" {100 * self.done / self.total:5.1f}%" if self.total else ""
-        sys.stderr.write(f"\rtokenizer: read{pct} {mb:8.1f} MB ({rate:5.1f} MB/s){suffix}")
-        sys.stderr.flush()
-
-    def finish(self, message):
-        if self.enabled:
-            self._show(f", {message} in {time.time() - self.start:.1f} s\n")
 
 
 @hookimpl
