@@ -40,7 +40,7 @@ def batches(steps=STEPS, batch=BATCH, seed=0):
 
 
 def train(strategy=None, *, naive=False, accumulation_steps=1, steps=STEPS, batch=BATCH,
-          precision=None, jit_compile=False, run_dir=None):
+          precision=None, jit_compile=False, run_dir=None, data_steps=None):
     """Train a tiny MaskedLM; returns ``(per-step losses, final weights, model)``. With
     ``run_dir``, through kplm's training loop (checkpoints, TensorBoard) instead of ``fit``."""
     import keras
@@ -68,7 +68,7 @@ def train(strategy=None, *, naive=False, accumulation_steps=1, steps=STEPS, batc
                     from_logits=True, reduction="mean_with_sample_weight")
             model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
             install(model, accumulation_steps)
-        x, y, w = batches(steps, batch)
+        x, y, w = batches(data_steps or steps, batch)
         data = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(batch, drop_remainder=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
@@ -112,13 +112,23 @@ def mirrored_main():
     two_losses, two_weights, _ = train(mirrored)
     naive_losses, naive_weights, _ = train(mirrored, naive=True)
     acc_losses, acc_weights, _ = train(mirrored, accumulation_steps=2)
+    # resume under the strategy: stop after 2 of 4 steps, then the same call for 4 steps
+    import tempfile
+    with tempfile.TemporaryDirectory() as scratch:
+        _, full_weights, _ = train(mirrored, steps=4, run_dir=os.path.join(scratch, "full"))
+        train(mirrored, steps=2, data_steps=4, run_dir=os.path.join(scratch, "resumed"))
+        _, resumed_weights, _ = train(mirrored, steps=4, run_dir=os.path.join(scratch, "resumed"))
+        checkpoints = sorted(os.listdir(os.path.join(scratch, "resumed", "checkpoints")))
     print("RESULT " + json.dumps({
         "replicas": mirrored.num_replicas_in_sync, "auto": type(strategy_for("auto")).__name__,
         "one": one_losses, "two": two_losses, "naive": naive_losses,
         "weights": max_difference(one_weights, two_weights),
         "naive_weights": max_difference(one_weights, naive_weights),
         "accumulated": acc_losses,
-        "accumulated_weights": max_difference(acc_weights, one_weights)}))
+        "accumulated_weights": max_difference(acc_weights, one_weights),
+        "resumed_weights": max_difference(resumed_weights, full_weights),
+        "resumed_vs_start": max_difference(resumed_weights, one_weights),
+        "resumed_checkpoints": checkpoints}))
 
 
 def worker_main(index, ports, out):
@@ -192,6 +202,13 @@ def test_two_logical_cpus_train_like_one_device(mirrored):
     # The batches are discriminating: averaging per-replica means gives other losses/weights.
     assert max(abs(a - b) for a, b in zip(mirrored["naive"], mirrored["one"])) > 1e-3
     assert mirrored["naive_weights"] > 1e-4
+
+
+def test_resume_under_mirrored_equals_the_uninterrupted_run(mirrored):
+    # weights, optimizer and step restored; the data position found by skipping the 2 batches
+    assert mirrored["resumed_checkpoints"] == [f"step-{s:08d}" for s in (2, 3, 4)]  # keep 3
+    assert mirrored["resumed_weights"] < 1e-6
+    assert mirrored["resumed_vs_start"] > 1e-3  # it did train past step 2
 
 
 def test_accumulation_under_mirrored_equals_one_device_batch(mirrored):
