@@ -349,3 +349,30 @@ def test_finetune_resumes_exactly_after_sigterm(tmp_path, tokenizer):
     assert len(got) == len(want) > 4
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_recovery_discards_the_abandoned_checkpoints_and_train_ends_on_any_step_count(tmp_path):
+    """A finite loss whose update overflows the weights: the next step's loss is non-finite,
+    the checkpoint of the overflowing step holds inf weights. Recovery goes back before it and
+    deletes it, so a later resume cannot start from it."""
+    import keras
+    import tensorflow as tf
+
+    from kplm.training.checkpoints import CheckpointDirectory
+    from kplm.training.loop import train
+    x = np.ones((40, 1, 3), "float32")
+    y = np.zeros((40, 1, 1), "float32")  # a perfect fit from zero weights: no update ...
+    y[9] = 1e15  # ... but batch 9 (step 10): loss 1e30, finite; the update makes weights inf
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.compile(optimizer=keras.optimizers.SGD(1e30), loss="mse")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
+    with pytest.warns(RuntimeWarning, match="non-finite loss at step 11: restored the checkpoint "
+                                            "of step 5"):
+        result = train(model, data, steps=23, eval_every=10, checkpoint_dir=str(tmp_path),
+                       checkpoint_every=5, keep=5)
+    assert result.step == 23 and result.recoveries == [(11, 5)]  # 23: a last short interval
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    steps = [s for s, _ in CheckpointDirectory(str(tmp_path)).complete()]
+    assert steps == [23, 20, 15, 10, 5] and not [n for n in os.listdir(tmp_path)
+                                                  if n.startswith(".tmp-")]

@@ -95,12 +95,30 @@ class CheckpointDirectory:
         with open(os.path.join(tmp, STATE), "w", encoding="utf-8") as f:
             json.dump({**state, "step": step}, f, indent=2, sort_keys=True)
         _fsync_tree(tmp)
-        if os.path.exists(final):  # the same step saved again (e.g. a signal right after it)
-            shutil.rmtree(final)
+        old = None
+        if os.path.exists(final):  # the same step saved again: swap by renames, then delete
+            old = os.path.join(self.directory, f"{_TMP_PREFIX}old-step-{step:08d}-{os.getpid()}")
+            os.rename(final, old)
         os.rename(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(self.directory)
         self._prune()
         return final
+
+    def discard_after(self, step):
+        """Delete the checkpoints newer than ``step`` (an abandoned trajectory), each renamed
+        away first so that none is ever seen half-deleted."""
+        for found, path in self.complete():
+            if found > step:
+                doomed = os.path.join(self.directory,
+                                      f"{_TMP_PREFIX}discard-{found:08d}-{os.getpid()}")
+                os.rename(path, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+
+    def clear(self):
+        """Delete every checkpoint (a run that does not resume starts an empty directory)."""
+        self.discard_after(-1)
 
     def _prune(self):
         for _, path in self.complete()[self.keep:]:
@@ -122,7 +140,9 @@ class CheckpointDirectory:
             try:
                 with open(os.path.join(path, STATE), encoding="utf-8") as f:
                     state = json.load(f)
-                checkpoint.read(os.path.join(path, PREFIX)).assert_existing_objects_matched()
+                status = checkpoint.read(os.path.join(path, PREFIX))
+                status.assert_existing_objects_matched()
+                status.expect_partial()  # e.g. a recovery restores all but the data position
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                 warnings.warn(f"checkpoint {path} cannot be restored ({reason}); "

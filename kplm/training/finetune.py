@@ -248,8 +248,6 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
     steps_done, best_step = result.step, result.step
     if os.path.exists(best):
         best_step = BestWeights.load(model, best)
-        if write:
-            BestWeights.remove(best)
 
     # --- save and evaluate ----------------------------------------------------------------------
     if write:
@@ -267,6 +265,7 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
         metrics["baseline"] = head.baseline(sources["train"], sources[evaluated])
     if write:
         runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
+        BestWeights.remove(best)  # only now: a run killed before metrics.json still has them
     if echo:
         echo(f"done in {wall:.0f} s; run directory {run_dir}")
     return metrics

@@ -176,6 +176,7 @@ class _Keeper(keras.callbacks.Callback):
         self._save, self.checkpoint_every, self.max_loss = save, checkpoint_every, max_loss
         self.bad = None  # (step, loss) of the first bad step
         self.signal = None
+        self.saved = None  # the step of the newest checkpoint
         self._t, self._mean = 0, 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -192,9 +193,10 @@ class _Keeper(keras.callbacks.Callback):
         if not math.isfinite(loss) or (self.max_loss is not None and loss > self.max_loss):
             self.bad = (step, loss)
             raise _StopFit
-        if step % self.checkpoint_every == 0 or self.signal is not None:
+        signum = self.signal  # read once: a signal may land between two reads
+        if (step % self.checkpoint_every == 0 or signum is not None) and step != self.saved:
             self._save(step)
-        if self.signal is not None:
+        if signum is not None:
             raise _StopFit
 
 
@@ -267,10 +269,15 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
 
     def save(step):
         store.save(checkpoint, step, state())
+        keeper.saved = step
 
-    if resume and store.complete():
+    keeper = _Keeper(save, checkpoint_every, max_loss)
+    keeper.data = data
+    if not resume:
+        store.clear()  # a new run: another run's checkpoints must not be pruned into or restored
+    if store.complete():
         start = time.perf_counter()
-        restored = store.restore(checkpoint)
+        restored = store.restore(checkpoint, accept=lambda: _weights_finite(model))
         result.restore_seconds = time.perf_counter() - start
         if restored is not None:
             if data.checkpointable:
@@ -279,22 +286,20 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
                 data.skip(restored.get("batches", 0))
                 result.restore_seconds = time.perf_counter() - start
             recoveries.extend(tuple(r) for r in restored.get("recoveries", []))
-            result.resumed_from = restored["step"]
+            result.resumed_from = keeper.saved = restored["step"]
             if echo:
                 echo(f"resuming from {restored['path']} (step {restored['step']}, restored in "
                      f"{result.restore_seconds:.1f} s)")
     if not store.complete():
         save(step_now())  # step 0: a loss-guard recovery always has a checkpoint to go back to
 
-    keeper = _Keeper(save, checkpoint_every, max_loss)
-    keeper.data = data
     with _signals_to(keeper):
         while step_now() < steps:
             step = step_now()
-            if step % eval_every == 0:
+            if step % eval_every == 0 and steps - step >= eval_every:
                 per_epoch, epochs = eval_every, (steps - step) // eval_every
-            else:  # resumed (or recovered) between two validations: finish that interval
-                per_epoch, epochs = eval_every - step % eval_every, 1
+            else:  # resumed (or recovered) between two validations, or a last short interval
+                per_epoch, epochs = min(eval_every - step % eval_every, steps - step), 1
             keeper.bad = None
             try:
                 _fit_of(model)(data.keras_input(model), steps_per_epoch=per_epoch,
@@ -305,7 +310,9 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
             # Keras' History callback (model.history) keeps the epochs finished before a stop.
             for key, values in getattr(model.history, "history", {}).items():
                 result.history.setdefault(key, []).extend(values)
-            if keeper.signal is not None:
+            if keeper.signal is not None and step_now() < steps:
+                if keeper.saved != step_now():  # the signal came during a validation
+                    save(step_now())
                 name = signal.Signals(keeper.signal).name
                 raise Interrupted(f"{name} at step {step_now()}: checkpoint written to "
                                   f"{checkpoint_dir}; run the same command again to continue",
@@ -325,6 +332,10 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
                 if restored is None:
                     raise TrainingError(f"{what} at step {bad_step} and no checkpoint with "
                                         f"finite weights before it in {checkpoint_dir}")
+                # checkpoints after the restored one belong to the abandoned trajectory (one may
+                # hold the non-finite weights): a later resume must not start from them
+                store.discard_after(restored["step"])
+                keeper.saved = restored["step"]
                 recoveries.append((bad_step, restored["step"]))
                 warnings.warn(f"{what} at step {bad_step}: restored the checkpoint of step "
                               f"{restored['step']} and skipped the {bad_step - restored['step']} "
@@ -337,7 +348,7 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
             if model.stop_training:  # a user callback (early stopping) ended the run
                 break
     final = step_now()
-    if not store.complete() or store.complete()[0][0] != final:
+    if keeper.saved != final:
         save(final)
     result.step, result.recoveries = final, list(recoveries)
     return result
