@@ -202,7 +202,7 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
         validation_ds = validation_ds.cache()
 
     # --- fit, keeping the best weights by the validation metric ---------------------------------
-    from kplm.training.callbacks import BestWeights
+    from kplm.training.best_weights import BestWeights
     from kplm.training.logging import TrainingMonitor, flops_per_token, peak_flops
     from kplm.training.loop import train
     tokens_per_row = (head.tokens_per_row(sequence_length) if hasattr(head, "tokens_per_row")

@@ -36,7 +36,9 @@ import threading
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
+from tensorflow.python.distribute import input_lib
 
 from kplm.errors import KplmError
 from kplm.training.checkpoints import CheckpointDirectory, checkpoint_of
@@ -117,41 +119,25 @@ class PositionedData:
         return self._probe
 
 
-def _keras_input_class():
-    from tensorflow.python.distribute import input_lib
+class _KerasInput(input_lib.DistributedDataset):
+    """Looks like a distributed dataset to Keras; ``iter()`` gives the run's iterator."""
 
-    class KerasInput(input_lib.DistributedDataset):
-        """Looks like a distributed dataset to Keras; ``iter()`` gives the run's iterator."""
+    def __init__(self, data, probe):  # no super().__init__: a thin view of PositionedData
+        self._data, self._probe_pending = data, probe
 
-        def __init__(self, data, probe):  # noqa: D401 - no super().__init__: a thin view
-            self._data, self._probe_pending = data, probe
+    def __iter__(self):
+        if self._probe_pending:
+            self._probe_pending = False
+            return self._data._probe_iterator()
+        return self._data.iterator
 
-        def __iter__(self):
-            if self._probe_pending:
-                self._probe_pending = False
-                return self._data._probe_iterator()
-            return self._data.iterator
+    @property
+    def element_spec(self):
+        return self._data.distributed.element_spec
 
-        @property
-        def element_spec(self):
-            return self._data.distributed.element_spec
-
-        @property
-        def cardinality(self):
-            import numpy as np
-            return np.int64(-1)  # infinite: fit() is always given steps_per_epoch
-
-    return KerasInput
-
-
-_KERAS_INPUT = None
-
-
-def _KerasInput(data, probe):
-    global _KERAS_INPUT
-    if _KERAS_INPUT is None:
-        _KERAS_INPUT = _keras_input_class()
-    return _KERAS_INPUT(data, probe)
+    @property
+    def cardinality(self):
+        return np.int64(-1)  # infinite: fit() is always given steps_per_epoch
 
 
 class _StopFit(Exception):

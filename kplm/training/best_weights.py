@@ -1,0 +1,63 @@
+"""The best weights of a fine-tuning run by its validation metric, kept across resumes."""
+import json
+import math
+import os
+
+import keras
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the best validation so far in ``path`` (``.weights.h5``), with the
+    value and step beside it in ``path + ".json"``, both written atomically; a resumed run
+    reads them back, so it only replaces a better earlier best with a still better one.
+    ``write=False`` (a multi-worker non-chief) tracks the best without writing.
+    """
+
+    def __init__(self, path, monitor, mode="max", write=True):
+        super().__init__()
+        self.path, self.monitor, self.mode, self.write = path, monitor, mode, write
+        self.best = None
+        try:
+            with open(path + ".json", encoding="utf-8") as f:
+                self.best = json.load(f)["value"]
+        except (OSError, ValueError, KeyError):
+            pass
+
+    def _better(self, value):
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        value = None if value is None else float(value)
+        if not self._better(value):
+            return
+        self.best = value
+        if not self.write:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        tmp = self.path[: -len(".weights.h5")] + ".tmp.weights.h5"
+        self.model.save_weights(tmp)
+        os.replace(tmp, self.path)
+        with open(self.path + ".json.tmp", "w", encoding="utf-8") as f:
+            json.dump({"value": value, "step": step, "monitor": self.monitor}, f)
+        os.replace(self.path + ".json.tmp", self.path + ".json")
+
+    @staticmethod
+    def load(model, path):
+        """Load the best weights into ``model``; returns the step they are from."""
+        model.load_weights(path)
+        try:
+            with open(path + ".json", encoding="utf-8") as f:
+                return json.load(f)["step"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    @staticmethod
+    def remove(path):
+        for name in (path, path + ".json"):
+            if os.path.exists(name):
+                os.remove(name)
