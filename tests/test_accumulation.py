@@ -99,7 +99,7 @@ def test_install_refuses_bad_steps_and_batch_sizes():
     from kplm.errors import ConfigError
     from kplm.training.distribute import check_batch_size, strategy_for
     from kplm.training.step import install
-    with pytest.raises(ValueError, match="accumulation_steps must be >= 1"):
+    with pytest.raises(ValueError, match="accumulation_steps must be an integer >= 1"):
         install(keras.Sequential([keras.layers.Dense(1)]), 0)
     with pytest.raises(ConfigError, match=r"multiple of gradient_accumulation_steps x replicas"):
         check_batch_size(6, 4, strategy_for("default"))

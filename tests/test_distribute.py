@@ -40,9 +40,12 @@ def batches(steps=STEPS, batch=BATCH, seed=0):
 
 
 def train(strategy=None, *, naive=False, accumulation_steps=1, steps=STEPS, batch=BATCH,
-          precision=None, jit_compile=False, run_dir=None, data_steps=None):
+          precision=None, jit_compile=False, run_dir=None, data_steps=None, nan_batch=None,
+          drop_batch=None):
     """Train a tiny MaskedLM; returns ``(per-step losses, final weights, model)``. With
-    ``run_dir``, through kplm's training loop (checkpoints, TensorBoard) instead of ``fit``."""
+    ``run_dir``, through kplm's training loop (checkpoints, TensorBoard) instead of ``fit``.
+    ``nan_batch``: that batch's first row gets a NaN sample weight (a non-finite loss and
+    gradient on the first replica only); ``drop_batch``: that batch is left out."""
     import keras
     import tensorflow as tf
 
@@ -69,6 +72,11 @@ def train(strategy=None, *, naive=False, accumulation_steps=1, steps=STEPS, batc
             model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
             install(model, accumulation_steps)
         x, y, w = batches(data_steps or steps, batch)
+        if nan_batch is not None:
+            w[nan_batch * batch, 0] = np.nan
+        if drop_batch is not None:
+            keep = [i for i in range(len(y)) if i // batch != drop_batch]
+            x, y, w = {k: v[keep] for k, v in x.items()}, y[keep], w[keep]
         data = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(batch, drop_remainder=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
@@ -112,6 +120,15 @@ def mirrored_main():
     two_losses, two_weights, _ = train(mirrored)
     naive_losses, naive_weights, _ = train(mirrored, naive=True)
     acc_losses, acc_weights, _ = train(mirrored, accumulation_steps=2)
+    # the non-finite gate: batch 1 of 3 is NaN on replica 0 only; both replicas skip its update
+    gate = {}
+    for k in (1, 2):
+        _, nan_weights, nan_model = train(mirrored, data_steps=3, nan_batch=1,
+                                          accumulation_steps=k)
+        _, drop_weights, _ = train(mirrored, data_steps=3, drop_batch=1, accumulation_steps=k)
+        gate[k] = {"weights": max_difference(nan_weights, drop_weights),
+                   "finite": bool(all(np.all(np.isfinite(w)) for w in nan_weights)),
+                   "iterations": int(nan_model.optimizer.iterations.numpy())}
     # resume under the strategy: stop after 2 of 4 steps, then the same call for 4 steps
     import tempfile
     with tempfile.TemporaryDirectory() as scratch:
@@ -126,6 +143,7 @@ def mirrored_main():
         "naive_weights": max_difference(one_weights, naive_weights),
         "accumulated": acc_losses,
         "accumulated_weights": max_difference(acc_weights, one_weights),
+        "gate": gate,
         "resumed_weights": max_difference(resumed_weights, full_weights),
         "resumed_vs_start": max_difference(resumed_weights, one_weights),
         "resumed_checkpoints": checkpoints}))
@@ -214,6 +232,14 @@ def test_resume_under_mirrored_equals_the_uninterrupted_run(mirrored):
 def test_accumulation_under_mirrored_equals_one_device_batch(mirrored):
     np.testing.assert_allclose(mirrored["accumulated"], mirrored["one"], atol=1e-5)
     assert mirrored["accumulated_weights"] < 1e-5
+
+
+def test_non_finite_gate_under_mirrored_skips_on_every_replica(mirrored):
+    # a NaN on one replica: the all-reduced decision skips the update on both, with and without
+    # accumulation; the weights equal a run that never saw the batch
+    for k, gate in mirrored["gate"].items():
+        assert gate["finite"] and gate["iterations"] == 2, (k, gate)
+        assert gate["weights"] < 1e-5, (k, gate)
 
 
 def test_auto_is_default_without_tf_config_tpu_or_gpus(mirrored):

@@ -182,34 +182,71 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
 
 
 def _dataset(nan_batches=(), drop=()):
-    """64 batches of 4 rows; ``nan_batches`` (0-based) hold NaN inputs; ``drop`` are left out."""
+    """64 batches of 4 rows; ``nan_batches`` (0-based) hold a NaN target, so that their loss and
+    gradients are non-finite on any CPU (a NaN *input* may give a finite loss on one CPU: a fused
+    kernel maps it to 0); ``drop`` are left out."""
     import tensorflow as tf
     rng = np.random.default_rng(1)
     x = rng.normal(size=(64, 4, 3)).astype("float32")
     y = x.sum(-1, keepdims=True) * 0.5
     for i in nan_batches:
-        x[i, 0, 0] = np.nan
+        y[i, 0, 0] = np.nan
     keep = [i for i in range(64) if i not in drop]
     return tf.data.Dataset.from_tensor_slices((x[keep], y[keep])).repeat()
 
 
-def test_injected_nan_batch_restores_last_good_checkpoint_and_skips_the_batches(tmp_path):
+def _plain_model(seed=0):
+    """``_tiny_model`` without dropout: a skipped step still draws dropout masks, so only a
+    deterministic model can equal a run that never saw the batch."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2, global_clipnorm=1.0), loss="mse")
+    return model
+
+
+def _assert_same_finite_weights(model, reference):
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("accumulation_steps", [1, 2])
+def test_non_finite_gradients_skip_the_update_and_equal_a_run_without_the_batch(
+        tmp_path, accumulation_steps):
     from kplm.training.loop import train
-    # batch 13 (the 14th step) is NaN; checkpoints every 5 steps: back to step 10, batches 10-13
-    # (0-based) skipped
-    model = _tiny_model()
-    with pytest.warns(RuntimeWarning, match="non-finite loss at step 14: restored the "
-                                            "checkpoint of step 10 and skipped the 4 batch"):
+    from kplm.training.step import install
+    # batch 13 is non-finite: the gate skips its update, so 30 steps read 31 batches
+    model = install(_plain_model(), accumulation_steps)
+    with pytest.warns(RuntimeWarning, match=r"non-finite gradients at step 14: update skipped "
+                                            r"\(1 in a row, trainer.max_skipped_steps=10\)"):
         result = train(model, _dataset(nan_batches=[13]), steps=30, eval_every=15,
                        checkpoint_dir=str(tmp_path / "a"), checkpoint_every=5)
-    assert result.step == 30 and result.recoveries == [(14, 10)]
-    clean = _tiny_model()
-    reference = train(clean, _dataset(drop=[10, 11, 12, 13]), steps=30, eval_every=15,
-                      checkpoint_dir=str(tmp_path / "b"), checkpoint_every=5)
-    assert reference.recoveries == []
-    for got, want in zip(model.get_weights(), clean.get_weights()):
-        assert np.all(np.isfinite(got))
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert result.step == 30 and result.recoveries == [] and result.skipped_steps == [14]
+    assert int(model.optimizer.iterations) == 30  # Adam's bias correction did not advance
+    reference = install(_plain_model(), accumulation_steps)
+    clean = train(reference, _dataset(drop=[13]), steps=30, eval_every=15,
+                  checkpoint_dir=str(tmp_path / "b"), checkpoint_every=5)
+    assert clean.skipped_steps == [] and "step_loss" not in result.history
+    _assert_same_finite_weights(model, reference)
+
+
+def test_too_many_skipped_steps_in_a_row_restore_the_last_good_checkpoint(tmp_path):
+    from kplm.training.loop import train
+    # batches 13-15 are non-finite; after 3 skips in a row (> 2) the guard goes back to the
+    # checkpoint of step 10 and goes on with batch 16: batches 10-15 are left out
+    model = _plain_model()
+    with pytest.warns(RuntimeWarning, match="3 non-finite steps in a row at step 14: restored "
+                                            "the checkpoint of step 10 and skipped the 6 batch"):
+        result = train(model, _dataset(nan_batches=[13, 14, 15]), steps=30, eval_every=15,
+                       checkpoint_dir=str(tmp_path / "a"), checkpoint_every=5,
+                       max_skipped_steps=2)
+    assert result.step == 30 and result.recoveries == [(14, 10)] and result.skipped_steps == []
+    reference = _plain_model()
+    train(reference, _dataset(drop=list(range(10, 16))), steps=30, eval_every=15,
+          checkpoint_dir=str(tmp_path / "b"), checkpoint_every=5)
+    _assert_same_finite_weights(model, reference)
 
 
 def test_loss_guard_gives_up_after_max_recoveries_with_a_clear_message(tmp_path):
@@ -351,10 +388,10 @@ def test_finetune_resumes_exactly_after_sigterm(tmp_path, tokenizer):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_recovery_discards_the_abandoned_checkpoints_and_train_ends_on_any_step_count(tmp_path):
-    """A finite loss whose update overflows the weights: the next step's loss is non-finite,
-    the checkpoint of the overflowing step holds inf weights. Recovery goes back before it and
-    deletes it, so a later resume cannot start from it."""
+def test_non_finite_weights_are_never_checkpointed_and_train_ends_on_any_step_count(tmp_path):
+    """A finite loss and gradient whose update overflows the weights: the checkpoint due at that
+    step is not written; the guard goes back to the one before (the steps after the overflow
+    are skipped by the gate meanwhile), and no checkpoint ever holds a non-finite weight."""
     import keras
     import tensorflow as tf
 
@@ -367,11 +404,11 @@ def test_recovery_discards_the_abandoned_checkpoints_and_train_ends_on_any_step_
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="zeros")])
     model.compile(optimizer=keras.optimizers.SGD(1e30), loss="mse")
     data = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
-    with pytest.warns(RuntimeWarning, match="non-finite loss at step 11: restored the checkpoint "
-                                            "of step 5"):
+    with pytest.warns(RuntimeWarning, match="non-finite weights at step 10: restored the "
+                                            "checkpoint of step 5"):
         result = train(model, data, steps=23, eval_every=10, checkpoint_dir=str(tmp_path),
                        checkpoint_every=5, keep=5)
-    assert result.step == 23 and result.recoveries == [(11, 5)]  # 23: a last short interval
+    assert result.step == 23 and result.recoveries == [(10, 5)]  # 23: a last short interval
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     steps = [s for s, _ in CheckpointDirectory(str(tmp_path)).complete()]
     assert steps == [23, 20, 15, 10, 5] and not [n for n in os.listdir(tmp_path)

@@ -5,6 +5,8 @@ import os
 
 import keras
 
+from kplm.finite import non_finite_weights
+
 
 class BestWeights(keras.callbacks.Callback):
     """Keeps the weights of the best validation so far in ``path`` (``.weights.h5``), with the
@@ -33,18 +35,26 @@ class BestWeights(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         value = None if value is None else float(value)
-        if not self._better(value):
-            return
+        if not self._better(value) or non_finite_weights(self.model.weights):
+            return  # a model with a NaN weight is never the best one, nor written
         self.best = value
         if not self.write:
             return
         step = int(self.model.optimizer.iterations.numpy())
         tmp = self.path[: -len(".weights.h5")] + ".tmp.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.path)
-        with open(self.path + ".json.tmp", "w", encoding="utf-8") as f:
-            json.dump({"value": value, "step": step, "monitor": self.monitor}, f)
-        os.replace(self.path + ".json.tmp", self.path + ".json")
+        try:
+            self.model.save_weights(tmp)
+            os.replace(tmp, self.path)
+            with open(self.path + ".json.tmp", "w", encoding="utf-8") as f:
+                json.dump({"value": value, "step": step, "monitor": self.monitor}, f)
+            os.replace(self.path + ".json.tmp", self.path + ".json")
+        except OSError as e:
+            for name in (tmp, self.path + ".json.tmp"):
+                if os.path.exists(name):
+                    os.remove(name)
+            from kplm.training.checkpoints import CheckpointWriteError
+            raise CheckpointWriteError(f"cannot write the best weights {self.path}: "
+                                       f"{e.strerror or e}; training stopped") from None
 
     @staticmethod
     def load(model, path):

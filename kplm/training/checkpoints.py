@@ -5,19 +5,32 @@ A checkpoint is a directory ``checkpoints/step-00000420/`` holding a ``tf.train.
 random-number generators' states and the input pipeline's position) and ``state.json``
 (the step, batches read, recoveries so far). It is written under a temporary name in the same
 directory, flushed to disk, and renamed: a process killed at any moment leaves either the
-complete checkpoint or none. The newest ``keep`` are kept; a damaged newest one (truncated,
-corrupted, half-deleted) is skipped with a warning in favour of the one before.
+complete checkpoint or none. ``state.json`` also lists every file's size and CRC-32, read
+back from the disk after writing: a checkpoint counts only when they match. The newest ``keep``
+good ones are kept; a damaged one (truncated, corrupted, half-deleted) never counts toward
+``keep`` and is skipped with a warning in favour of the one before.
+
+A write that fails (no space left, read-only directory, file-size limit, I/O error) raises
+``CheckpointWriteError`` at once, naming the directory and the cause, and leaves the older
+checkpoints and no temporary directory behind: a run never trains on without checkpoints.
 """
 import json
 import os
 import re
 import shutil
 import warnings
+import zlib
+
+from kplm.errors import KplmError
 
 _NAME = re.compile(r"^step-(\d{8,})$")
 _TMP_PREFIX = ".tmp-"
 STATE = "state.json"
 PREFIX = "ckpt"
+
+
+class CheckpointWriteError(KplmError):
+    """A checkpoint could not be written (disk full, read-only, file too large, I/O error)."""
 
 
 def checkpoint_of(model, iterator=None):
@@ -77,29 +90,45 @@ class CheckpointDirectory:
 
     def save(self, checkpoint, step, state):
         """Write ``checkpoint`` and ``state`` (a JSON-able dict) as the checkpoint of ``step``;
-        returns its path. Atomic: temporary directory, fsync, rename."""
+        returns its path. Atomic: temporary directory, fsync, verify, rename. A failure raises
+        ``CheckpointWriteError`` and leaves the directory as it was."""
         import tempfile
-        os.makedirs(self.directory, exist_ok=True)
         final = os.path.join(self.directory, f"step-{step:08d}")
         if not self.write:  # a multi-worker non-chief: save (collectives) and throw away
             scratch = tempfile.mkdtemp(prefix="kplm-worker-ckpt-")
             try:
                 checkpoint.write(os.path.join(scratch, PREFIX))
+            except Exception as e:  # noqa: BLE001 - any write failure stops the run
+                raise CheckpointWriteError(
+                    f"cannot write the checkpoint of step {step} in {scratch}: {_cause(e)}"
+                ) from None
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             return final
         tmp = os.path.join(self.directory, f"{_TMP_PREFIX}step-{step:08d}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        checkpoint.write(os.path.join(tmp, PREFIX))
-        with open(os.path.join(tmp, STATE), "w", encoding="utf-8") as f:
-            json.dump({**state, "step": step}, f, indent=2, sort_keys=True)
-        _fsync_tree(tmp)
-        old = None
-        if os.path.exists(final):  # the same step saved again: swap by renames, then delete
-            old = os.path.join(self.directory, f"{_TMP_PREFIX}old-step-{step:08d}-{os.getpid()}")
-            os.rename(final, old)
-        os.rename(tmp, final)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            checkpoint.write(os.path.join(tmp, PREFIX))
+            files = {name: _size_and_crc(os.path.join(tmp, name)) for name in os.listdir(tmp)}
+            with open(os.path.join(tmp, STATE), "w", encoding="utf-8") as f:
+                json.dump({**state, "step": step, "files": files}, f, indent=2, sort_keys=True)
+            _fsync_tree(tmp)
+            if not verify(tmp, checksums=False):
+                raise OSError("the written files do not read back as written")
+            old = None
+            if os.path.exists(final):  # the same step saved again: swap by renames, then delete
+                old = os.path.join(self.directory,
+                                   f"{_TMP_PREFIX}old-step-{step:08d}-{os.getpid()}")
+                os.rename(final, old)
+            os.rename(tmp, final)
+        except Exception as e:  # noqa: BLE001 - any write failure stops the run
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointWriteError(
+                f"cannot write the checkpoint of step {step} in {self.directory}: {_cause(e)}; "
+                "training stopped with the older checkpoints intact: fix the disk, then run "
+                "the same command again") from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(self.directory)
@@ -120,9 +149,24 @@ class CheckpointDirectory:
         """Delete every checkpoint (a run that does not resume starts an empty directory)."""
         self.discard_after(-1)
 
+    def good(self):
+        """``[(step, path)]`` of the complete checkpoints whose files are all there with the
+        sizes written (``verify`` without checksums), newest first."""
+        return [(step, path) for step, path in self.complete() if verify(path, checksums=False)]
+
     def _prune(self):
-        for _, path in self.complete()[self.keep:]:
-            shutil.rmtree(path, ignore_errors=True)
+        """Keep the newest ``keep`` good checkpoints. Damaged ones never count: a damaged one
+        older than the newest good one is deleted, a newer one is left until the same step is
+        saved again. Leftovers of dead processes' saves are removed."""
+        good = self.good()
+        kept = {path for _, path in good[:self.keep]}
+        newest_good = good[0][0] if good else None
+        good_paths = {path for _, path in good}
+        for step, path in self.complete():
+            if path in kept:
+                continue
+            if path in good_paths or (newest_good is not None and step < newest_good):
+                shutil.rmtree(path, ignore_errors=True)
         for name in os.listdir(self.directory):  # leftovers of processes killed mid-save
             if name.startswith(_TMP_PREFIX):
                 pid = name.rsplit("-", 1)[-1]
@@ -140,6 +184,8 @@ class CheckpointDirectory:
             try:
                 with open(os.path.join(path, STATE), encoding="utf-8") as f:
                     state = json.load(f)
+                if not verify(path):
+                    raise OSError("its files differ from the sizes and checksums written")
                 status = checkpoint.read(os.path.join(path, PREFIX))
                 status.assert_existing_objects_matched()
                 status.expect_partial()  # e.g. a recovery restores all but the data position
@@ -152,6 +198,7 @@ class CheckpointDirectory:
             if accept is not None and not accept():
                 skipped.append(path)
                 continue
+            state.pop("files", None)
             state["path"] = path
             return state
         return None
@@ -159,8 +206,46 @@ class CheckpointDirectory:
     @staticmethod
     def latest(directory):
         """The path of the newest complete checkpoint in ``directory``, or None."""
-        found = CheckpointDirectory(directory).complete()
+        found = CheckpointDirectory(directory).good()
         return found[0][1] if found else None
+
+
+def verify(path, checksums=True):
+    """Whether the checkpoint directory ``path`` holds every file its ``state.json`` lists,
+    with the size (and, with ``checksums``, the CRC-32) written. Checkpoints written before
+    the list existed count when their ``state.json`` reads."""
+    try:
+        with open(os.path.join(path, STATE), encoding="utf-8") as f:
+            files = json.load(f).get("files")
+        if files is None:
+            return os.path.exists(os.path.join(path, PREFIX + ".index"))
+        for name, (size, crc) in files.items():
+            file = os.path.join(path, name)
+            if os.path.getsize(file) != size:
+                return False
+            if checksums and _size_and_crc(file)[1] != crc:
+                return False
+        return True
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+
+
+def _size_and_crc(path):
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return [size, crc]
+
+
+def _cause(error):
+    """One short line saying why a write failed."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(getattr(error, "message", None) or error).strip()
+    text = text.splitlines()[-1] if text else type(error).__name__
+    return text[:200]
 
 
 def _alive(pid):

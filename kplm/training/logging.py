@@ -5,6 +5,7 @@ import keras
 import tensorflow as tf
 
 from kplm.training.optimizer import current_learning_rate
+from kplm.training.step import SKIPPED, STEP_LOSS
 
 
 class TrainingMonitor(keras.callbacks.Callback):
@@ -13,8 +14,10 @@ class TrainingMonitor(keras.callbacks.Callback):
     ``train/tokens_per_second``, ``train/examples_per_second`` and, when the accelerator's peak
     is known, ``train/mfu`` (model FLOPs utilisation); prints the same on the console.
 
-    ``train/loss`` is the mean loss of the steps since the previous log (Keras' own running mean
-    restarts every epoch); the other metrics are Keras' running means since the last validation.
+    ``train/loss`` is the mean of the steps' own losses since the previous log (kplm's train
+    step reports each step's loss; steps whose update the non-finite gate skipped are left out
+    and counted in ``train/skipped_steps``); the other metrics are Keras' running means since
+    the last validation.
     Scalars are keyed by the optimizer's step, so a resumed run continues its curves. The monitor
     may serve several ``fit`` calls; ``close()`` ends it.
 
@@ -56,17 +59,21 @@ class TrainingMonitor(keras.callbacks.Callback):
                                     step=self._step())
         self._window_step = self._step()
         self._window_start = time.perf_counter()
-        self._t, self._window_t, self._window_mean = 0, 0, 0.0
-        self._carry_sum, self._carry_n = 0.0, 0  # the window's steps from the previous epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t, self._window_t, self._window_mean = 0, 0, 0.0
+        self._loss_sum, self._loss_n, self._skipped = 0.0, 0, 0  # the window's steps
 
     def _step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_batch_end(self, batch, logs=None):
-        self._t += 1
+        logs = dict(logs or {})
+        skipped = float(logs.pop(SKIPPED, 0.0)) > 0
+        step_loss = logs.pop(STEP_LOSS, None)
+        if skipped:
+            self._skipped += 1
+            return  # the step did not happen: it is logged with the next one that does
+        if step_loss is not None:
+            self._loss_sum += float(step_loss)
+            self._loss_n += 1
         step = self._step()
         if step % self.log_every and step != self.total_steps:
             return
@@ -74,15 +81,11 @@ class TrainingMonitor(keras.callbacks.Callback):
         steps = step - self._window_step
         seconds = max(now - self._window_start, 1e-9)
         self._window_step, self._window_start = step, now
-        values = {k: float(v) for k, v in (logs or {}).items()}
-        if "loss" in values:  # the window's mean, from Keras' running mean of the epoch
-            mean, t = values["loss"], self._t
-            n = self._carry_n + t - self._window_t
-            if n > 0:
-                values["loss"] = (self._carry_sum + t * mean
-                                  - self._window_t * self._window_mean) / n
-            self._window_t, self._window_mean = t, mean
-            self._carry_sum, self._carry_n = 0.0, 0
+        values = {k: float(v) for k, v in logs.items()}
+        if self._loss_n:  # the window's mean of the steps' own losses
+            values["loss"] = self._loss_sum / self._loss_n
+        values["skipped_steps"] = float(self._skipped)
+        self._loss_sum, self._loss_n, self._skipped = 0.0, 0, 0
         values["learning_rate"] = current_learning_rate(self.model.optimizer)
         if steps > 0:
             values["tokens_per_second"] = self.tokens_per_step * steps / seconds
@@ -100,9 +103,6 @@ class TrainingMonitor(keras.callbacks.Callback):
             self.echo(f"step {step}/{self.total_steps}  " + _format(values))
 
     def on_epoch_end(self, epoch, logs=None):
-        if "loss" in (logs or {}) and self._t > self._window_t:  # carry the unlogged steps
-            self._carry_sum += self._t * float(logs["loss"]) - self._window_t * self._window_mean
-            self._carry_n += self._t - self._window_t
         step = self._step()
         values = {k[4:]: float(v) for k, v in (logs or {}).items() if k.startswith("val_")}
         if not values:
@@ -132,7 +132,7 @@ def _format(values):
     for name, value in values.items():
         if name == "tokens_per_second":
             parts.append(f"{value / 1000:.1f}k tok/s")
-        elif name == "examples_per_second":
+        elif name == "examples_per_second" or (name == "skipped_steps" and not value):
             continue
         elif name == "mfu":
             parts.append(f"MFU {value:.1%}")

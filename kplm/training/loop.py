@@ -12,10 +12,15 @@ needs:
   instead restarts the interrupted epoch.
 - **Mid-interval resume.** Keras epochs are kplm's validation intervals. A run resumed between two
   validations first trains the rest of that interval as a short ``fit``, then goes on.
-- **Loss guard.** A non-finite training loss (or one above ``max_loss``) stops ``fit``, restores
-  the newest checkpoint from before it whose weights are finite, and goes on with the batches
-  after the offending one: the batches in between are skipped (the data iterator is not rewound).
-  After ``max_recoveries`` recoveries the run stops with a ``TrainingError``.
+- **Non-finite gate.** kplm's train step (``kplm.training.step``) skips the update of a step
+  whose gradients or loss are non-finite on any replica: the weights, the optimizer's slots
+  and its step stay as they were, and the next batch is trained as that step. Each skip is a
+  warning naming the step; ``max_skipped_steps`` skips in a row hand over to the loss guard.
+- **Loss guard.** A loss above ``max_loss``, too many skipped steps in a row, or non-finite
+  weights at a checkpoint stop ``fit``, restore the newest checkpoint from before it whose
+  weights are finite, and go on with the batches after the offending one: the batches in
+  between are skipped (the data iterator is not rewound). After ``max_recoveries`` recoveries
+  the run stops with a ``TrainingError``. No checkpoint with a non-finite weight is written.
 - **Signals.** SIGTERM and SIGINT during training write a checkpoint at the current step and stop
   with ``Interrupted``; the same command continues from there.
 
@@ -41,7 +46,9 @@ import tensorflow as tf
 from tensorflow.python.distribute import input_lib
 
 from kplm.errors import KplmError
+from kplm.finite import non_finite_weights, require_finite
 from kplm.training.checkpoints import CheckpointDirectory, checkpoint_of
+from kplm.training.step import SKIPPED, STEP_LOSS, install, is_installed
 
 
 class TrainingError(KplmError):
@@ -147,40 +154,59 @@ class _StopFit(Exception):
 class TrainResult:
     """What ``train`` returns: ``step`` (optimizer steps done), ``history`` (Keras' history of
     every ``fit`` call, merged), ``resumed_from`` (the checkpoint step, or None),
-    ``restore_seconds``, ``recoveries`` ([(bad_step, restored_step)])."""
+    ``restore_seconds``, ``recoveries`` ([(bad_step, restored_step)]), ``skipped_steps``
+    (the steps whose update the non-finite gate skipped, resumed runs' included)."""
 
     def __init__(self):
         self.step, self.history, self.resumed_from = 0, {}, None
-        self.restore_seconds, self.recoveries = 0.0, []
+        self.restore_seconds, self.recoveries, self.skipped_steps = 0.0, [], []
 
 
 class _Keeper(keras.callbacks.Callback):
-    """Per step: checks the loss, writes due checkpoints, and answers signals."""
+    """Per step: counts skipped updates, checks the loss, writes due checkpoints (only with
+    finite weights), and answers signals."""
 
-    def __init__(self, save, checkpoint_every, max_loss):
+    def __init__(self, save, checkpoint_every, max_loss, max_skipped_steps, echo=None):
         super().__init__()
         self._save, self.checkpoint_every, self.max_loss = save, checkpoint_every, max_loss
-        self.bad = None  # (step, loss) of the first bad step
+        self.max_skipped_steps, self.echo = max_skipped_steps, echo
+        self.bad = None  # (step, loss, what) of the first bad step
         self.signal = None
         self.saved = None  # the step of the newest checkpoint
-        self._t, self._mean = 0, 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t, self._mean = 0, 0.0  # Keras resets its running means every epoch
+        self.skipped = []  # steps whose update the gate skipped
+        self.in_a_row = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
         step = int(self.model.optimizer.iterations.numpy())
         self.data.batches += 1
-        self._t += 1
-        mean = float((logs or {}).get("loss", 0.0))
-        # Keras logs the running mean of the epoch; the step's own loss is the difference.
-        loss = self._t * mean - (self._t - 1) * self._mean if math.isfinite(mean) else mean
-        self._mean = mean
-        if not math.isfinite(loss) or (self.max_loss is not None and loss > self.max_loss):
-            self.bad = (step, loss)
-            raise _StopFit
+        loss = float(logs.get(STEP_LOSS, float("nan")))
+        if float(logs.get(SKIPPED, 0.0)) > 0:  # the gate kept the weights: step is not done
+            self.in_a_row += 1
+            self.skipped.append(step + 1)
+            message = (f"non-finite gradients at step {step + 1}: update skipped "
+                       f"({self.in_a_row} in a row, trainer.max_skipped_steps="
+                       f"{self.max_skipped_steps})")
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            if self.echo:
+                self.echo(message)
+            if self.in_a_row > self.max_skipped_steps:
+                self.bad = (step + 1, loss, f"{self.in_a_row} non-finite steps in a row")
+                raise _StopFit
+        else:
+            self.in_a_row = 0
+            if not math.isfinite(loss):  # a loss scaler's skip, or a model without kplm's step
+                self.bad = (step, loss, "a non-finite loss")
+                raise _StopFit
+            if self.max_loss is not None and loss > self.max_loss:
+                self.bad = (step, loss, f"a loss of {loss:.4g} above "
+                                        f"trainer.max_loss={self.max_loss}")
+                raise _StopFit
         signum = self.signal  # read once: a signal may land between two reads
         if (step % self.checkpoint_every == 0 or signum is not None) and step != self.saved:
+            if non_finite_weights(self.model.trainable_variables):
+                self.bad = (step, loss, "non-finite weights")
+                raise _StopFit
             self._save(step)
         if signum is not None:
             raise _StopFit
@@ -220,23 +246,25 @@ def _fit_of(model):
 
 
 def _weights_finite(model):
-    return all(bool(tf.reduce_all(tf.math.is_finite(tf.cast(v.value, tf.float32))).numpy())
-               for v in model.trainable_variables if v.dtype != "string")
+    return not non_finite_weights(model.trainable_variables)
 
 
 def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every=None, keep=3,
           validation_data=None, callbacks=(), strategy=None, max_loss=None, max_recoveries=3,
-          resume=True, write=True, echo=None):
+          max_skipped_steps=10, resume=True, write=True, echo=None):
     """Train a compiled ``model`` on ``dataset`` (an endless ``tf.data.Dataset`` of global
     batches) for ``steps`` optimizer steps with ``fit``, validating every ``eval_every`` steps,
     checkpointing into ``checkpoint_dir`` every ``checkpoint_every`` steps (default
     ``eval_every``), resuming from its newest checkpoint when ``resume``.
 
     ``callbacks`` run after kplm's checkpoint keeper, in order; ``write=False`` (multi-worker
-    non-chief) keeps checkpoints off the disk. Returns a ``TrainResult``.
+    non-chief) keeps checkpoints off the disk. A model compiled without kplm's train step is
+    given it (``kplm.training.step.install``: the non-finite gate). Returns a ``TrainResult``.
     """
     import time
 
+    if not is_installed(model):
+        install(model)
     checkpoint_every = checkpoint_every or eval_every
     data = PositionedData(dataset, strategy)
     store = CheckpointDirectory(checkpoint_dir, keep=keep, write=write)
@@ -248,16 +276,18 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
     recoveries = []
 
     def state():
-        return {"batches": data.batches, "recoveries": [list(r) for r in recoveries]}
+        return {"batches": data.batches, "recoveries": [list(r) for r in recoveries],
+                "skipped_steps": list(keeper.skipped)}
 
     def step_now():
         return int(optimizer.iterations.numpy())
 
     def save(step):
+        require_finite(model, f"the checkpoint of step {step} in {checkpoint_dir}")
         store.save(checkpoint, step, state())
         keeper.saved = step
 
-    keeper = _Keeper(save, checkpoint_every, max_loss)
+    keeper = _Keeper(save, checkpoint_every, max_loss, max_skipped_steps, echo)
     keeper.data = data
     if not resume:
         store.clear()  # a new run: another run's checkpoints must not be pruned into or restored
@@ -272,6 +302,7 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
                 data.skip(restored.get("batches", 0))
                 result.restore_seconds = time.perf_counter() - start
             recoveries.extend(tuple(r) for r in restored.get("recoveries", []))
+            keeper.skipped = list(restored.get("skipped_steps", []))
             result.resumed_from = keeper.saved = restored["step"]
             if echo:
                 echo(f"resuming from {restored['path']} (step {restored['step']}, restored in "
@@ -295,7 +326,8 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
                 pass
             # Keras' History callback (model.history) keeps the epochs finished before a stop.
             for key, values in getattr(model.history, "history", {}).items():
-                result.history.setdefault(key, []).extend(values)
+                if key not in (STEP_LOSS, SKIPPED):  # per-step values, not epoch means
+                    result.history.setdefault(key, []).extend(values)
             if keeper.signal is not None and step_now() < steps:
                 if keeper.saved != step_now():  # the signal came during a validation
                     save(step_now())
@@ -304,28 +336,29 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
                                   f"{checkpoint_dir}; run the same command again to continue",
                                   keeper.signal)
             if keeper.bad is not None:
-                bad_step, loss = keeper.bad
-                what = ("a non-finite loss" if not math.isfinite(loss) else
-                        f"a loss of {loss:.4g} above trainer.max_loss={max_loss}")
+                bad_step, loss, what = keeper.bad
+                keeper.in_a_row = 0
                 if len(recoveries) >= max_recoveries:
                     raise TrainingError(
                         f"{what} at step {bad_step}, after {len(recoveries)} recoveries "
                         f"(trainer.max_recoveries={max_recoveries}); stopped. The last good "
                         f"checkpoint is in {checkpoint_dir}: lower the learning rate or check "
                         "the data around this step")
+                batches_read = data.batches
                 restored = store.restore(checkpoint_of(model), before=bad_step,
                                          accept=lambda: _weights_finite(model))
                 if restored is None:
                     raise TrainingError(f"{what} at step {bad_step} and no checkpoint with "
                                         f"finite weights before it in {checkpoint_dir}")
-                # checkpoints after the restored one belong to the abandoned trajectory (one may
-                # hold the non-finite weights): a later resume must not start from them
+                # checkpoints after the restored one belong to the abandoned trajectory: a later
+                # resume must not start from them
                 store.discard_after(restored["step"])
                 keeper.saved = restored["step"]
+                keeper.skipped = list(restored.get("skipped_steps", []))
                 recoveries.append((bad_step, restored["step"]))
                 warnings.warn(f"{what} at step {bad_step}: restored the checkpoint of step "
-                              f"{restored['step']} and skipped the {bad_step - restored['step']} "
-                              f"batch(es) since ({len(recoveries)}/{max_recoveries} recoveries)",
+                              f"{restored['step']} and skipped the "
+                              f"{batches_read - restored.get('batches', 0)} batch(es) since ({len(recoveries)}/{max_recoveries} recoveries)",
                               RuntimeWarning, stacklevel=2)
                 if echo:
                     echo(f"recovered from {what} at step {bad_step}: back to step "
@@ -337,4 +370,5 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
     if keeper.saved != final:
         save(final)
     result.step, result.recoveries = final, list(recoveries)
+    result.skipped_steps = list(keeper.skipped)
     return result

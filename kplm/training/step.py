@@ -100,12 +100,26 @@ class _Step:
         self.counts, self.micro_batches = counts, micro_batches
 
 
+#: Keys the kplm train step adds to the logs Keras hands callbacks after each step: the step's
+#: own loss (the global mean over all replicas and micro-batches, not Keras' running mean) and
+#: 1.0 when the non-finite gate skipped the update (else 0.0).
+STEP_LOSS, SKIPPED = "step_loss", "skipped_step"
+
+
 def install(model, accumulation_steps=1):
-    """Train ``model`` (compiled) on ``accumulation_steps`` micro-batches per optimizer step.
+    """Train ``model`` (compiled) with kplm's train step: ``accumulation_steps`` micro-batches
+    per optimizer step, and a non-finite gate on the update.
+
+    The gate: when the step's gradients or loss hold a NaN or an infinity on any replica, the
+    update is skipped: weights, optimizer slots and the step counter (so Adam's bias
+    correction and the learning-rate schedule) stay as they were, and the step's loss stays out
+    of the loss's running mean. Every replica takes the same decision (one all-reduce of the
+    squared gradient norm and the loss). The logs of each step say so (``skipped_step``) and
+    carry the step's own loss (``step_loss``). Under a ``LossScaleOptimizer`` (``mixed_float16``)
+    the loss scaler's own skip-and-rescale is left as it is.
 
     Call after ``compile`` and before ``fit``; each replica's batch (global batch / replicas)
-    must split evenly (``kplm.training.distribute.check_batch_size``). With 1 it changes
-    nothing: kplm's losses are exact on any strategy without it. Returns the model.
+    must split evenly (``kplm.training.distribute.check_batch_size``). Returns the model.
 
     Example:
     >>> import keras, numpy as np
@@ -115,43 +129,59 @@ def install(model, accumulation_steps=1):
     >>> history = model.fit(np.ones((4, 3)), np.zeros((4, 2)), batch_size=4, verbose=0)
     >>> int(model.optimizer.iterations)  # one update for the 2 micro-batches
     1
+    >>> x = np.ones((4, 3)); x[0, 0] = np.nan  # a NaN input: non-finite gradients
+    >>> history = model.fit(x, np.zeros((4, 2)), batch_size=4, verbose=0)
+    >>> int(model.optimizer.iterations), history.history["skipped_step"]  # skipped
+    (1, [1.0])
+    >>> bool(np.isfinite(model.layers[0].kernel.numpy()).all())
+    True
     """
-    if accumulation_steps < 1:
-        raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
-    if accumulation_steps > 1:
-        model.train_step = lambda data: accumulated_train_step(model, data, accumulation_steps)
-        model.train_function = None  # rebuilt around the new step
+    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) \
+            or accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
+    model.train_step = lambda data: train_step(model, data, accumulation_steps)
+    model.train_function = None  # rebuilt around the new step
+    model._kplm_train_step = True
     return model
 
 
-def accumulated_train_step(model, data, k):
-    """One optimizer step over ``k`` micro-batches of ``data`` (runs in the replica context)."""
+def is_installed(model):
+    """Whether ``install`` gave ``model`` kplm's train step."""
+    return bool(getattr(model, "_kplm_train_step", False))
+
+
+def train_step(model, data, k):
+    """One optimizer step over ``k`` micro-batches of ``data`` (runs in the replica context):
+    forward and backward per micro-batch, gradients summed, then the gate and the update."""
     import tensorflow as tf
     from keras.src import tree
     from keras.src.losses.loss import unscale_loss_for_distribution
     from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
 
     x, y, sample_weight = unpack_x_y_sample_weight(data)
-    counts = target_counts(model, x, y, sample_weight)
+    counts = target_counts(model, x, y, sample_weight) if k > 1 else {}
     if counts:
         keys = list(counts)
         total = all_reduce_sum(tf.stack([tf.cast(counts[key], "float32") for key in keys]))
         counts = {key: total[i] for i, key in enumerate(keys)}
     rows = tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
-    tf.debugging.assert_equal(rows % k, 0, message=(
-        "gradient accumulation: each replica's batch must split into micro-batches evenly"))
+    if k > 1:
+        tf.debugging.assert_equal(rows % k, 0, message=(
+            "gradient accumulation: each replica's batch must split into micro-batches evenly"))
     size = rows // k
     weights = model.trainable_weights
     gradients = [None] * len(weights)
+    step_loss = tf.constant(0.0)  # this replica's share of the step's mean loss
     previous = getattr(_state, "step", None)
-    _state.step = _Step(counts, k)
+    if k > 1:  # one micro-batch: the losses divide by the global count themselves
+        _state.step = _Step(counts, k)
     try:
         for i in range(k):
             # Wait for the previous micro-batch's gradients: otherwise TF may run the k
             # forward passes at once, and the memory accumulation saves is spent anyway.
             with tf.control_dependencies([getattr(g, "values", g) for g in gradients
                                           if g is not None]):
-                part = tree.map_structure(
+                part = (x, y, sample_weight) if k == 1 else tree.map_structure(
                     lambda t: None if t is None else tf.identity(t[i * size:(i + 1) * size]),
                     (x, y, sample_weight))
             xm, ym, wm = part
@@ -159,17 +189,84 @@ def accumulated_train_step(model, data, k):
                 y_pred = model(xm, training=True) if model._call_has_training_arg else model(xm)
                 loss = model._compute_loss(x=xm, y=ym, y_pred=y_pred, sample_weight=wm,
                                            training=True)
-                model._loss_tracker.update_state(unscale_loss_for_distribution(loss),
-                                                 sample_weight=size)
                 # Each micro-batch's loss is a mean-like value; the step's loss is their mean.
                 scaled = model.optimizer.scale_loss(loss / k)
             gradients = [add_gradients(a, g)
                          for a, g in zip(gradients, tape.gradient(scaled, weights))]
-            logs = model.compute_metrics(xm, ym, y_pred, sample_weight=wm)
+            step_loss += tf.cast(loss, "float32") / k
+            # Metrics are per-replica state (no collective): a micro-batch whose own loss is
+            # non-finite stays out of them.
+            tf.cond(tf.math.is_finite(tf.cast(loss, "float32")),
+                    lambda: _update_metrics(model, xm, ym, y_pred, wm), lambda: tf.constant(False))
     finally:
         _state.step = previous
-    model.optimizer.apply_gradients(zip(gradients, weights))
+    gated = not isinstance(model.optimizer, keras_loss_scale_optimizer())
+    squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(getattr(g, "values", g), "float32")))
+                        for g in gradients if g is not None] or [tf.constant(0.0)])
+    # one all-reduce: every replica sees the same global loss and decides the same
+    squares, global_loss = tf.unstack(all_reduce_sum(tf.stack([squares, step_loss])))
+    finite = tf.math.logical_and(tf.math.is_finite(squares), tf.math.is_finite(global_loss))
+    if not gated:  # the loss scaler skips (and rescales) on its own
+        finite = tf.constant(True)
+    tf.cond(finite, lambda: _track_loss(model, unscale_loss_for_distribution(step_loss), rows),
+            lambda: tf.constant(False))
+    if gated:
+        apply_if_finite(model.optimizer, gradients, weights, finite)
+    else:
+        model.optimizer.apply(gradients, weights)
+    logs = dict(model.get_metrics_result())
+    logs[STEP_LOSS] = global_loss
+    logs[SKIPPED] = 1.0 - tf.cast(finite, "float32")
     return logs
+
+
+def _update_metrics(model, x, y, y_pred, sample_weight):
+    model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    return tf_true()
+
+
+def _track_loss(model, loss, rows):
+    model._loss_tracker.update_state(loss, sample_weight=rows)
+    return tf_true()
+
+
+def tf_true():
+    import tensorflow as tf
+    return tf.constant(True)
+
+
+def keras_loss_scale_optimizer():
+    import keras
+    return keras.optimizers.LossScaleOptimizer
+
+
+def apply_if_finite(optimizer, gradients, variables, finite):
+    """``optimizer.apply(gradients, variables)`` when ``finite`` (a boolean every replica
+    agrees on), else nothing: the weights, the optimizer's slots and its step counter stay as
+    they are. Runs in the replica context; the decision is taken in the cross-replica context,
+    since an optimizer's update calls ``merge_call``, which a ``tf.cond`` branch in the replica
+    context may not."""
+    import tensorflow as tf
+
+    def skip():
+        return tf.constant(False)
+
+    def decide(distribution, gradients, finite):
+        flag = distribution.experimental_local_results(finite)[0]
+
+        def update():
+            distribution.extended.call_for_each_replica(optimizer.apply,
+                                                        args=(gradients, variables))
+            return tf.constant(True)
+
+        return tf.cond(flag, update, skip)
+
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        raise RuntimeError("apply_if_finite runs in a replica context (inside strategy.run)")
+    pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+    gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
+    return context.merge_call(decide, args=(gradients, finite))
 
 
 def add_gradients(total, gradient):
