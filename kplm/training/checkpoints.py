@@ -240,11 +240,14 @@ def _size_and_crc(path):
 
 
 def _cause(error):
-    """One short line saying why a write failed."""
+    """One short line saying why a write failed: the system's words ("No space left on
+    device", "File too large", "Read-only file system"), without TensorFlow's op decoration."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     text = str(getattr(error, "message", None) or error).strip()
-    text = text.splitlines()[-1] if text else type(error).__name__
+    text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", text).strip()
+    text = text.splitlines()[-1].strip() if text else ""
+    text = text.rsplit("; ", 1)[-1].strip() or type(error).__name__
     return text[:200]
 
 

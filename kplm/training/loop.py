@@ -291,6 +291,7 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
     keeper.data = data
     if not resume:
         store.clear()  # a new run: another run's checkpoints must not be pruned into or restored
+    restored = None
     if store.complete():
         start = time.perf_counter()
         restored = store.restore(checkpoint, accept=lambda: _weights_finite(model))
@@ -307,8 +308,8 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
             if echo:
                 echo(f"resuming from {restored['path']} (step {restored['step']}, restored in "
                      f"{result.restore_seconds:.1f} s)")
-    if not store.complete():
-        save(step_now())  # step 0: a loss-guard recovery always has a checkpoint to go back to
+    if restored is None:  # a new run, or every checkpoint damaged: start from step 0
+        save(step_now())  # a loss-guard recovery always has a checkpoint to go back to
 
     with _signals_to(keeper):
         while step_now() < steps:
