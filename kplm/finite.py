@@ -10,7 +10,7 @@ Example:
 >>> layer = keras.layers.Dense(2)
 >>> layer.build((None, 3))
 >>> require_finite(layer, "a test layer")  # finite: nothing happens
->>> layer.kernel.assign(np.full((3, 2), np.nan, "float32"))
+>>> _ = layer.kernel.assign(np.full((3, 2), np.nan, "float32"))
 >>> require_finite(layer, "a test layer")  # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
 kplm.finite.NonFiniteWeightsError: not writing a test layer: weight ... is non-finite
