@@ -27,6 +27,10 @@ _LAZY = {
     "KplmError": "kplm.errors",
     "ConfigError": "kplm.errors",
     "DataError": "kplm.errors",
+    # refusing hostile input: declarative limits, bounded quoting, file reads naming the file
+    "check_limits": "kplm.checks",
+    "shown": "kplm.errors",
+    "reading": "kplm.errors",
     # configs and runs
     "load_yaml": "kplm.config",
     "apply_overrides": "kplm.config",
@@ -37,6 +41,10 @@ _LAZY = {
     "load_backbone": "kplm.runs",
     "load_tokenizer": "kplm.runs",
     "load_pretrained": "kplm.pretrained",
+    # writing outputs: one rule for every writer (built-in commands and plugins)
+    "atomic_output": "kplm.outputs",
+    "check_output": "kplm.outputs",
+    "OutputError": "kplm.outputs",
     "PretrainedBackbone": "kplm.components",
     # components
     "TextFiles": "kplm.data.text_files",
@@ -82,6 +90,9 @@ _LAZY = {
     "is_chief": "kplm.training.distribute",
     "global_mean": "kplm.training.step",
     "install_train_step": "kplm.training.step",
+    "require_finite": "kplm.finite",
+    "NonFiniteWeightsError": "kplm.finite",
+    "CheckpointWriteError": "kplm.training.checkpoints",
     "TokenLoss": "kplm.models.token_loss",
 }
 

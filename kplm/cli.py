@@ -1,28 +1,85 @@
 """The ``kplm`` launcher: parse arguments, call a library function, print. Commands come from
 plugins (built-in ones included) through the ``register_commands`` hook."""
+import errno
 import os
 import sys
+import warnings
 
 import click
 
 from kplm import __version__
-from kplm.errors import KplmError
+from kplm.errors import KplmError, KplmWarning, clip, describe
+
+
+#: OSErrors a user causes (a path missing, unreadable, of the wrong kind, a full or read-only
+#: disk): the CLI reports them as one line naming the file, as a last line of defence.
+_USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                errno.EEXIST, errno.ENOTEMPTY, errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EFBIG,
+                errno.EXDEV, errno.EBUSY, errno.ETXTBSY}
+
+
+def _debug():
+    return bool(os.environ.get("KPLM_DEBUG"))
+
+
+def _error(message, ctx, code):
+    """Print ``Error: message`` as one line on stderr and exit with ``code``."""
+    click.echo(f"Error: {clip(message, 2000)}", err=True)
+    ctx.exit(code)
+
+
+def _os_error_message(e):
+    where = e.filename if e.filename is not None else ""
+    if e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    reason = e.strerror or describe(e)
+    return f"{where}: {reason}" if where else reason
 
 
 class _Group(click.Group):
-    """Runs commands so that a user mistake is one line on stderr, not a traceback."""
+    """Runs commands so that a user mistake is one line on stderr, not a traceback: a
+    ``KplmError``, a usage error (bad option or argument), or an ``OSError`` a user causes."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:  # kplm's own options
+            if _debug():
+                raise
+            _error(f"{e.format_message()} (see 'kplm --help')", ctx, e.exit_code)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except KplmError as e:
-            if os.environ.get("KPLM_DEBUG"):
+        except click.UsageError as e:  # a command's options and arguments
+            if _debug():
                 raise
-            click.echo(f"Error: {e}", err=True)
-            ctx.exit(getattr(e, "exit_code", 1))
+            path = e.ctx.command_path if e.ctx is not None else "kplm"
+            _error(f"{e.format_message()} (see '{path} --help')", ctx, e.exit_code)
+        except KplmError as e:
+            if _debug():
+                raise
+            _error(str(e), ctx, getattr(e, "exit_code", 1))
+        except OSError as e:
+            if _debug() or not (e.errno in _USER_ERRNOS or e.filename is not None):
+                raise
+            _error(_os_error_message(e), ctx, 1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """kplm's own warnings are one ``Warning:`` line; others as Python shows them."""
+    if issubclass(category, KplmWarning):
+        click.echo(f"Warning: {clip(message, 2000)}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+warnings.showwarning = _show_warning
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,7 +99,7 @@ def _load_commands():
     try:
         register_commands(cli)
     except KplmError as e:  # strict plugin mode: a broken plugin is an error
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {clip(e, 2000)}", err=True)
         sys.exit(1)
 
 
@@ -50,6 +107,9 @@ _load_commands()
 
 
 def main():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ log (oneDNN notes, finalizer chatter) is not kplm's output; --debug keeps
+    # its errors.
+    debug = "--debug" in sys.argv[1:] or _debug()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if debug else "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     cli(prog_name="kplm")

@@ -43,9 +43,10 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def pretrain(config, overrides, overwrite):
     """Pretrain a backbone as the YAML CONFIG says."""
+    raw = _config(config, overrides)  # YAML errors before TensorFlow's seconds of import
     import_tensorflow_quietly()
     from kplm.training.pretrain import pretrain as run
-    metrics = run(_config(config, overrides), overwrite=overwrite, echo=click.echo)
+    metrics = run(raw, overwrite=overwrite, echo=click.echo)
     click.echo(json.dumps({"train": metrics["train"], "validation": metrics["validation"]}))
 
 
@@ -55,9 +56,10 @@ def pretrain(config, overrides, overwrite):
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def finetune(config, overrides, overwrite):
     """Fine-tune a head (on init_from's pretrained backbone) as the YAML CONFIG says."""
+    raw = _config(config, overrides)  # YAML errors before TensorFlow's seconds of import
     import_tensorflow_quietly()
     from kplm.training.finetune import finetune as run
-    metrics = run(_config(config, overrides), overwrite=overwrite, echo=click.echo)
+    metrics = run(raw, overwrite=overwrite, echo=click.echo)
     click.echo(json.dumps({k: v for k, v in metrics.items() if k in ("validation", "test")}))
 
 
@@ -66,9 +68,22 @@ def finetune(config, overrides, overwrite):
 @click.option("--data", "paths", multiple=True, required=True,
               help="Labelled file(s) in the format of the run's validation data (repeatable).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Where to write the metrics (default RUN_DIR/metrics.json, key 'evaluate').")
-def evaluate(run_dir, paths, output):
+              help="Where to write the metrics (default RUN_DIR/metrics.json, key 'evaluate'); "
+                   "a new file in an existing folder (written atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace the --output file if it exists.")
+def evaluate(run_dir, paths, output, overwrite):
     """Evaluate a fine-tuned RUN_DIR on labelled data; print and write the metrics."""
+    from kplm.outputs import atomic_output, check_output
+    rule = dict(what="--output", file=True, overwrite=overwrite, inputs=[run_dir, *paths])
+    if output:
+        check_output(output, **rule)  # before the model is loaded
+    else:  # the run's metrics.json takes the result: read (and check) it before evaluating
+        from kplm.errors import KplmError
+        from kplm.runs import read_json
+        path = os.path.join(run_dir, "metrics.json")
+        existing = read_json(path, "the run's metrics") if os.path.exists(path) else {}
+        if not isinstance(existing, dict) or not isinstance(existing.get("evaluate", {}), dict):
+            raise KplmError(f"{path}: expected a JSON object of the run's metrics")
     import_tensorflow_quietly()
     from kplm.runs import write_json
     from kplm.training.finetune import FinetunedRun
@@ -76,10 +91,9 @@ def evaluate(run_dir, paths, output):
     metrics = run.evaluate(run.source(paths))
     result = {"data": list(paths), **metrics}
     if output:
-        write_json(output, result)
+        with atomic_output(output, **rule) as tmp:
+            write_json(tmp, result)
     else:
-        path = os.path.join(run_dir, "metrics.json")
-        existing = json.load(open(path)) if os.path.exists(path) else {}
         existing.setdefault("evaluate", {})[",".join(paths)] = metrics
         write_json(path, existing)
     click.echo(json.dumps(result))
@@ -87,27 +101,36 @@ def evaluate(run_dir, paths, output):
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--input", "-i", "input_path", type=click.File("r", encoding="utf-8"), default="-",
+@click.option("--input", "-i", "input_path", type=click.File("rb"), default="-",
               help="One example per line; two-input heads take FIRST<TAB>SECOND (QA: "
                    "QUESTION<TAB>CONTEXT); - is stdin.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Write JSON lines here instead of stdout (written atomically).")
-def predict(run_dir, input_path, output):
+              help="Write JSON lines here instead of stdout: a new file in an existing folder "
+                   "(written atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace the --output file if it exists.")
+def predict(run_dir, input_path, output, overwrite):
     """Predict with a fine-tuned RUN_DIR; writes one JSON object per input line."""
+    from kplm.outputs import atomic_output, check_output
+    rule = dict(what="--output", file=True, overwrite=overwrite,
+                inputs=[run_dir, getattr(input_path, "name", None)])
+    if output:
+        check_output(output, **rule)  # before the model is loaded
+    from kplm.data.files import input_lines
+    name = getattr(input_path, "name", "-")  # stdin under click.testing has no name
+    given = list(input_lines(input_path, name))  # UTF-8, checked before loading
     import_tensorflow_quietly()
     from kplm.errors import DataError
     from kplm.training.finetune import FinetunedRun
     run = FinetunedRun(run_dir)
     head = run.head
     examples = []
-    for number, line in enumerate(input_path, 1):
-        line = line.rstrip("\n")
+    for number, line in given:
         if not line.strip():
             continue
         if head.pair_field:
             parts = line.split("\t")
             if len(parts) != 2:
-                raise DataError(f"{input_path.name}:{number}: expected "
+                raise DataError(f"{name}:{number}: expected "
                                 f"{head.text_field.upper()}<TAB>{head.pair_field.upper()}")
             examples.append({head.text_field: parts[0], head.pair_field: parts[1]})
         else:
@@ -115,10 +138,8 @@ def predict(run_dir, input_path, output):
     lines = [json.dumps({**ex, **p}, ensure_ascii=False)
              for ex, p in zip(examples, run.predict(examples))]
     if output:
-        tmp = output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_output(output, **rule) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, output)
     else:
         for line in lines:
             click.echo(line)
@@ -132,17 +153,28 @@ def predict(run_dir, input_path, output):
                    "backbone + tokenizer as a keras-hub preset; hf: as a Hugging Face BertModel "
                    "directory.")
 @click.option("--output", "-o", type=click.Path(file_okay=False),
-              help="Directory to write (default: RUN_DIR/export/FORMAT).")
-def export(run_dir, fmt, output):
+              help="Directory to write (default: RUN_DIR/export/FORMAT): new or empty; written "
+                   "under a temporary name and renamed when complete.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a previous export of the same format in OUTPUT (never other files, "
+                   "a run, a checkpoint or prepared shards).")
+def export(run_dir, fmt, output, overwrite):
     """Export RUN_DIR for serving (a SavedModel) or as a keras-hub / Hugging Face checkpoint.
 
     RUN_DIR is a fine-tuned run; for --format keras_hub or hf it may also be a pretraining run,
     a keras-hub preset or a Hugging Face directory (converting between the formats)."""
-    import_tensorflow_quietly()
+    from kplm.outputs import check_output
+    from kplm.pretrained.huggingface import HF_EXPORT_NAMES
+    from kplm.pretrained.presets import PRESET_NAMES
+    from kplm.serving import SAVED_MODEL_NAMES
     output = output or os.path.join(run_dir, "export", fmt)
+    names = {"saved_model": SAVED_MODEL_NAMES, "keras_hub": PRESET_NAMES, "hf": HF_EXPORT_NAMES}
+    check_output(output, what="--output", overwrite=overwrite, inputs=[run_dir],
+                 names=names[fmt])  # before anything is loaded
+    import_tensorflow_quietly()
     if fmt == "saved_model":
         from kplm.serving import export_saved_model
-        export_saved_model(run_dir, output, echo=click.echo)
+        export_saved_model(run_dir, output, echo=click.echo, overwrite=overwrite)
         return
     from kplm.training.finetune import HEAD_CONFIG, FinetunedRun
     if os.path.exists(os.path.join(run_dir, HEAD_CONFIG)):
@@ -153,17 +185,17 @@ def export(run_dir, fmt, output):
         backbone, tok = load_pretrained(run_dir, key="RUN_DIR")
     if fmt == "keras_hub":
         from kplm.pretrained.presets import save_preset
-        save_preset(backbone, tok, output)
+        save_preset(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
     else:
         from kplm.pretrained.huggingface import export_bert
-        export_bert(backbone, tok, output)
+        export_bert(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
     click.echo(f"exported the backbone and tokenizer of {run_dir} to {output} ({fmt})")
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--prompt", "prompts", multiple=True, help="A prompt to continue (repeatable).")
-@click.option("--file", "prompt_file", type=click.File("r", encoding="utf-8"),
+@click.option("--file", "prompt_file", type=click.File("rb"),
               help="Prompts, one per line (- is stdin).")
 @click.option("--sampler", type=click.Choice(["greedy", "top_k", "top_p", "beam"]),
               default="greedy", show_default=True)
@@ -182,7 +214,9 @@ def generate(run_dir, prompts, prompt_file, sampler, max_length, top_k, top_p, n
     from kplm.errors import KplmError
     prompts = list(prompts)
     if prompt_file is not None:
-        prompts += [line.rstrip("\n") for line in prompt_file if line.strip()]
+        from kplm.data.files import input_lines
+        name = getattr(prompt_file, "name", "-")  # stdin under click.testing has no name
+        prompts += [line for _, line in input_lines(prompt_file, name) if line.strip()]
     if not prompts:
         raise KplmError("no prompt: give --prompt TEXT or --file PROMPTS.txt")
     import_tensorflow_quietly()
@@ -207,14 +241,18 @@ def tokenizer():
 @click.argument("config", type=click.Path(dir_okay=False))
 @set_option
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
-              help="Directory to write the tokenizer (its vocabulary and tokenizer.json) into.")
+              help="Directory to write the tokenizer (its vocabulary and tokenizer.json) into: "
+                   "new or empty, written under a temporary name and renamed when complete.")
 @click.option("--kind", help="Tokenizer kind to learn (wordpiece, sentencepiece, ...), instead "
               "of the config's tokenizer.name; the section's options that kind takes are kept.")
-def tokenizer_train(config, overrides, output, kind):
+@click.option("--overwrite", is_flag=True,
+              help="Replace a tokenizer OUTPUT holds (never other files).")
+def tokenizer_train(config, overrides, output, kind, overwrite):
     """Learn a vocabulary from CONFIG's data.train with CONFIG's tokenizer section."""
+    raw = _config(config, overrides)  # YAML errors before TensorFlow's seconds of import
     import_tensorflow_quietly()
     from kplm.tokenizers.train import train_tokenizer
-    tokens = train_tokenizer(_config(config, overrides), output, kind=kind)
+    tokens = train_tokenizer(raw, output, kind=kind, overwrite=overwrite)
     click.echo(f"wrote {len(tokens):,} tokens to {output}")
 
 
@@ -230,7 +268,8 @@ def data():
               help="Directory to write the shards, manifest.json and tokenizer/ into.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Processes tokenizing files in parallel (default: min(CPUs, files)).")
-@click.option("--overwrite", is_flag=True, help="Start again: delete OUTPUT first.")
+@click.option("--overwrite", is_flag=True,
+              help="Start again: replace the prepared shards in OUTPUT (never other files).")
 @click.option("--quiet", is_flag=True, help="No line per finished shard.")
 def data_prepare(config, overrides, output, workers, overwrite, quiet):
     """Tokenize CONFIG's data.train (and data.validation) once into TFRecord shards; resumable.

@@ -13,30 +13,110 @@ Example:
 """
 import difflib
 import inspect
+import math
 import os
 import types
 import typing
 
 import yaml
 
-from kplm.errors import ConfigError
+from kplm.checks import check_limits
+from kplm.errors import ConfigError, clip, describe, listed, shown
 
 _MISSING = inspect.Parameter.empty
+
+
+#: Configs are small: a file larger than this is refused before YAML parses it.
+MAX_CONFIG_BYTES = 4 << 20
+#: The most values a config may expand to (aliases counted as often as they are used), and its
+#: deepest nesting: a YAML alias bomb or a self-referencing alias is refused, not expanded.
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 32
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the
+    last silently); keys merged in with ``<<: *anchor`` may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: SafeConstructor reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {shown(key)} is given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text, where):
+    """Parse YAML ``text`` safely (no Python tags, no duplicate keys, no alias bombs); errors
+    name ``where`` (a file, or ``--set KEY=VALUE``) and the line."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}{line}: invalid YAML: {clip(problem)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested more than {MAX_CONFIG_DEPTH} "
+                          "levels deep") from None
+    _check_size(data, where)
+    return data
+
+
+def _check_size(data, where):
+    """Refuse a parsed config holding more than ``MAX_CONFIG_VALUES`` values once its aliases are
+    expanded, or nested deeper than ``MAX_CONFIG_DEPTH`` (walked without recursion, stopping at
+    the limit, so a bomb costs no more than a normal config)."""
+    stack, count = [(data, 0)], 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: the YAML expands to more than {MAX_CONFIG_VALUES:,} "
+                              "values (aliases of aliases?); refusing it")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where}: the YAML is nested more than {MAX_CONFIG_DEPTH} levels "
+                              "deep (or an alias refers to itself); refusing it")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def load_yaml(path):
     """Read a YAML mapping; errors name the file (and line for syntax errors)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {describe(e)}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {os.path.getsize(path):,} bytes is too large for a config "
+                          f"(at most {MAX_CONFIG_BYTES:,})")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: invalid UTF-8 (byte 0x{raw[e.start]:02x}); configs "
+                          "are UTF-8 text") from None
+    if "\0" in text:
+        line = text[:text.index("\0")].count("\n") + 1
+        raise ConfigError(f"{path}:{line}: a NUL byte; configs are text")
+    data = parse_yaml(text, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -49,11 +129,12 @@ def apply_overrides(config, overrides):
     for item in overrides or ():
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. trainer.steps=100")
+            raise ConfigError(f"--set {shown(item)}: expected KEY=VALUE, e.g. trainer.steps=100")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
+            value = yaml.load(raw, Loader=_Loader) if raw.strip() else None  # noqa: S506
+        except (yaml.YAMLError, RecursionError):
+            value = raw  # not YAML: the string itself
+        _check_size(value, f"--set {clip(key, 60)}")
         node = config
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
@@ -62,21 +143,21 @@ def apply_overrides(config, overrides):
                 child = node[part] = {}
             if not isinstance(child, dict):
                 section = ".".join(parts[:i + 1])
-                raise ConfigError(f"--set {item!r}: '{section}' is not a section")
+                raise ConfigError(f"--set {shown(item)}: '{clip(section, 60)}' is not a section")
             node = child
         node[parts[-1]] = value
     return config
 
 
 def suggest(key, candidates):
-    close = difflib.get_close_matches(str(key), list(candidates), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(key)[:100], list(candidates), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def unknown_key(path, key, candidates):
     full = f"{path}.{key}" if path else key
-    return ConfigError(f"unknown config key '{full}'.{suggest(key, candidates)} "
-                       f"Expected one of: {', '.join(sorted(candidates))}")
+    return ConfigError(f"unknown config key '{clip(full, 80)}'.{suggest(key, candidates)} "
+                       f"Expected one of: {listed(sorted(candidates), 160)}")
 
 
 def _type_name(annotation):
@@ -103,7 +184,8 @@ def check_value(value, annotation, path):
         return value
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    bad = ConfigError(f"config key '{path}': expected {_type_name(annotation)}, got {value!r}")
+    bad = ConfigError(f"config key '{path}': expected {_type_name(annotation)}, got "
+                      f"{shown(value)}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -119,7 +201,7 @@ def check_value(value, annotation, path):
         if value in args:
             return value
         raise ConfigError(f"config key '{path}': expected one of {', '.join(map(repr, args))}, "
-                          f"got {value!r}.{suggest(value, [str(a) for a in args])}")
+                          f"got {shown(value)}.{suggest(value, [str(a) for a in args])}")
     if origin in (list, tuple) or annotation in (list, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             if args and isinstance(value, str) and args[0] is str:
@@ -135,20 +217,27 @@ def check_value(value, annotation, path):
             return value
         raise bad
     if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2 ** 63:
+                raise ConfigError(f"config key '{path}': {shown(value)} is out of range")
+            return value
         raise bad
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
+            number = float(value) if abs(value) < 1e308 else math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise bad
+        if number is None:
+            raise bad
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{path}': expected a finite number, got {shown(value)}")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -170,6 +259,18 @@ def signature_of(cls):
     return params, hints
 
 
+def _annotation(param, hints):
+    """A parameter's type: its annotation, or for an unannotated one (a Keras callback's) the
+    type of its default when that is a plain bool, int, float or str (an int default accepts
+    floats too: ``min_delta=0``)."""
+    annotation = hints.get(param.name, _MISSING)
+    if annotation is _MISSING and type(param.default) in (bool, int, float, str):
+        annotation = type(param.default)
+        if annotation is int:
+            annotation = typing.Union[int, float]
+    return annotation
+
+
 def check_arguments(cls, options, path, provided=()):
     """Check ``options`` against ``cls``'s constructor; return them with defaults filled in.
 
@@ -179,7 +280,7 @@ def check_arguments(cls, options, path, provided=()):
     if options is None:
         options = {}
     if not isinstance(options, dict):
-        raise ConfigError(f"config key '{path}': expected a mapping, got {options!r}")
+        raise ConfigError(f"config key '{path}': expected a mapping, got {shown(options)}")
     params, hints = signature_of(cls)
     allowed = [n for n in params if n not in provided]
     resolved = {}
@@ -188,7 +289,7 @@ def check_arguments(cls, options, path, provided=()):
             if key in provided:
                 raise ConfigError(f"config key '{path}.{key}' is set by kplm itself; remove it")
             raise unknown_key(path, key, allowed)
-        resolved[key] = check_value(value, hints.get(key, _MISSING), f"{path}.{key}")
+        resolved[key] = check_value(value, _annotation(params[key], hints), f"{path}.{key}")
     for name in allowed:
         if name in resolved:
             continue
@@ -197,6 +298,9 @@ def check_arguments(cls, options, path, provided=()):
             raise ConfigError(f"config key '{path}.{name}' is required "
                               f"({_type_name(hints.get(name, _MISSING))})")
         resolved[name] = default
+    check_limits(getattr(cls, "limits", None), resolved, path)
+    if callable(getattr(cls, "check_config", None)):  # checks beyond limits (kplm.checks)
+        cls.check_config(resolved, path)
     return resolved
 
 
@@ -208,11 +312,15 @@ def check_section(section, kind, path, registry, provided=()):
     if isinstance(section, str):
         section = {"name": section}
     if not isinstance(section, dict):
-        raise ConfigError(f"config key '{path}': expected a mapping with 'name:', got {section!r}")
+        raise ConfigError(f"config key '{path}': expected a mapping with 'name:', got "
+                          f"{shown(section)}")
     if "name" not in section:
         raise ConfigError(f"config key '{path}.name' is required: which {kind.replace('_', ' ')} "
                           f"to use ({', '.join(registry.names(kind))})")
     name = section["name"]
+    if not isinstance(name, str):
+        raise ConfigError(f"config key '{path}.name': expected a {kind.replace('_', ' ')} name, "
+                          f"got {shown(name)}")
     try:
         cls = registry.get(kind, name)
     except ConfigError:
@@ -226,7 +334,8 @@ def check_section(section, kind, path, registry, provided=()):
 def check_keys(mapping, allowed, path):
     """Refuse keys of ``mapping`` not in ``allowed``, with a suggestion."""
     if not isinstance(mapping, dict):
-        raise ConfigError(f"config key '{path or '<top>'}': expected a mapping, got {mapping!r}")
+        raise ConfigError(f"config key '{path or '<top>'}': expected a mapping, got "
+                          f"{shown(mapping)}")
     for key in mapping:
         if key not in allowed:
             raise unknown_key(path, key, allowed)
@@ -245,17 +354,26 @@ def check_run_header(raw, top_level_keys):
     top-level keys."""
     check_keys(raw, top_level_keys, "")
     run_dir = raw.get("run_dir")
-    if not isinstance(run_dir, str) or not run_dir:
+    if run_dir is None or run_dir == "":
         raise ConfigError("config key 'run_dir' is required: the directory this run writes")
+    if not isinstance(run_dir, str):
+        raise ConfigError(f"config key 'run_dir': expected a directory path, got {shown(run_dir)}")
+    if "\0" in run_dir:
+        raise ConfigError(f"config key 'run_dir': {shown(run_dir)} holds a NUL character")
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"config key 'seed': expected int, got {seed!r}")
+        raise ConfigError(f"config key 'seed': expected int, got {shown(seed)}")
+    if not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"config key 'seed' must be in [0, 2**32), got {shown(seed)}")
     return run_dir, seed
 
 
 def check_data(raw, splits, registry):
     """``data: {train: SOURCE, <split>: SOURCE, ...}`` -> ``{split: (class, section)}``."""
     data = raw.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config key 'data': expected a mapping of split names to data "
+                          f"sources, got {shown(data)}")
     if not isinstance(data, dict) or "train" not in data:
         raise ConfigError("config key 'data.train' is required: the training data source")
     check_keys(data, splits, "data")
@@ -270,3 +388,12 @@ def check_callbacks(raw, registry):
         raise ConfigError("config key 'callbacks': expected a list of {name: ...} sections")
     return [check_section(c, "callback", f"callbacks[{i}]", registry)
             for i, c in enumerate(callbacks)]
+
+
+def check_run_keys(config):
+    """Refuse top-level keys that no run config has, for the commands that read a few sections
+    of a pretraining or fine-tuning config (``tokenizer train``, ``data prepare``): they ignore
+    the others, but a misspelt key is still an error, not silently skipped."""
+    from kplm.training.finetune import TOP_LEVEL_KEYS as finetune_keys
+    from kplm.training.pretrain import TOP_LEVEL_KEYS as pretrain_keys
+    check_keys(config, sorted(set(pretrain_keys) | set(finetune_keys)), "")

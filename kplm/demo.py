@@ -11,6 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     """Pretrain the tiny BERT, fine-tune it on SST-2 sentiment, print what was reached."""
+    # TensorFlow's C++ warnings (input-pipeline notes) are not the demo's output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kplm.commands import import_tensorflow_quietly
     import_tensorflow_quietly()
     os.chdir(ROOT)  # the configs' data paths are relative to the repository

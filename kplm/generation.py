@@ -10,8 +10,9 @@ Example:
     generate(model, tokenizer, ["the game was"], max_length=32, sampler="top_k", k=10, seed=1)
 """
 import inspect
+import math
 
-from kplm.errors import ConfigError, KplmError
+from kplm.errors import ConfigError, KplmError, shown
 
 SAMPLERS = {"greedy": "GreedySampler", "top_k": "TopKSampler", "top_p": "TopPSampler",
             "beam": "BeamSampler"}
@@ -27,22 +28,25 @@ def make_sampler(sampler="greedy", **options):
     if isinstance(sampler, keras_hub.samplers.Sampler):
         return sampler
     if sampler not in SAMPLERS:
-        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {shown(sampler)}")
     cls = getattr(keras_hub.samplers, SAMPLERS[sampler])
     accepted = set(inspect.signature(cls.__init__).parameters) | {"temperature"}
     options = {k: v for k, v in options.items() if v is not None}
+    seed = options.get("seed")
+    if seed is not None and not 0 <= seed < 2 ** 31:
+        raise ConfigError(f"sampler option seed must be in [0, 2**31), got {shown(seed)}")
     if "seed" not in accepted:
         options.pop("seed", None)  # greedy and beam search draw nothing
     unknown = sorted(set(options) - accepted)
     if unknown:
         flags = {"k": "k (--top-k)", "p": "p (--top-p)", "num_beams": "num_beams (--num-beams)"}
-        raise ConfigError(f"sampler {sampler!r} takes no option "
+        raise ConfigError(f"sampler {shown(sampler)} takes no option "
                           f"{', '.join(flags.get(u, u) for u in unknown)}")
     for key, ok, rule in (("k", lambda v: v >= 1, ">= 1"), ("num_beams", lambda v: v >= 1, ">= 1"),
                           ("p", lambda v: 0 < v <= 1, "in (0, 1]"),
-                          ("temperature", lambda v: v > 0, "> 0")):
+                          ("temperature", lambda v: 0 < v < math.inf, "> 0 and finite")):
         if key in options and not ok(options[key]):
-            raise ConfigError(f"sampler option {key} must be {rule}, got {options[key]}")
+            raise ConfigError(f"sampler option {key} must be {rule}, got {shown(options[key])}")
     return cls(**options)
 
 
@@ -69,17 +73,43 @@ def use_sampler(model, sampler, use_cache, options):
 
 
 def load_generator(run_dir):
-    """The ``CausalLM`` and tokenizer of a finished ``causal_lm`` pretraining run."""
-    import kplm.models.decoder  # noqa: F401  (registers the serializable class)
-    from kplm.models.causal_lm import CausalLM
-    from kplm.runs import load_backbone, load_tokenizer
+    """The ``CausalLM`` and tokenizer of a finished ``causal_lm`` pretraining run; any other run
+    directory is refused in one line saying what it is, before weights are read."""
+    import os
 
-    backbone = load_backbone(run_dir)
-    family = getattr(backbone, "family", None)
+    import kplm.models.decoder  # noqa: F401  (registers the serializable class)
+    from kplm import runs
+    from kplm.models.causal_lm import CausalLM
+
+    need = "generate needs a decoder run (objective causal_lm)"
+    config_path = os.path.join(run_dir, runs.BACKBONE_CONFIG)
+    if not os.path.exists(config_path):
+        if os.path.exists(os.path.join(run_dir, "head.json")):
+            raise KplmError(f"{run_dir}: a fine-tuned run (head.json); {need}")
+        raise KplmError(f"{run_dir}: no saved backbone ({runs.BACKBONE_CONFIG}); {need}")
+    backbone = runs.rebuild(runs.read_json(config_path, "a saved backbone config"), config_path,
+                            "backbone")
+    family = getattr(backbone, "family", "encoder")
     if family != "decoder":
-        raise KplmError(f"{run_dir}: its backbone is a {type(backbone).__name__} (family "
-                        f"{family!r}); generation needs a decoder run (objective causal_lm)")
-    return CausalLM(backbone), load_tokenizer(run_dir)
+        trained = _objectives(os.path.join(run_dir, runs.CONFIG))
+        raise KplmError(f"{run_dir}: a pretraining run of an {family.replace('_', '-')} backbone "
+                        f"({type(backbone).__name__}{trained}); {need}")
+    runs.load_weights(backbone, os.path.join(run_dir, runs.BACKBONE_WEIGHTS), "backbone weights")
+    return CausalLM(backbone), runs.load_tokenizer(run_dir)
+
+
+def _objectives(config_path):
+    """``", objective masked_lm"`` as a run's ``config.yaml`` says, or ``""`` if it cannot."""
+    from kplm.config import load_yaml
+    try:
+        config = load_yaml(config_path)
+    except KplmError:
+        return ""
+    sections = config.get("objectives") or [config.get("objective")]
+    names = [s.get("name") if isinstance(s, dict) else s for s in sections
+             if isinstance(sections, list)]
+    names = [n for n in names if isinstance(n, str)]
+    return f", objective {' + '.join(names)}" if names else ""
 
 
 def encode_prompts(tokenizer, prompts, max_length):

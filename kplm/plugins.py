@@ -7,17 +7,21 @@ Environment:
                           not to load.
     KPLM_STRICT_PLUGINS   "1": a plugin that fails to load is an error instead of a report.
 
+A name in KPLM_LOAD_PLUGINS or KPLM_DISABLE_PLUGINS that no installed plugin has is a warning
+(``kplm plugins`` lists it as failed), and an error in strict mode.
+
 The plugin manager (and the registry filled from it) is the only global state in kplm.
 """
 import importlib
 import importlib.metadata
 import os
 import traceback
+import warnings
 
 import pluggy
 
 from kplm import hookspecs
-from kplm.errors import PluginError
+from kplm.errors import PluginError, PluginWarning, listed, shown
 from kplm.registry import KINDS, Registry
 
 DEFAULT_PLUGINS = (
@@ -74,8 +78,15 @@ def _env_list(var):
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
 def _strict():
-    return os.environ.get("KPLM_STRICT_PLUGINS", "").lower() in ("1", "true", "yes")
+    value = os.environ.get("KPLM_STRICT_PLUGINS", "").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise PluginError(f"KPLM_STRICT_PLUGINS must be 1 or 0 (true/false, yes/no), got "
+                          f"{shown(os.environ['KPLM_STRICT_PLUGINS'])}")
+    return value in _TRUE
 
 
 def _fail(failure):
@@ -84,10 +95,20 @@ def _fail(failure):
     _State.failures.append(failure)
 
 
+def _not_installed(var, name, installed):
+    """``var`` names a plugin no installed distribution provides: a warning (listed by
+    ``kplm plugins``), an error in strict mode. A typo must not silently load nothing."""
+    error = (f"{var} names plugin {shown(name)}, which is not installed (installed: "
+             f"{listed(sorted(installed), 100) or 'none'})")
+    _fail(PluginFailure(name, "not installed", error))
+    warnings.warn(error, PluginWarning, stacklevel=3)
+
+
 def get_plugin_manager():
     """The process-wide ``pluggy.PluginManager``, with built-in and installed plugins loaded."""
     if _State.pm is not None:
         return _State.pm
+    _strict()  # refuses a KPLM_STRICT_PLUGINS value it cannot read, before anything loads
     pm = pluggy.PluginManager("kplm")
     pm.add_hookspecs(hookspecs)
     _State.failures, _State.info = [], {}
@@ -102,9 +123,15 @@ def get_plugin_manager():
         _State.info[module_name] = {"distribution": "kplm", "version": __version__, "builtin": True}
 
     only = _env_list("KPLM_LOAD_PLUGINS")
+    entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    installed = {ep.name for ep in entry_points}
+    for name in sorted((only or set()) - installed - set(DEFAULT_PLUGINS)):
+        _not_installed("KPLM_LOAD_PLUGINS", name, installed)
+    for name in sorted(disabled - installed - set(DEFAULT_PLUGINS)):
+        _not_installed("KPLM_DISABLE_PLUGINS", name, installed)
     # pluggy's load_setuptools_entrypoints stops at the first failing plugin (PITFALLS 7), so
     # each entry point is loaded on its own and its failure recorded.
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points:
         if ep.name in disabled or (only is not None and ep.name not in only):
             continue
         if pm.get_plugin(ep.name) is not None:

@@ -6,8 +6,9 @@
 import importlib
 import json
 import os
+import warnings
 
-from kplm.errors import KplmError
+from kplm.errors import KplmError, describe, reading, shown
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer"
@@ -28,12 +29,98 @@ def write_json(path, data):
 
 
 def save_backbone(backbone, run_dir):
-    """Save a backbone's config and weights into ``run_dir`` (each file atomically)."""
+    """Save a backbone's config and weights into ``run_dir`` (each file atomically); a backbone
+    with a non-finite weight is refused (``kplm.finite``) before anything is written."""
     import keras
+
+    from kplm.finite import require_finite
     weights = os.path.join(run_dir, BACKBONE_WEIGHTS)
+    require_finite(backbone, weights)
     backbone.save_weights(weights + ".tmp.weights.h5")
     os.replace(weights + ".tmp.weights.h5", weights)
     write_json(os.path.join(run_dir, BACKBONE_CONFIG), keras.saving.serialize_keras_object(backbone))
+
+
+def read_json(path, what):
+    """The JSON document in ``path`` (a run's ``backbone.json``, ``head.json``, ...); a missing,
+    unreadable or invalid file is one ``KplmError`` line naming it and ``what`` it should be."""
+    with reading(path, what, error=KplmError):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+#: Top-level packages a run's JSON may name as the module defining its Keras classes: kplm and
+#: its plugins (``kplm_<thing>``); keras and keras_hub import their own.
+_TRUSTED_MODULES = ("kplm", "keras", "keras_hub")
+
+
+def rebuild(config, path, what="model"):
+    """The Keras model a run's JSON ``config`` (read from ``path``) describes, without weights.
+    Its ``module`` is imported first (the class registers itself then), only when it is a kplm
+    or plugin module; what the file gets wrong is one ``KplmError`` line naming it."""
+    import keras
+
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+        raise KplmError(f"{path}: not a saved Keras {what} (expected a JSON object with "
+                        "'class_name')")
+    module = config.get("module")
+    if module is not None:
+        if not isinstance(module, str) or not _trusted(module):
+            raise KplmError(f"{path}: names module {shown(module)}, which is not kplm's or a "
+                            "kplm plugin's (kplm_*); refusing to import it")
+        try:  # the backbone's class registers itself when its module is imported
+            importlib.import_module(module)
+        except ImportError as e:
+            raise KplmError(f"{path}: the {what}'s module {module} cannot be imported "
+                            f"({describe(e)}); is the plugin that defines it installed?") from None
+    try:
+        model = keras.saving.deserialize_keras_object(config)
+    except KplmError as e:  # a constructor's check: the file holds a bad value
+        raise KplmError(f"{path}: {e}") from None
+    except Exception as e:  # whatever a damaged or edited file makes Keras raise
+        raise KplmError(f"{path}: cannot rebuild the {what} from it: "
+                        f"{type(e).__name__}: {describe(e)}") from e
+    if not isinstance(model, keras.Model):
+        raise KplmError(f"{path}: describes a {type(model).__name__}, not a Keras {what}")
+    return model
+
+
+def saved_family(config):
+    """The ``family`` of the backbone class a saved ``backbone.json`` names (``"encoder"``
+    unless the class says otherwise), or None when the class cannot be found."""
+    if not isinstance(config, dict):
+        return None
+    module, name = config.get("module"), config.get("class_name")
+    if not isinstance(module, str) or not isinstance(name, str) or not _trusted(module):
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    return getattr(cls, "family", "encoder")
+
+
+def _trusted(module):
+    top = module.split(".")[0]
+    return top in _TRUSTED_MODULES or top.startswith("kplm_")
+
+
+def load_weights(model, path, what="weights"):
+    """``model.load_weights(path)``; a missing, truncated or damaged ``.weights.h5`` file, or one
+    of another architecture, is one ``KplmError`` line naming it. Keras only warns about
+    layers it skips (weights left as initialised): that is refused too, not ignored."""
+    with reading(path, f"{what} (.weights.h5)", error=KplmError), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    skipped = [w for w in caught if "Skipping" in str(w.message)
+               or "could not be loaded" in str(w.message)]
+    if skipped:
+        raise KplmError(f"{path}: {what} do not match the model (another architecture?): "
+                        f"{describe(skipped[0].message)}")
+    for w in caught:  # anything else Keras had to say, as it would have said it
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model
 
 
 def load_backbone(run_dir):
@@ -42,34 +129,36 @@ def load_backbone(run_dir):
     Example:
         backbone = kplm.load_backbone("runs/bert_tiny_mlm")
     """
-    import keras
-
     import kplm.models.encoder  # noqa: F401  (registers kplm's serializable classes)
     config_path = os.path.join(run_dir, BACKBONE_CONFIG)
     if not os.path.exists(config_path):
         raise KplmError(f"{run_dir}: no saved backbone ({BACKBONE_CONFIG}); is it a finished "
                         "pretraining run directory?")
-    with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
-    module = config.get("module") if isinstance(config, dict) else None
-    if module:  # the backbone's class registers itself when its module is imported
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise KplmError(f"{config_path}: the backbone's module {module} cannot be imported "
-                            f"({e}); is the plugin that defines it installed?") from None
-    backbone = keras.saving.deserialize_keras_object(config)
-    backbone.load_weights(os.path.join(run_dir, BACKBONE_WEIGHTS))
-    return backbone
+    backbone = rebuild(read_json(config_path, "a saved backbone config"), config_path,
+                       "backbone")
+    return load_weights(backbone, os.path.join(run_dir, BACKBONE_WEIGHTS), "backbone weights")
 
 
 def load_tokenizer(run_dir):
     """The tokenizer a run saved in ``run_dir/tokenizer``."""
     from kplm.plugins import get_registry
     path = os.path.join(run_dir, TOKENIZER)
+    config_path = os.path.join(path, "tokenizer.json")
+    if not os.path.isdir(path):
+        raise KplmError(f"{run_dir}: no saved tokenizer ({TOKENIZER}/)")
+    config = read_json(config_path, "a saved tokenizer config")
+    name = config.get("name", "wordpiece") if isinstance(config, dict) else None
+    if not isinstance(name, str):
+        raise KplmError(f"{config_path}: expected a JSON object with the tokenizer's 'name'")
     try:
-        with open(os.path.join(path, "tokenizer.json"), encoding="utf-8") as f:
-            name = json.load(f).get("name", "wordpiece")
-    except FileNotFoundError:
-        raise KplmError(f"{run_dir}: no saved tokenizer ({TOKENIZER}/)") from None
-    return get_registry().get("tokenizer", name).load(path)
+        cls = get_registry().get("tokenizer", name)
+    except KplmError as e:
+        raise KplmError(f"{config_path}: {e}") from None
+    try:
+        with reading(path, "a saved tokenizer", error=KplmError):
+            return cls.load(path)
+    except KplmError as e:
+        message = str(e)
+        raise KplmError(message if path in message else f"{path}: {message}") from None
+    except (TypeError, AttributeError) as e:  # a value of the wrong type in tokenizer.json
+        raise KplmError(f"{config_path}: cannot load the tokenizer: {describe(e)}") from e

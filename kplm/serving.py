@@ -10,27 +10,35 @@ TensorFlow and ``import tensorflow_text`` (which registers those ops) — no kpl
 Each head defines its endpoint (``Head.serving_endpoint``); this module holds the export itself
 and the in-graph helpers the heads share. See ``docs/serving.md``.
 """
-import os
-import shutil
-
 from kplm.errors import KplmError
 
 
-def export_saved_model(run_dir, output, *, echo=print):
-    """Write the fine-tuned run in ``run_dir`` as a SavedModel directory ``output`` (complete or
-    not at all: written under a temporary name, then renamed). Returns the signature's input
-    names.
+#: What a SavedModel directory holds: ``--overwrite`` replaces a directory holding only these.
+SAVED_MODEL_NAMES = ("saved_model.pb", "variables", "assets", "fingerprint.pb",
+                     "keras_metadata.pb")
+
+
+def export_saved_model(run_dir, output, *, echo=print, overwrite=False):
+    """Write the fine-tuned run in ``run_dir`` as a SavedModel directory ``output``, complete or
+    not at all (``kplm.outputs.atomic_output``: checked first, written under a temporary name,
+    renamed; ``overwrite`` replaces a previous SavedModel there, never anything else). A model
+    with a non-finite weight is refused. Returns the signature's input names.
 
     Example:
         export_saved_model("runs/sst2_classification", "exported/sst2")
     """
     import keras
 
+    from kplm.finite import require_finite
+    from kplm.outputs import atomic_output, check_output
     from kplm.training.finetune import FinetunedRun
+    rule = dict(what="--output", overwrite=overwrite, inputs=[run_dir], names=SAVED_MODEL_NAMES)
+    check_output(output, **rule)
     run = FinetunedRun(run_dir)
     endpoint = getattr(run.head, "serving_endpoint", None)
     if endpoint is None:
         raise KplmError(f"{run_dir}: head '{run.head.name}' defines no serving endpoint")
+    require_finite(run.model, output)
     layer = run.tokenizer.build()
     layer(["warm up"])  # a keras_hub tokenizer must run once before it can be tracked
     fn, signature = endpoint(run.model, run.tokenizer, run.sequence_length)
@@ -38,12 +46,8 @@ def export_saved_model(run_dir, output, *, echo=print):
     archive.track(run.model)
     archive.track(layer)
     archive.add_endpoint(name="serving_default", fn=fn, input_signature=signature)
-    tmp = output.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(tmp, verbose=False)
-    if os.path.exists(output):
-        shutil.rmtree(output)
-    os.replace(tmp, output)
+    with atomic_output(output, **rule) as tmp:
+        archive.write_out(tmp, verbose=False)
     names = [spec.name for spec in signature]
     if echo:
         echo(f"exported {run_dir} ({run.head.name}) to {output}: serving_default({', '.join(names)})")

@@ -60,3 +60,17 @@ def run_kplm(*args, env=None, cwd=ROOT, timeout=600):
     """``kplm.testing.run_kplm`` run from the repository root."""
     from kplm.testing import run_kplm as run
     return run(*args, env=env, cwd=cwd, timeout=timeout)
+
+
+#: Probability (or logit) gap under which an argmax may go either way between two computations
+#: of the same logits (another process, batch size or CPU, a SavedModel graph): their last-bit
+#: differences are ~1e-6, so 1e-4 leaves a factor 100.
+NEAR_TIE = 1e-4
+
+
+def near_ties(predictions, within=NEAR_TIE):
+    """For each ``{"probabilities": {label: p}}`` prediction, whether its two most probable
+    labels are within ``within``: a label that another computation may decide the other way.
+    Every other label must agree exactly."""
+    tops = [sorted(p["probabilities"].values())[-2:] for p in predictions]
+    return [second > first - within for second, first in tops]

@@ -211,10 +211,29 @@ def test_clm_loss_goes_down_on_real_text(clm_run):
 PROMPTS = ["the game was", "in 1990 ,"]
 
 
+@pytest.fixture(scope="module")
+def fixed_generator(tokenizer):
+    """A decoder over the shared vocabulary whose weights numpy draws: the same on every CPU,
+    unlike a trained model's (training amplifies last-bit differences between CPUs). Exact id
+    comparisons of two numerically different paths (cached / uncached) need every sampling
+    decision to have a margin far above their logit difference. Measured for PROMPTS: the
+    closest decision (two of the top-6 logits under top_k 5) is 3.5e-4 apart, the cached and
+    uncached logits differ by < 1e-6; the 40-step trained model had ties 3e-5 apart."""
+    keras.utils.set_random_seed(0)
+    model = CausalLM(Decoder(vocabulary_size=len(tokenizer.tokens), num_layers=1, num_heads=2,
+                             hidden_dim=32, intermediate_dim=64, sequence_length=64,
+                             dropout=0.0))
+    rng = np.random.default_rng(0)
+    for v in model.weights:
+        v.assign(rng.normal(0.0, 0.1, v.shape).astype("float32")
+                 + (1.0 if "gamma" in v.path else 0.0))
+    return model, tokenizer
+
+
 @pytest.mark.parametrize("sampler,options", [
     ("greedy", {}), ("beam", {"num_beams": 3}), ("top_k", {"k": 5, "seed": 7})])
-def test_cached_generation_equals_uncached(generator, monkeypatch, sampler, options):
-    model, tok = generator
+def test_cached_generation_equals_uncached(fixed_generator, monkeypatch, sampler, options):
+    model, tok = fixed_generator
     calls = {True: 0, False: 0}
     original, mode = model.backbone.call_with_cache, []
 

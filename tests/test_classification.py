@@ -10,7 +10,7 @@ from kplm.data.csv_files import CsvFiles
 from kplm.errors import DataError
 from kplm.metrics import classification_metrics
 
-from conftest import ROOT, run_kplm
+from conftest import ROOT, near_ties, run_kplm
 
 SST_TRAIN = os.path.join(ROOT, "data", "sst2", "train.tsv")
 SST_DEV = os.path.join(ROOT, "data", "sst2", "dev.tsv")
@@ -83,7 +83,15 @@ def test_evaluate_and_predict_from_a_copied_run_dir(finetuned_run, tmp_path):
     result = run_kplm("evaluate", str(moved), "--data", SST_DEV)
     assert result.returncode == 0, result.stderr
     evaluated = json.loads(result.stdout.strip().splitlines()[-1])
-    assert evaluated["accuracy"] == pytest.approx(metrics["validation"]["accuracy"], abs=1e-6)
+    # Accuracy counts argmaxes, computed here in batches of 32 during the run and by `kplm
+    # evaluate` in batches of 64 in another process: logits that may differ in the last bits,
+    # so each dev sentence at a near tie may flip (1/n). Exact when there is none.
+    from kplm.training.finetune import FinetunedRun
+    run = FinetunedRun(run_dir)
+    dev = [{"text": x["text"].numpy().decode()} for x in run.source([SST_DEV]).build()]
+    flippable = sum(near_ties(run.predict(dev)))
+    assert evaluated["accuracy"] == pytest.approx(metrics["validation"]["accuracy"],
+                                                  abs=flippable / len(dev) + 1e-6)
     inputs = tmp_path / "in.txt"
     inputs.write_text("a gorgeous , witty , seductive movie .\n\nthe worst film of the year .\n")
     out = tmp_path / "pred.jsonl"
@@ -124,7 +132,10 @@ def test_exported_saved_model_serves_raw_text_like_predict(finetuned_run, tmp_pa
     texts += ["", "Ünïcödé — 東京 🎬 !!", "a " * 200]  # empty, non-ASCII, longer than the model
     served = serve_in_fresh_process(exported, {"text": texts})
     expected = FinetunedRun(run_dir).predict([{"text": t} for t in texts])
-    assert served["label"] == [p["label"] for p in expected]
+    decided = [not tie for tie in near_ties(expected)]  # near ties: either label is right
+    assert [s for s, d in zip(served["label"], decided) if d] == \
+        [p["label"] for p, d in zip(expected, decided) if d]
+    assert sum(decided) > len(texts) - 3  # ties are rare: the labels are compared
     np.testing.assert_allclose(
         served["probabilities"],
         [[p["probabilities"][label] for label in ("negative", "positive")] for p in expected],

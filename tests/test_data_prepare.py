@@ -192,7 +192,7 @@ def test_prepare_refuses_bad_output_and_sources(corpus, prepared, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="foreign exists and is not a directory written by"):
+    with pytest.raises(ConfigError, match="foreign holds notes.txt, which this command does not"):
         prepare(_config(corpus), str(foreign), echo=None)
     assert (foreign / "notes.txt").exists()
     with pytest.raises(ConfigError, match="--output"):

@@ -13,7 +13,7 @@ import pytest
 from kplm.errors import ConfigError, DataError
 from kplm.testing import write_tiny_hf_checkpoint
 
-from conftest import ROOT
+from conftest import ROOT, near_ties
 
 REFERENCE = os.path.join(ROOT, "tests", "reference")
 SST_TRAIN = os.path.join(ROOT, "data", "sst2", "train.tsv")
@@ -324,7 +324,9 @@ def test_roberta_byte_level_bpe_matches_transformers_and_fine_tunes(tiny_dirs, t
     texts = ["The film was first shown in New York.", "a dull mess", ""]
     served = serve_in_fresh_process(str(tmp_path / "served"), {"text": texts})
     expected = run.predict([{"text": t} for t in texts])
-    assert served["label"] == [p["label"] for p in expected]
+    decided = [not tie for tie in near_ties(expected)]  # near ties: either label is right
+    assert [s for s, d in zip(served["label"], decided) if d] == \
+        [p["label"] for p, d in zip(expected, decided) if d]
     np.testing.assert_allclose(served["probabilities"],
                                [list(p["probabilities"].values()) for p in expected], atol=1e-5)
     bad = _sst2_config(str(tmp_path / "ner"), backbone={"name": "hf", "path": tiny_dirs["roberta"]})

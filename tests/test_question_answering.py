@@ -11,7 +11,7 @@ from kplm.errors import DataError
 from kplm.heads.question_answering import QuestionAnsweringHead
 from kplm.squad_metrics import exact_match_score, f1_score, normalize_answer, squad_scores
 
-from conftest import ROOT
+from conftest import NEAR_TIE, ROOT
 
 SQUAD_TRAIN = os.path.join(ROOT, "data", "squad", "train.json")
 SQUAD_DEV = os.path.join(ROOT, "data", "squad", "dev.json")
@@ -149,6 +149,29 @@ def test_finetune_learns_and_predicts_a_context_substring(qa_run):
     assert 0 < prediction["score"] <= 1
 
 
+def _span_score(run, example, start, end):
+    """log P(start) + log P(end) of the character span ``[start, end)`` under ``predict``'s own
+    logits (as ``QuestionAnsweringHead.postprocess`` scores spans: the best over the windows
+    holding it), or None if no window holds it as a valid span."""
+    head = run.head
+    windows = head.encode([example], run.tokenizer, run.sequence_length)
+    x = {k: np.asarray(windows[k], np.int32).reshape(-1, run.sequence_length)
+         for k in ("token_ids", "segment_ids", "padding_mask")}
+    logits = np.asarray(run.model.predict_on_batch(x), np.float64)
+    best = None
+    for w, spans in enumerate(windows["spans"]):
+        top = logits[w].max(axis=0)
+        log_p = logits[w] - top - np.log(np.exp(logits[w] - top).sum(axis=0))
+        firsts = [i for i, s in enumerate(spans) if s is not None and s[0] == start]
+        lasts = [j for j, s in enumerate(spans) if s is not None and s[1] == end]
+        for i in firsts:
+            for j in lasts:
+                if 0 <= j - i < head.max_answer_length:
+                    score = log_p[i, 0] + log_p[j, 1]
+                    best = score if best is None else max(best, score)
+    return best
+
+
 def test_exported_saved_model_answers_raw_questions_like_predict(qa_run, tmp_path):
     """Windows, word-piece spans and the best-span search run in the graph; the answers equal
     `predict`'s over real contexts longer than one window, and odd inputs."""
@@ -165,10 +188,18 @@ def test_exported_saved_model_answers_raw_questions_like_predict(qa_run, tmp_pat
                  {"question": "Où est le café?", "context": "Le café — très bon — est à 東京."}]
     served = serve_in_fresh_process(exported, {k: [ex[k] for ex in examples]
                                                for k in ("question", "context")})
-    expected = FinetunedRun(run_dir).predict(examples)
+    run = FinetunedRun(run_dir)
+    expected = run.predict(examples)
     for i, p in enumerate(expected):
-        assert (served["answer"][i], served["start"][i], served["end"][i]) == (
-            p["answer"], p["start"], p["end"]), (i, p)
+        got = (served["answer"][i], served["start"][i], served["end"][i])
+        if got != (p["answer"], p["start"], p["end"]):
+            # The best span is an argmax over thousands: another span within NEAR_TIE of
+            # predict's (scored with predict's logits) may win in the served graph, on another
+            # CPU. Any other difference is a bug.
+            tie = [_span_score(run, examples[i], s, e)
+                   for s, e in ((got[1], got[2]), (p["start"], p["end"]))]
+            assert None not in tie and abs(tie[0] - tie[1]) < NEAR_TIE, (i, got, p)
+            assert got[0] == examples[i]["context"][got[1]:got[2]], (i, got)
         assert abs(served["score"][i] - p["score"]) < 1e-4
     assert sum(bool(p["answer"]) for p in expected) > 30
     assert max(len(ex["context"]) for ex in examples) > 1000  # several windows per context

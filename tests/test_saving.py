@@ -253,5 +253,7 @@ def test_masked_lm_loads_in_a_fresh_process(saved):
     assert report == {"class": "kplm.models.masked_lm.MaskedLM", "weights": len(model.weights),
                       "unique": len(unique_variables(model)), "tied": True,
                       "embedding_copies": 1}
+    # Another process: the same kernels here, but its thread pool may split work otherwise
+    # (last-bit differences); a wrong or untied weight moves the logits by far more than 1e-5.
     np.testing.assert_allclose(np.load(os.path.join(directory, "y.npy")), case["outputs"],
-                               rtol=0, atol=1e-6)
+                               rtol=1e-5, atol=1e-6)

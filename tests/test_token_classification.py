@@ -11,7 +11,7 @@ from kplm.data.conll import ConllFiles
 from kplm.errors import DataError
 from kplm.ner_metrics import entity_scores, extract_entities
 
-from conftest import ROOT, run_kplm
+from conftest import NEAR_TIE, ROOT, run_kplm
 
 WNUT_TRAIN = os.path.join(ROOT, "data", "wnut17", "train.conll")
 WNUT_DEV = os.path.join(ROOT, "data", "wnut17", "dev.conll")
@@ -107,6 +107,27 @@ def test_tags_round_trip_words_to_pieces_to_words(tokenizer):
     assert tokens[0, 5] == tokenizer.token_to_id("[SEP]")
 
 
+def _tied_words(run, batches):
+    """Per sentence of ``batches`` (``head.encode`` without labels, as ``predict`` and
+    ``evaluate`` make them), whether each word's tag is a near tie: the two largest logits of its
+    first piece within NEAR_TIE, an argmax that another process, batch size, graph or CPU may
+    decide the other way."""
+    import numpy as np
+    out = []
+    for batch in batches:
+        x = {k: batch[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+        top2 = np.sort(np.asarray(run.model.predict_on_batch(x)), axis=-1)[..., -2:]
+        tied = top2[..., 1] - top2[..., 0] < NEAR_TIE
+        for row, words, n in zip(tied, np.asarray(batch["word_ids"]),
+                                 np.asarray(batch["num_words"])):
+            flags = [False] * int(n)
+            for flag, word in zip(row, words):
+                if word >= 0:
+                    flags[word] = bool(flag)
+            out.append(flags)
+    return out
+
+
 def _first_sentences(path, count, out):
     """The first ``count`` sentences of a CoNLL file (sentences end at blank lines)."""
     sentences = re.split(r"\n[ \t]*\n", open(path, encoding="utf-8").read().strip())
@@ -176,8 +197,20 @@ def test_evaluate_and_predict_spans(ner_run, tmp_path):
     result = run_kplm("evaluate", run_dir, "--data", WNUT_DEV, "-o", str(tmp_path / "m.json"))
     assert result.returncode == 0, result.stderr
     evaluated = json.loads(result.stdout.strip().splitlines()[-1])
-    assert evaluated["f1"] == pytest.approx(metrics["validation"]["f1"], abs=1e-6)
-    assert evaluated["accuracy"] == pytest.approx(metrics["validation"]["accuracy"], abs=1e-6)
+    # Tags are argmaxes, computed here in batches of 16 during the run and by `kplm evaluate` in
+    # batches of 64 in another process: logits that may differ in the last bits. Each word at a
+    # near tie may flip: token accuracy moves by 1/words, entity F1 by at most 8/entities (one
+    # tag changes at most 2 true and 2 predicted entities). Exact when there is none.
+    from kplm.training.finetune import FinetunedRun
+    run = FinetunedRun(run_dir)
+    tied = _tied_words(run, run.head.encode(run.source([WNUT_DEV]).build(), run.tokenizer,
+                                            batch_size=64, sequence_length=run.sequence_length,
+                                            with_labels=False))
+    flippable, words = sum(map(sum, tied)), sum(map(len, tied))
+    assert evaluated["f1"] == pytest.approx(metrics["validation"]["f1"],
+                                            abs=8 * flippable / evaluated["entities"] + 1e-6)
+    assert evaluated["accuracy"] == pytest.approx(metrics["validation"]["accuracy"],
+                                                  abs=flippable / words + 1e-6)
     lines = ["Empire State Building =  ESB . Pretty bad storm here last evening .",
              "  @paulwalk It 's the view from where I 'm living for two weeks"]
     inputs = tmp_path / "in.txt"
@@ -207,6 +240,8 @@ def test_predicted_spans_map_to_character_offsets():
 
 
 def test_exported_saved_model_tags_raw_lines_like_predict(ner_run, tmp_path):
+    import tensorflow as tf
+
     from kplm.serving import export_saved_model
     from kplm.testing import serve_in_fresh_process
     from kplm.training.finetune import FinetunedRun
@@ -217,16 +252,28 @@ def test_exported_saved_model_tags_raw_lines_like_predict(ner_run, tmp_path):
     lines = ["  ".join(row.split()[0] for row in s.splitlines()) for s in sentences]
     lines += ["", "Über  café  東京", " ".join(["word"] * 150)]  # empty, accents, truncated
     served = serve_in_fresh_process(exported, {"text": lines})
-    expected = FinetunedRun(run_dir).predict([{"text": line} for line in lines])
+    run = FinetunedRun(run_dir)
+    expected = run.predict([{"text": line} for line in lines])
+    # Words whose tag is a near tie may be tagged either way by the served graph; every other
+    # tag must be predict's, and the served entities those of the served tags (so predict's
+    # where no tag is tied).
+    words = [run.head.words(line)[0] for line in lines]
+    tied = _tied_words(run, run.head.encode(
+        tf.data.Dataset.from_tensor_slices({run.head.tokens_field: tf.ragged.constant(
+            words, dtype=tf.string, ragged_rank=1)}),
+        run.tokenizer, batch_size=64, sequence_length=run.sequence_length, with_labels=False))
+    assert sum(map(sum, tied)) < 5  # near ties are rare: the tags are compared
     found = 0
     for i, p in enumerate(expected):
         n = len(p["tags"])
-        assert served["tags"][i][:n] == p["tags"] and set(served["tags"][i][n:]) <= {""}
+        tags = served["tags"][i][:n]
+        assert len(tied[i]) == n and set(served["tags"][i][n:]) <= {""}
+        assert [t for t, tie in zip(tags, tied[i]) if not tie] == \
+            [t for t, tie in zip(p["tags"], tied[i]) if not tie], (lines[i], tags, p["tags"])
         k = served["num_entities"][i]
-        assert k == len(p["entities"])
         got = [{"text": served["entity_text"][i][j], "type": served["entity_type"][i][j],
                 "start": served["entity_start"][i][j], "end": served["entity_end"][i][j]}
                for j in range(k)]
-        assert got == p["entities"], (lines[i], got, p["entities"])
+        assert got == run.head.entities(lines[i], tags), (lines[i], got, tags)
         found += k
     assert found > 0  # the tagger finds entities in its training sentences

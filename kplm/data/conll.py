@@ -1,7 +1,7 @@
 """CoNLL files: one token per line with its tag, a blank line between sentences."""
 from typing import Optional
 
-from kplm.data.files import FileSource, open_lines
+from kplm.data.files import FileSource, decode_line, generator_dataset, read_lines
 from kplm.errors import DataError
 from kplm.hookspecs import hookimpl
 
@@ -47,45 +47,36 @@ class ConllFiles(FileSource):
         need = max(self.token_column + 1 if self.token_column >= 0 else -self.token_column,
                    self.tag_column + 1 if self.tag_column >= 0 else -self.tag_column)
         for path in self.files:
-            try:
-                with open_lines(path) as f:
-                    width, start, tokens, tags = None, 0, [], []
-                    for number, raw in enumerate(f, 1):
-                        try:
-                            line = raw.decode("utf-8").rstrip("\r\n")
-                        except UnicodeDecodeError:
-                            raise DataError(f"{path}:{number}: invalid UTF-8") from None
-                        if not line.strip():
-                            if tokens:
-                                yield path, start, tokens, tags
-                            tokens, tags = [], []
-                            continue
-                        columns = line.split(self.delimiter)
-                        if self.delimiter is not None:
-                            columns = [c.strip() for c in columns]
-                        if columns[0] == "-DOCSTART-":
-                            continue
-                        if len(columns) < need:
-                            raise DataError(f"{path}:{number}: expected at least {need} columns, "
-                                            f"found {len(columns)}")
-                        if width is None:
-                            width = len(columns)
-                        elif len(columns) != width:
-                            raise DataError(f"{path}:{number}: expected {width} columns (as on the "
-                                            f"first token line), found {len(columns)}")
-                        token, tag = columns[self.token_column], columns[self.tag_column]
-                        if not token or not tag:
-                            raise DataError(f"{path}:{number}: empty token or tag")
-                        if not tokens:
-                            start = number
-                        tokens.append(token)
-                        tags.append(tag)
+            width, start, tokens, tags = None, 0, [], []
+            for number, raw in read_lines(path):
+                line = decode_line(path, number, raw).rstrip("\r\n")
+                if not line.strip():
                     if tokens:
                         yield path, start, tokens, tags
-            except PermissionError:
-                raise DataError(f"{path}: permission denied") from None
-            except (OSError, EOFError) as e:
-                raise DataError(f"{path}: cannot read: {e}") from None
+                    tokens, tags = [], []
+                    continue
+                columns = line.split(self.delimiter)
+                if self.delimiter is not None:
+                    columns = [c.strip() for c in columns]
+                if columns[0] == "-DOCSTART-":
+                    continue
+                if len(columns) < need:
+                    raise DataError(f"{path}:{number}: expected at least {need} columns, "
+                                    f"found {len(columns)}")
+                if width is None:
+                    width = len(columns)
+                elif len(columns) != width:
+                    raise DataError(f"{path}:{number}: expected {width} columns (as on the "
+                                    f"first token line), found {len(columns)}")
+                token, tag = columns[self.token_column], columns[self.tag_column]
+                if not token or not tag:
+                    raise DataError(f"{path}:{number}: empty token or tag")
+                if not tokens:
+                    start = number
+                tokens.append(token)
+                tags.append(tag)
+            if tokens:
+                yield path, start, tokens, tags
 
     def check(self):
         sentences = sum(1 for _ in self.records())  # every line: a bad one anywhere is reported now
@@ -101,9 +92,8 @@ class ConllFiles(FileSource):
                 yield {"tokens": [t.encode("utf-8") for t in tokens],
                        "tags": [t.encode("utf-8") for t in tags]}
 
-        return tf.data.Dataset.from_generator(
-            generate, output_signature={"tokens": tf.TensorSpec([None], tf.string),
-                                        "tags": tf.TensorSpec([None], tf.string)})
+        return generator_dataset(generate, {"tokens": tf.TensorSpec([None], tf.string),
+                                            "tags": tf.TensorSpec([None], tf.string)})
 
     def texts(self):
         """Sentences as scalar strings (tokens joined by spaces), for learning a tokenizer."""

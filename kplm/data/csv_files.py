@@ -1,10 +1,9 @@
 """CSV and TSV files: named or numbered columns mapped to example fields."""
 import csv
-import io
 from typing import Literal, Optional
 
-from kplm.data.files import FileSource, open_lines
-from kplm.errors import DataError
+from kplm.data.files import FileSource, decode_line, generator_dataset, read_lines
+from kplm.errors import DataError, describe, listed, shown
 from kplm.hookspecs import hookimpl
 
 
@@ -41,13 +40,30 @@ class CsvFiles(FileSource):
         self.header = header
         self.delimiter = delimiter
         self.quoting = quoting
+        self.check_config({"columns": columns, "header": header, "delimiter": delimiter},
+                          "data")
         self.text_field = "text" if "text" in self.columns else next(iter(self.columns))
-        for field, column in self.columns.items():
-            if not isinstance(column, (int, str)) or isinstance(column, bool):
-                raise DataError(f"columns.{field}: expected a column name or number, got {column!r}")
-            if isinstance(column, str) and not header:
-                raise DataError(f"columns.{field}: column '{column}' is a name, but header is "
-                                "false; use a column number")
+
+    @classmethod
+    def check_config(cls, section, path):
+        """Config-time checks (``kplm.config.check_arguments``): columns and delimiter."""
+        columns, delimiter = section.get("columns"), section.get("delimiter")
+        if columns is not None and not columns:
+            raise DataError(f"config key '{path}.columns': empty; map at least one field to a "
+                            "column, e.g. {text: 0}")
+        for field, column in (columns or {}).items():
+            if isinstance(column, bool) or not isinstance(column, (int, str)) or column == "":
+                raise DataError(f"config key '{path}.columns.{field}': expected a column name or "
+                                f"number, got {shown(column)}")
+            if isinstance(column, int) and column < 0:
+                raise DataError(f"config key '{path}.columns.{field}': column numbers start at "
+                                f"0, got {column}")
+            if isinstance(column, str) and not section.get("header", True):
+                raise DataError(f"config key '{path}.columns.{field}': column {shown(column)} is "
+                                "a name, but header is false; use a column number")
+        if delimiter is not None and (len(delimiter) != 1 or delimiter in "\r\n\"" + "\0"):
+            raise DataError(f"config key '{path}.delimiter': expected one character (not a "
+                            f"quote or newline), got {shown(delimiter)}")
 
     def fields(self):
         return list(self.columns)
@@ -59,33 +75,30 @@ class CsvFiles(FileSource):
         return delimiter, (csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE)
 
     def records(self):
-        """Yield ``(path, line, {field: str})`` for every row, checking each."""
+        """Yield ``(path, line, {field: str})`` for every row, checking each; ``line`` is the
+        physical line the row starts on (a quoted field may span lines)."""
         for path in self.files:
             delimiter, quoting = self._dialect(path)
+
+            def lines(path=path):  # decoded one line at a time: errors name the true line
+                for number, raw in read_lines(path):
+                    yield decode_line(path, number, raw)
+
+            reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting, strict=True)
+            index = None
+            start = 1
             try:
-                with open_lines(path) as raw:
-                    text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-                    reader = csv.reader(text, delimiter=delimiter, quoting=quoting, strict=True)
-                    index = None
-                    line = 0
-                    try:
-                        for row in reader:
-                            line = reader.line_num
-                            if index is None:
-                                index = self._index(path, row if self.header else None)
-                                if self.header:
-                                    continue
-                            if not row or not any(cell.strip() for cell in row):
-                                continue
-                            yield path, line, self._pick(path, line, row, index)
-                    except UnicodeDecodeError:
-                        raise DataError(f"{path}:{line + 1}: invalid UTF-8") from None
-                    except csv.Error as e:
-                        raise DataError(f"{path}:{reader.line_num}: malformed row ({e})") from None
-            except PermissionError:
-                raise DataError(f"{path}: permission denied") from None
-            except (OSError, EOFError) as e:
-                raise DataError(f"{path}: cannot read: {e}") from None
+                for row in reader:
+                    line, start = start, reader.line_num + 1
+                    if index is None:
+                        index = self._index(path, row if self.header else None)
+                        if self.header:
+                            continue
+                    if not row or not any(cell.strip() for cell in row):
+                        continue
+                    yield path, line, self._pick(path, line, row, index)
+            except csv.Error as e:
+                raise DataError(f"{path}:{start}: malformed row ({describe(e)})") from None
 
     def _index(self, path, header):
         index = {}
@@ -95,8 +108,8 @@ class CsvFiles(FileSource):
             elif column in header:
                 index[field] = header.index(column)
             else:
-                raise DataError(f"{path}:1: no column '{column}' for field '{field}' "
-                                f"(columns: {', '.join(header)})")
+                raise DataError(f"{path}:1: no column {shown(column)} for field '{field}' "
+                                f"(columns: {listed(header, 120)})")
         return index
 
     def _pick(self, path, line, row, index):
@@ -119,8 +132,7 @@ class CsvFiles(FileSource):
             for _, _, record in self.records():
                 yield {f: record[f].encode("utf-8") for f in fields}
 
-        return tf.data.Dataset.from_generator(
-            generate, output_signature={f: tf.TensorSpec([], tf.string) for f in fields})
+        return generator_dataset(generate, {f: tf.TensorSpec([], tf.string) for f in fields})
 
 
 @hookimpl

@@ -2,8 +2,8 @@
 import json
 from typing import Optional
 
-from kplm.data.files import FileSource, open_lines
-from kplm.errors import DataError
+from kplm.data.files import FileSource, decode_line, generator_dataset, read_lines
+from kplm.errors import DataError, listed, shown
 from kplm.hookspecs import hookimpl
 
 
@@ -38,37 +38,44 @@ class JsonLines(FileSource):
         self.fields = dict(fields) if fields else {"text": text_field}
         for field, key in self.fields.items():
             if not isinstance(key, str):
-                raise DataError(f"fields.{field}: expected a JSON key (string), got {key!r}")
+                raise DataError(f"fields.{field}: expected a JSON key (string), got {shown(key)}")
         self.text_field = "text" if "text" in self.fields else next(iter(self.fields))
+
+    @classmethod
+    def check_config(cls, section, path):
+        """Config-time checks (``kplm.config.check_arguments``): the JSON keys named."""
+        fields = section.get("fields")
+        if fields is not None and not fields:
+            raise DataError(f"config key '{path}.fields': empty; map at least one field to a "
+                            "JSON key, e.g. {text: body}")
+        for field, key in (fields or {}).items():
+            if not isinstance(key, str) or not key:
+                raise DataError(f"config key '{path}.fields.{field}': expected a JSON key "
+                                f"(string), got {shown(key)}")
 
     def _records(self):
         for path in self.files:
-            try:
-                with open_lines(path) as f:
-                    for number, raw in enumerate(f, 1):
-                        if not raw.strip():
-                            continue
-                        yield path, number, self._parse(path, number, raw)
-            except PermissionError:
-                raise DataError(f"{path}: permission denied") from None
-            except (OSError, EOFError) as e:
-                raise DataError(f"{path}: cannot read: {e}") from None
+            for number, raw in read_lines(path):
+                if not raw.strip():
+                    continue
+                yield path, number, self._parse(path, number, raw)
 
     def _parse(self, path, number, raw):
+        text = decode_line(path, number, raw).rstrip("\r\n")
         try:
-            record = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise DataError(f"{path}:{number}: invalid UTF-8") from None
+            record = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: invalid JSON (nested too deeply)") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         example = {}
         for field, key in self.fields.items():
             if key not in record:
                 hint = "set text_field" if field == "text" and len(self.fields) == 1 else "set fields"
-                raise DataError(f"{path}:{number}: no field '{key}' "
-                                f"(fields: {', '.join(record) or 'none'}); {hint}")
+                raise DataError(f"{path}:{number}: no field {shown(key)} "
+                                f"(fields: {listed(record, 100) or 'none'}); {hint}")
             value = record[key]
             if field == self.text_field and not isinstance(value, str):
                 raise DataError(f"{path}:{number}: field '{key}' must be a string, got "
@@ -97,8 +104,7 @@ class JsonLines(FileSource):
                 if example[self.text_field].strip():
                     yield {f: example[f].encode("utf-8") for f in fields}
 
-        return tf.data.Dataset.from_generator(
-            generate, output_signature={f: tf.TensorSpec([], tf.string) for f in fields})
+        return generator_dataset(generate, {f: tf.TensorSpec([], tf.string) for f in fields})
 
 
 @hookimpl

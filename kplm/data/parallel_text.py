@@ -1,7 +1,8 @@
 """Parallel text: two line-aligned files (a source and its translation / summary / target)."""
 from itertools import zip_longest
 
-from kplm.data.files import FileSource, expand_paths, open_lines
+from kplm.data.files import (FileSource, decode_line, expand_paths, generator_dataset,
+                             read_lines)
 from kplm.errors import DataError
 from kplm.hookspecs import hookimpl
 
@@ -50,23 +51,14 @@ class ParallelText(FileSource):
         """Yield ``(line number, source bytes, target bytes)``, checking alignment and UTF-8."""
         source, target = self.files
         counts = [0, 0]
-        try:
-            with open_lines(source) as src, open_lines(target) as tgt:
-                for number, (a, b) in enumerate(zip_longest(src, tgt), 1):
-                    counts[0] += a is not None
-                    counts[1] += b is not None
-                    if a is None or b is None:
-                        continue  # keep counting the longer file for the message
-                    for path, line in ((source, a), (target, b)):
-                        try:
-                            line.decode("utf-8")
-                        except UnicodeDecodeError:
-                            raise DataError(f"{path}:{number}: invalid UTF-8") from None
-                    yield number, a.strip(), b.strip()
-        except PermissionError as e:
-            raise DataError(f"{e.filename}: permission denied") from None
-        except (OSError, EOFError) as e:
-            raise DataError(f"{source} / {target}: cannot read: {e}") from None
+        for (number, a), (_, b) in zip_longest(read_lines(source), read_lines(target),
+                                               fillvalue=(None, None)):
+            counts[0] += a is not None
+            counts[1] += b is not None
+            if a is None or b is None:
+                continue  # keep counting the longer file for the message
+            a, b = (decode_line(path, number, line) for path, line in ((source, a), (target, b)))
+            yield number, a.strip(), b.strip()
         if counts[0] != counts[1]:
             raise DataError(f"source {source} has {counts[0]:,} lines but target {target} has "
                             f"{counts[1]:,}; the files must be line-aligned")
@@ -84,9 +76,8 @@ class ParallelText(FileSource):
                 if a and b:
                     yield {"source": a, "target": b}
 
-        return tf.data.Dataset.from_generator(
-            generate, output_signature={"source": tf.TensorSpec([], tf.string),
-                                        "target": tf.TensorSpec([], tf.string)})
+        return generator_dataset(generate, {"source": tf.TensorSpec([], tf.string),
+                                            "target": tf.TensorSpec([], tf.string)})
 
     def texts(self):
         """Each pair's source line, then its target line (a tokenizer learns both languages,

@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 
-from kplm.errors import ConfigError, DataError
+from kplm.errors import ConfigError, DataError, describe, shown
 
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -69,7 +69,7 @@ def read_manifest(directory, key="path"):
         raise DataError(f"{key}: {directory} has no {MANIFEST}; is it a directory written by "
                         "`kplm data prepare`?") from None
     except (OSError, ValueError) as e:
-        raise DataError(f"{key}: cannot read {path}: {e}") from None
+        raise DataError(f"{key}: cannot read {path}: {describe(e)}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{key}: {path} is not a kplm data manifest")
     return manifest
@@ -98,8 +98,11 @@ def prepare(config, output=None, overwrite=False, echo=print, progress=True, wor
     Args:
         config: dict, as read from YAML.
         output: str, the directory to write (required).
-        overwrite: bool. Start from scratch: delete ``output`` first (a tokenizer is relearned).
-            Without it, finished shards are kept and only the missing or stale ones are made.
+        overwrite: bool. Start from scratch: replace the prepared shards in ``output`` (a
+            tokenizer is relearned; the old shards are deleted once the new manifest is written,
+            and put back if the command fails before). Never replaces other files, a run, or an
+            input of the config (``kplm.outputs``). Without it, finished shards are kept and
+            only the missing or stale ones are made.
         echo: a function printing one line, or None for silence.
         progress: bool. A live progress bar on stderr when it is a terminal, else a line per
             finished shard.
@@ -109,6 +112,12 @@ def prepare(config, output=None, overwrite=False, echo=print, progress=True, wor
     Example:
         manifest = prepare(kplm.config.load_yaml("configs/bert_tiny_mlm.yaml"), "data/prepared")
     """
+    from kplm.outputs import in_place_outputs
+    with in_place_outputs():  # a new output failing before its manifest is removed again
+        return _prepare(config, output, overwrite, echo, progress, workers)
+
+
+def _prepare(config, output, overwrite, echo, progress, workers):
     from kplm.config import check_data, check_section
     from kplm.plugins import get_registry
 
@@ -116,9 +125,11 @@ def prepare(config, output=None, overwrite=False, echo=print, progress=True, wor
         raise ConfigError("--output: the directory to write the shards into is required")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
-        raise ConfigError(f"--workers: expected an integer >= 1, got {workers!r}")
+        raise ConfigError(f"--workers: expected an integer >= 1, got {shown(workers)}")
     if not isinstance(config, dict):
         raise ConfigError("a config must be a mapping of keys to values")
+    from kplm.config import check_run_keys
+    check_run_keys(config)  # the other sections are ignored, a misspelt one is refused
     say = echo or (lambda *_: None)
     registry = get_registry()
     data = config.get("data")
@@ -139,18 +150,20 @@ def prepare(config, output=None, overwrite=False, echo=print, progress=True, wor
             raise DataError(f"data.{split}: {e}") from None
         built[split] = source
 
-    # --- the output directory: new, resumed, or replaced ------------------------------------
+    # --- the output directory: new, resumed, or replaced (kplm.outputs) ---------------------
+    from kplm import outputs
     output = os.path.abspath(output)
     manifest_path = os.path.join(output, MANIFEST)
-    if os.path.isdir(output) and os.listdir(output):
-        if overwrite:
-            shutil.rmtree(output)
-        elif not os.path.exists(manifest_path):
-            raise ConfigError(f"--output: {output} exists and is not a directory written by "
-                              "`kplm data prepare`; choose another or pass --overwrite")
-    elif os.path.exists(output) and not os.path.isdir(output):
-        raise ConfigError(f"--output: {output} is a file, expected a directory")
-    os.makedirs(output, exist_ok=True)
+
+    def started(path):
+        return os.path.exists(os.path.join(path, MANIFEST))
+
+    outputs.clean_stale(output, started=started, names=outputs.SHARDS_NAMES)
+    outputs.check_output(output, what="--output", kind="shards", resume=True,
+                         overwrite=overwrite, names=outputs.SHARDS_NAMES,
+                         inputs=outputs.config_inputs(config))
+    outputs.open_in_place(output, started=started,
+                          replace=overwrite and os.path.isdir(output) and bool(os.listdir(output)))
     previous = read_manifest(output, "--output") if os.path.exists(manifest_path) else None
 
     # --- the tokenizer: given, reused from an earlier run, or learned ------------------------

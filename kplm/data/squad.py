@@ -1,8 +1,8 @@
 """SQuAD v1.1 JSON files: questions about paragraphs, answered by spans of the paragraph."""
 import json
 
-from kplm.data.files import FileSource, open_lines
-from kplm.errors import DataError
+from kplm.data.files import FileSource, generator_dataset, open_lines
+from kplm.errors import DataError, reading, shown
 from kplm.hookspecs import hookimpl
 
 
@@ -39,20 +39,21 @@ class SquadFiles(FileSource):
         self.require_answers = require_answers
 
     def _load(self, path):
-        try:
+        with reading(path, "a SQuAD JSON file"):  # one document (often one line): read whole
             with open_lines(path) as f:
                 raw = f.read()
-        except PermissionError:
-            raise DataError(f"{path}: permission denied") from None
-        except (OSError, EOFError) as e:
-            raise DataError(f"{path}: cannot read: {e}") from None
         try:
-            document = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: invalid UTF-8") from None
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise DataError(f"{path}:{line}: invalid UTF-8 (byte 0x{raw[e.start]:02x})") from None
+        try:
+            document = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") \
                 from None
+        except RecursionError:
+            raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
         if not isinstance(document, dict) or not isinstance(document.get("data"), list):
             raise DataError(f"{path}: expected a SQuAD JSON object with a 'data' list")
         return document["data"]
@@ -89,8 +90,8 @@ class SquadFiles(FileSource):
                                 "'answer_start'")
             found = context[start:start + len(text)] if start >= 0 else ""
             if found != text:
-                raise DataError(f"{where}: answers[{k}] {text!r} does not match the context at "
-                                f"answer_start {start} (found {found!r})")
+                raise DataError(f"{where}: answers[{k}] {shown(text, 60)} does not match the "
+                                f"context at answer_start {start} (found {shown(found, 60)})")
             texts.append(text)
             starts.append(start)
         return {"id": qid, "question": qa["question"], "context": context,
@@ -115,7 +116,7 @@ class SquadFiles(FileSource):
                        "answer_starts": np.array(ex["answer_starts"], dtype=np.int32)}
 
         string = tf.TensorSpec([], tf.string)
-        return tf.data.Dataset.from_generator(generate, output_signature={
+        return generator_dataset(generate, {
             "id": string, "question": string, "context": string,
             "answer_texts": tf.TensorSpec([None], tf.string),
             "answer_starts": tf.TensorSpec([None], tf.int32)})

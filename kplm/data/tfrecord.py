@@ -4,7 +4,7 @@ from typing import Literal, Optional
 
 from kplm.components import DataSource
 from kplm.data.prepare import (FEATURE, MANIFEST, TOKENIZER_DIR, read_manifest, tokenizer_hash)
-from kplm.errors import ConfigError, DataError
+from kplm.errors import ConfigError, DataError, shown
 from kplm.hookspecs import hookimpl
 
 
@@ -35,6 +35,8 @@ class TFRecordShards(DataSource):
     text_field = FEATURE
     #: Examples are token ids, not text: ``kplm data prepare`` refuses to re-tokenize them.
     token_ids = True
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``).
+    limits = {"cycle_length": ">= 1"}
 
     def __init__(self, path: str, split: Literal["train", "validation"] = "train",
                  cycle_length: int = 4, shuffle_files: bool = False, seed: int = 0):
@@ -52,7 +54,9 @@ class TFRecordShards(DataSource):
     @property
     def manifest(self):
         if self._manifest is None:
-            self._manifest = read_manifest(self.path, f"data {self.split} path")
+            manifest = read_manifest(self.path, f"data {self.split} path")
+            _check_manifest(manifest, os.path.join(self.path, MANIFEST))
+            self._manifest = manifest
         return self._manifest
 
     @property
@@ -163,6 +167,26 @@ def check_tokenizer(manifest_dir, tokenizer_dir, tokenizer_name=None):
         raise ConfigError(f"tokenizer {tokenizer_name or tokenizer_dir} (sha256 {actual[:12]}) is not the one the "
                           f"shards in {manifest_dir} were made with ({shards_tok}, sha256 "
                           f"{expected[:12]}); set tokenizer.vocabulary: {shards_tok}")
+
+
+def _check_manifest(manifest, path):
+    """Refuse a manifest whose structure is not what ``kplm data prepare`` writes (an edited or
+    damaged file), naming it, before any of its values is used."""
+    def bad(what):
+        return DataError(f"{path}: {what}; is it a manifest written by `kplm data prepare`?")
+
+    splits, tokenizer = manifest.get("splits", {}), manifest.get("tokenizer", {})
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
+        raise bad("'splits' must map split names to objects")
+    for name, split in splits.items():
+        shards = split.get("shards", [])
+        if not isinstance(shards, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("file"), str) and s["file"]
+                and os.path.basename(s["file"]) == s["file"] for s in shards):
+            raise bad(f"splits.{shown(name, 40)}.shards must list objects with a shard 'file' "
+                      "name")
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("sha256", ""), str):
+        raise bad("'tokenizer' must be an object with a 'sha256'")
 
 
 @hookimpl

@@ -1,6 +1,7 @@
 """The ``question_answering`` head: extractive QA (SQuAD v1.1), answers as context spans."""
 import unicodedata
 
+from kplm.checks import check_limits
 from kplm.components import Head
 from kplm.errors import ConfigError, DataError
 from kplm.hookspecs import hookimpl
@@ -80,17 +81,18 @@ class QuestionAnsweringHead(Head):
     metric = "span_accuracy"
     metric_mode = "max"
     model_module = "kplm.models.span_extractor"
+    #: The backbone families it fine-tunes (a config pairing it with another is refused).
+    families = ("encoder",)
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"doc_stride": ">= 1", "max_question_length": ">= 1", "max_answer_length": ">= 1",
+              "dropout": "[0, 1)", "shuffle_buffer": ">= 0"}
     #: The example fields ``kplm predict`` fills from ``QUESTION<TAB>CONTEXT`` lines.
     text_field = "question"
     pair_field = "context"
 
     def __init__(self, doc_stride: int = 64, max_question_length: int = 24,
                  max_answer_length: int = 30, dropout: float = 0.1, shuffle_buffer: int = 10000):
-        for key, value in (("doc_stride", doc_stride), ("max_question_length",
-                                                        max_question_length),
-                           ("max_answer_length", max_answer_length)):
-            if value < 1:
-                raise ConfigError(f"head.{key}: must be at least 1, got {value}")
+        check_limits(self.limits, locals(), "head")
         self.doc_stride, self.max_question_length = doc_stride, max_question_length
         self.max_answer_length, self.dropout = max_answer_length, dropout
         self.shuffle_buffer = shuffle_buffer

@@ -1,7 +1,7 @@
 """The ``regression`` head: a real-valued score for a text or a text pair (STS-B style)."""
 from typing import Literal, Optional
 
-from kplm.errors import DataError
+from kplm.errors import DataError, shown
 from kplm.heads.sequence_classification import SequenceClassificationHead
 from kplm.hookspecs import hookimpl
 
@@ -60,7 +60,7 @@ class RegressionHead(SequenceClassificationHead):
             except ValueError:
                 value = math.nan
             if not math.isfinite(value):
-                raise DataError(f"example {number}: label {raw!r} is not a number")
+                raise DataError(f"example {number}: label {shown(raw)} is not a number")
             total, count = total + value, count + 1
         if self.initial_score is None and count:
             self.initial_score = total / count

@@ -1,6 +1,7 @@
 """The ``seq2seq`` head: text to text (translation, summarization) on an encoder-decoder."""
 from typing import Optional
 
+from kplm.checks import check_limits
 from kplm.components import Head
 from kplm.errors import ConfigError, DataError
 from kplm.hookspecs import hookimpl
@@ -39,16 +40,16 @@ class Seq2SeqHead(Head):
     metric = "bleu"
     metric_mode = "max"
     model_module = "kplm.models.seq2seq_lm"
+    #: The backbone families it fine-tunes (a config pairing it with another is refused).
+    families = ("encoder_decoder",)
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"target_sequence_length": ">= 2", "num_beams": ">= 1", "shuffle_buffer": ">= 0"}
     pair_field = None
 
     def __init__(self, source_field: str = "source", target_field: str = "target",
                  target_sequence_length: Optional[int] = None, num_beams: int = 1,
                  shuffle_buffer: int = 10000):
-        if num_beams < 1:
-            raise ConfigError(f"head.num_beams must be >= 1, got {num_beams}")
-        if target_sequence_length is not None and target_sequence_length < 2:
-            raise ConfigError("head.target_sequence_length must be >= 2, got "
-                              f"{target_sequence_length}")
+        check_limits(self.limits, locals(), "head")
         self.source_field, self.target_field = source_field, target_field
         self.target_sequence_length = target_sequence_length
         self.num_beams, self.shuffle_buffer = num_beams, shuffle_buffer

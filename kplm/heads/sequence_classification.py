@@ -1,6 +1,7 @@
 """The ``sequence_classification`` head: single sentences or sentence pairs to labels."""
 from typing import Literal, Optional
 
+from kplm.checks import check_limits
 from kplm.components import Head
 from kplm.errors import ConfigError, DataError
 from kplm.hookspecs import hookimpl
@@ -33,11 +34,16 @@ class SequenceClassificationHead(Head):
     metric = "accuracy"
     metric_mode = "max"
     model_module = "kplm.models.classifier"
+    #: The backbone families it fine-tunes (a config pairing it with another is refused).
+    families = ("encoder",)
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"dropout": "[0, 1)", "shuffle_buffer": ">= 0"}
 
     def __init__(self, labels: Optional[list[str]] = None, text_field: str = "text",
                  pair_field: Optional[str] = None, label_field: str = "label",
                  dropout: float = 0.1, shuffle_buffer: int = 10000,
                  pooling: Literal["pooler", "cls", "mean"] = "pooler"):
+        check_limits(self.limits, locals(), "head")
         self.labels = list(labels) if labels is not None else None
         self.text_field, self.pair_field, self.label_field = text_field, pair_field, label_field
         self.dropout, self.shuffle_buffer, self.pooling = dropout, shuffle_buffer, pooling

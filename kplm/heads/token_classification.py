@@ -2,6 +2,7 @@
 import re
 from typing import Optional
 
+from kplm.checks import check_limits
 from kplm.components import Head
 from kplm.errors import ConfigError, DataError
 from kplm.hookspecs import hookimpl
@@ -38,11 +39,16 @@ class TokenClassificationHead(Head):
     metric = "accuracy"
     metric_mode = "max"
     model_module = "kplm.models.token_classifier"
+    #: The backbone families it fine-tunes (a config pairing it with another is refused).
+    families = ("encoder",)
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"dropout": "[0, 1)", "shuffle_buffer": ">= 0"}
     text_field = "text"  # what `kplm predict` reads: one sentence per line
     pair_field = None
 
     def __init__(self, labels: Optional[list[str]] = None, tokens_field: str = "tokens",
                  tags_field: str = "tags", dropout: float = 0.1, shuffle_buffer: int = 10000):
+        check_limits(self.limits, locals(), "head")
         self.labels = list(labels) if labels is not None else None
         self.tokens_field, self.tags_field = tokens_field, tags_field
         self.dropout, self.shuffle_buffer = dropout, shuffle_buffer

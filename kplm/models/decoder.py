@@ -4,6 +4,7 @@ import keras_hub
 from keras import ops
 from keras_hub.layers import PositionEmbedding, ReversibleEmbedding, TransformerDecoder
 
+from kplm.checks import check_activation, check_limits
 from kplm.models.initializers import kernel_initializer
 
 
@@ -45,6 +46,12 @@ class Decoder(keras_hub.models.Backbone):
     """
 
     family = "decoder"
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {
+        "vocabulary_size": ">= 1", "num_layers": ">= 1", "num_heads": ">= 1",
+        "hidden_dim": (">= 1", "multiple of num_heads"), "intermediate_dim": ">= 1",
+        "sequence_length": ">= 1", "dropout": "[0, 1)", "layer_norm_epsilon": "> 0",
+    }
 
     def __init__(
         self,
@@ -61,10 +68,8 @@ class Decoder(keras_hub.models.Backbone):
         dtype=None,
         **kwargs,
     ):
-        if hidden_dim % num_heads:
-            from kplm.errors import ConfigError
-            raise ConfigError(f"backbone.hidden_dim ({hidden_dim}) must be divisible by "
-                              f"backbone.num_heads ({num_heads})")
+        check_limits(self.limits, locals(), "backbone")
+        check_activation(activation, "backbone")
         # === Layers ===
         self.token_embedding = ReversibleEmbedding(
             input_dim=vocabulary_size, output_dim=hidden_dim,
@@ -157,3 +162,8 @@ class Decoder(keras_hub.models.Backbone):
             "normalize_first": self.normalize_first,
         })
         return config
+
+    @classmethod
+    def check_config(cls, section, path):
+        """Config-time checks beyond ``limits`` (``kplm.config.check_arguments``)."""
+        check_activation(section.get("activation"), path)

@@ -3,6 +3,7 @@ import keras
 import keras_hub
 from keras_hub.layers import PositionEmbedding, ReversibleEmbedding, TransformerEncoder
 
+from kplm.checks import check_activation, check_limits
 from kplm.models.initializers import kernel_initializer
 
 
@@ -45,6 +46,15 @@ class Encoder(keras_hub.models.Backbone):
     ((2, 8, 16), (2, 16))
     """
 
+    family = "encoder"
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {
+        "vocabulary_size": ">= 1", "num_layers": ">= 1", "num_heads": ">= 1",
+        "hidden_dim": (">= 1", "multiple of num_heads"), "intermediate_dim": ">= 1",
+        "sequence_length": ">= 1", "dropout": "[0, 1)", "layer_norm_epsilon": "> 0",
+        "num_segments": ">= 0",
+    }
+
     def __init__(
         self,
         vocabulary_size: int,
@@ -61,10 +71,8 @@ class Encoder(keras_hub.models.Backbone):
         dtype=None,
         **kwargs,
     ):
-        if hidden_dim % num_heads:
-            from kplm.errors import ConfigError
-            raise ConfigError(f"backbone.hidden_dim ({hidden_dim}) must be divisible by "
-                              f"backbone.num_heads ({num_heads})")
+        check_limits(self.limits, locals(), "backbone")
+        check_activation(activation, "backbone")
         # === Layers ===
         self.token_embedding = ReversibleEmbedding(
             input_dim=vocabulary_size, output_dim=hidden_dim,
@@ -153,6 +161,11 @@ class Encoder(keras_hub.models.Backbone):
             "normalize_first": self.normalize_first,
         })
         return config
+
+    @classmethod
+    def check_config(cls, section, path):
+        """Config-time checks beyond ``limits`` (``kplm.config.check_arguments``)."""
+        check_activation(section.get("activation"), path)
 
 
 @keras.saving.register_keras_serializable(package="kplm")

@@ -6,6 +6,7 @@ import keras_hub
 from keras_hub.layers import (PositionEmbedding, ReversibleEmbedding, TransformerDecoder,
                               TransformerEncoder)
 
+from kplm.checks import check_activation, check_limits
 from kplm.models.initializers import kernel_initializer
 
 
@@ -54,6 +55,13 @@ class EncoderDecoder(keras_hub.models.Backbone):
     """
 
     family = "encoder_decoder"
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {
+        "vocabulary_size": ">= 1", "num_layers": ">= 1", "num_heads": ">= 1",
+        "hidden_dim": (">= 1", "multiple of num_heads"), "intermediate_dim": ">= 1",
+        "sequence_length": ">= 1", "dropout": "[0, 1)", "layer_norm_epsilon": "> 0",
+        "num_decoder_layers": ">= 1", "decoder_sequence_length": ">= 1",
+    }
 
     def __init__(
         self,
@@ -72,17 +80,10 @@ class EncoderDecoder(keras_hub.models.Backbone):
         dtype=None,
         **kwargs,
     ):
-        from kplm.errors import ConfigError
-        if hidden_dim % num_heads:
-            raise ConfigError(f"backbone.hidden_dim ({hidden_dim}) must be divisible by "
-                              f"backbone.num_heads ({num_heads})")
+        check_limits(self.limits, locals(), "backbone")
+        check_activation(activation, "backbone")
         num_decoder_layers = num_layers if num_decoder_layers is None else num_decoder_layers
         decoder_sequence_length = decoder_sequence_length or sequence_length
-        for key, value in (("num_layers", num_layers), ("num_decoder_layers", num_decoder_layers),
-                           ("sequence_length", sequence_length),
-                           ("decoder_sequence_length", decoder_sequence_length)):
-            if value < 1:
-                raise ConfigError(f"backbone.{key} must be >= 1, got {value}")
         act = keras.activations.gelu if activation == "gelu" else activation
         if activation == "gelu_approximate":
             act = keras_hub.src.utils.keras_utils.gelu_approximate
@@ -224,3 +225,8 @@ class EncoderDecoder(keras_hub.models.Backbone):
             "normalize_first": self.normalize_first,
         })
         return config
+
+    @classmethod
+    def check_config(cls, section, path):
+        """Config-time checks beyond ``limits`` (``kplm.config.check_arguments``)."""
+        check_activation(section.get("activation"), path)

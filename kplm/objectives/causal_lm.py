@@ -1,8 +1,9 @@
 """The ``causal_lm`` objective: GPT's next-token prediction on a decoder backbone."""
 from typing import Literal
 
+from kplm.checks import check_limits
 from kplm.components import Objective
-from kplm.errors import ConfigError
+from kplm.errors import ConfigError, shown
 from kplm.hookspecs import hookimpl
 
 
@@ -32,12 +33,15 @@ class CausalLMObjective(Objective):
     """
 
     families = ("decoder",)
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"shuffle_buffer": ">= 0"}
+    #: The shortest ``backbone.sequence_length`` it trains.
+    min_sequence_length = 2
 
     def __init__(self, packing: Literal["pack", "pad"] = "pack", shuffle_buffer: int = 10000):
         if packing not in ("pack", "pad"):
-            raise ConfigError(f"objective.packing must be 'pack' or 'pad', got {packing!r}")
-        if shuffle_buffer < 0:
-            raise ConfigError(f"objective.shuffle_buffer must be >= 0, got {shuffle_buffer}")
+            raise ConfigError(f"objective.packing must be 'pack' or 'pad', got {shown(packing)}")
+        check_limits(self.limits, locals(), "objective")
         self.packing = packing
         self.shuffle_buffer = shuffle_buffer
 

@@ -1,4 +1,5 @@
 """The ``denoising`` objective: BART's pretraining on an encoder-decoder backbone."""
+from kplm.checks import check_limits
 from kplm.components import Objective
 from kplm.errors import ConfigError
 from kplm.hookspecs import hookimpl
@@ -34,15 +35,14 @@ class DenoisingObjective(Objective):
     """
 
     families = ("encoder_decoder",)
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"mask_rate": "[0, 1)", "poisson_lambda": "> 0", "shuffle_buffer": ">= 0"}
+    #: The shortest ``backbone.sequence_length`` it trains.
+    min_sequence_length = 4
 
     def __init__(self, mask_rate: float = 0.3, poisson_lambda: float = 3.0,
                  permute_sentences: bool = True, shuffle_buffer: int = 10000):
-        if not 0.0 <= mask_rate < 1.0:
-            raise ConfigError(f"objective.mask_rate must be in [0, 1), got {mask_rate}")
-        if poisson_lambda <= 0:
-            raise ConfigError(f"objective.poisson_lambda must be > 0, got {poisson_lambda}")
-        if shuffle_buffer < 0:
-            raise ConfigError(f"objective.shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        check_limits(self.limits, locals(), "objective")
         self.mask_rate = mask_rate
         self.poisson_lambda = poisson_lambda
         self.permute_sentences = permute_sentences

@@ -2,6 +2,7 @@
 import math
 from typing import Literal, Optional
 
+from kplm.checks import check_limits
 from kplm.components import Objective
 from kplm.errors import ConfigError
 from kplm.hookspecs import hookimpl
@@ -36,6 +37,11 @@ class MaskedLMObjective(Objective):
 
     families = ("encoder",)
     output_name = "masked_lm"
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"mask_rate": "(0, 1)", "mask_token_rate": "[0, 1]", "random_token_rate": "[0, 1]",
+              "max_predictions": ">= 1", "shuffle_buffer": ">= 0"}
+    #: The shortest ``backbone.sequence_length`` it trains ([CLS], a token, [SEP]).
+    min_sequence_length = 3
     builds_rows = False
 
     def __init__(
@@ -48,13 +54,10 @@ class MaskedLMObjective(Objective):
         packing: Literal["pack", "pad"] = "pack",
         shuffle_buffer: int = 10000,
     ):
-        if not 0.0 < mask_rate < 1.0:
-            raise ConfigError(f"objective.mask_rate must be in (0, 1), got {mask_rate}")
-        if mask_token_rate < 0 or random_token_rate < 0 or mask_token_rate + random_token_rate > 1:
+        check_limits(self.limits, locals(), "objective")
+        if mask_token_rate + random_token_rate > 1:
             raise ConfigError("objective.mask_token_rate + objective.random_token_rate must be "
                               f"within [0, 1], got {mask_token_rate} + {random_token_rate}")
-        if max_predictions is not None and max_predictions < 1:
-            raise ConfigError(f"objective.max_predictions must be >= 1, got {max_predictions}")
         self.mask_rate = mask_rate
         self.mask_token_rate = mask_token_rate
         self.random_token_rate = random_token_rate

@@ -1,4 +1,5 @@
 """The ``next_sentence_prediction`` (BERT) and ``sentence_order_prediction`` (ALBERT) objectives."""
+from kplm.checks import check_limits
 from kplm.components import Objective
 from kplm.errors import ConfigError, DataError
 from kplm.hookspecs import hookimpl
@@ -29,13 +30,15 @@ class NextSentencePredictionObjective(Objective):
 
     families = ("encoder",)
     output_name = "next_sentence"
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"shuffle_buffer": ">= 1", "partner_buffer": ">= 1"}
+    #: The shortest ``backbone.sequence_length`` it trains ([CLS] a [SEP] b [SEP]).
+    min_sequence_length = 5
     builds_rows = True
     mode = "next_sentence"
 
     def __init__(self, shuffle_buffer: int = 1000, partner_buffer: int = 1000):
-        if shuffle_buffer < 1 or partner_buffer < 1:
-            raise ConfigError("objective.shuffle_buffer and objective.partner_buffer must be "
-                              f">= 1, got {shuffle_buffer} and {partner_buffer}")
+        check_limits(self.limits, locals(), "objective")
         self.shuffle_buffer = shuffle_buffer
         self.partner_buffer = partner_buffer
 

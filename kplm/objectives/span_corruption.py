@@ -1,6 +1,7 @@
 """The ``span_corruption`` objective: T5's pretraining on an encoder-decoder backbone. Also the
 data plumbing it shares with ``denoising``: packed rows, teacher forcing, the target-length
 check."""
+from kplm.checks import check_limits
 from kplm.components import Objective
 from kplm.errors import ConfigError, DataError
 from kplm.hookspecs import hookimpl
@@ -32,16 +33,15 @@ class SpanCorruptionObjective(Objective):
     """
 
     families = ("encoder_decoder",)
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"noise_density": "(0, 1)", "mean_noise_span_length": ">= 1",
+              "shuffle_buffer": ">= 0"}
+    #: The shortest ``backbone.sequence_length`` it trains.
+    min_sequence_length = 4
 
     def __init__(self, noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
                  shuffle_buffer: int = 10000):
-        if not 0.0 < noise_density < 1.0:
-            raise ConfigError(f"objective.noise_density must be in (0, 1), got {noise_density}")
-        if mean_noise_span_length < 1.0:
-            raise ConfigError("objective.mean_noise_span_length must be >= 1, got "
-                              f"{mean_noise_span_length}")
-        if shuffle_buffer < 0:
-            raise ConfigError(f"objective.shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        check_limits(self.limits, locals(), "objective")
         self.noise_density = noise_density
         self.mean_noise_span_length = mean_noise_span_length
         self.shuffle_buffer = shuffle_buffer

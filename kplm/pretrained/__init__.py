@@ -10,7 +10,7 @@ Example:
 import os
 
 from kplm.components import PretrainedBackbone
-from kplm.errors import ConfigError
+from kplm.errors import ConfigError, describe, reading, shown
 from kplm.hookspecs import hookimpl
 
 FORMATS = ("kplm", "keras_hub", "hf")
@@ -22,7 +22,7 @@ def checkpoint_format(path, key="init_from"):
     from kplm import runs
     from kplm.pretrained import huggingface, presets
     if not isinstance(path, str) or not os.path.isdir(path):
-        raise ConfigError(f"config key '{key}': {path!r} is not a directory")
+        raise ConfigError(f"config key '{key}': {shown(path)} is not a directory")
     if os.path.isfile(os.path.join(path, runs.BACKBONE_CONFIG)):
         for name in (runs.BACKBONE_WEIGHTS, runs.TOKENIZER):
             if not os.path.exists(os.path.join(path, name)):
@@ -38,10 +38,100 @@ def checkpoint_format(path, key="init_from"):
                       "Hugging Face model directory (config.json with model_type)")
 
 
+def check_checkpoint(path, key="init_from"):
+    """``checkpoint_format(path)``, after checking the checkpoint's files can be read: its JSON
+    configs parse and its ``.weights.h5`` files are whole HDF5 files (a truncated or damaged
+    one is refused here, before a run touches the disk, not when its weights are loaded).
+    Cheap: no TensorFlow, no weights read."""
+    from kplm import runs
+    fmt = checkpoint_format(path, key)
+    json_files, h5_files = [], []
+    if fmt == "kplm":
+        json_files = [runs.BACKBONE_CONFIG, os.path.join(runs.TOKENIZER, "tokenizer.json")]
+        h5_files = [runs.BACKBONE_WEIGHTS]
+    elif fmt == "keras_hub":
+        json_files, h5_files = ["config.json", "metadata.json"], ["model.weights.h5"]
+    else:
+        from kplm.pretrained import huggingface
+        _check_hf_arguments(path)
+        if not any(os.path.isfile(os.path.join(path, f)) for f in huggingface.WEIGHT_FILES):
+            raise ConfigError(f"config key '{key}': {path} has no weights "
+                              f"({' or '.join(huggingface.WEIGHT_FILES)})")
+    for name in json_files:
+        if os.path.exists(os.path.join(path, name)) or fmt == "kplm":
+            data = _read_json(os.path.join(path, name), key)
+            if not isinstance(data, dict):
+                raise ConfigError(f"config key '{key}': {os.path.join(path, name)} is not a JSON "
+                                  "object")
+    for name in h5_files:
+        check_weights_file(os.path.join(path, name), key)
+    return fmt
+
+
+def checkpoint_family(path):
+    """The family (``"encoder"``, ``"decoder"``, ``"encoder_decoder"``) of the backbone in a
+    checked checkpoint directory, from its files (no weights read); None when they do not
+    tell."""
+    from kplm import runs
+    fmt = checkpoint_format(path)
+    if fmt == "hf":
+        return HuggingFaceBackbone(path=path).family()
+    if fmt == "keras_hub":
+        return "encoder"
+    config_path = os.path.join(path, runs.BACKBONE_CONFIG)
+    return runs.saved_family(_read_json(config_path, "init_from"))
+
+
+def _check_hf_arguments(path):
+    """The backbone a Hugging Face ``config.json`` describes, checked as a config section is
+    (sizes are integers within the backbone's ``limits``), naming the file."""
+    from kplm.checks import check_limits
+    from kplm.pretrained import huggingface
+    where = os.path.join(path, "config.json")
+    family, config = huggingface.read_config(path)
+    try:
+        if family == "gpt2":
+            from kplm.models.decoder import Decoder as cls
+            from kplm.pretrained.gpt2 import decoder_arguments
+            args = decoder_arguments(config, path)
+        else:
+            from kplm.models.encoder import Encoder as cls
+            args = huggingface.encoder_arguments(family, config, path)
+    except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type
+        raise ConfigError(f"{where}: {describe(e)}") from None
+    for name in ("vocabulary_size", "num_layers", "num_heads", "hidden_dim", "intermediate_dim",
+                 "sequence_length", "num_segments"):
+        value = args.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: the backbone's {name} must be an integer, got "
+                              f"{shown(value)}")
+    for name in ("dropout", "layer_norm_epsilon"):
+        if isinstance(args.get(name), bool) or not isinstance(args.get(name, 0.0), (int, float)):
+            raise ConfigError(f"{where}: the backbone's {name} must be a number, got "
+                              f"{shown(args.get(name))}")
+    check_limits(cls.limits, args, f"{where}: backbone")
+
+
+def _read_json(path, key):
+    import json
+    with reading(path, f"the {key} checkpoint's JSON", error=ConfigError):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def check_weights_file(path, key="init_from"):
+    """Refuse a ``.weights.h5`` file that is missing, truncated or not HDF5, naming ``key`` and
+    the file; walks its structure (object headers), not its data."""
+    import h5py
+    with reading(path, f"the {key} weights (damaged?)", error=ConfigError):
+        with h5py.File(path, "r") as f:
+            f.visit(lambda name: None)
+
+
 def load_pretrained(path, dtype=None, key="init_from"):
     """``(backbone, tokenizer)`` from a kplm run directory, keras-hub preset or Hugging Face
-    directory (detected from its files). Nothing is downloaded."""
-    fmt = checkpoint_format(path, key)
+    directory (detected from its files, which are checked first). Nothing is downloaded."""
+    fmt = check_checkpoint(path, key)
     if fmt == "kplm":
         from kplm import runs
         backbone = runs.load_backbone(path)
@@ -66,7 +156,7 @@ class _CheckpointBackbone(PretrainedBackbone):
         return {"path": self.path}
 
     def check(self):
-        if checkpoint_format(self.path, "backbone.path") != self.format:
+        if check_checkpoint(self.path, "backbone.path") != self.format:
             raise ConfigError(f"config key 'backbone.path': {self.path} is not a "
                               f"{self.description}; init_from accepts any checkpoint format")
 

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from kplm.errors import ConfigError, DataError
+from kplm.errors import ConfigError, DataError, describe, shown
 
 _ACTIVATIONS = {"gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate",
                 "gelu_fast": "gelu_approximate", "gelu": "gelu", "relu": "relu"}
@@ -24,7 +24,7 @@ def decoder_arguments(config, path="."):
     """kplm ``Decoder`` arguments equivalent to a Hugging Face GPT-2 config."""
     act = config.get("activation_function", "gelu_new")
     if act not in _ACTIVATIONS:
-        raise ConfigError(f"{path}/config.json: activation_function {act!r} is not supported "
+        raise ConfigError(f"{path}/config.json: activation_function {shown(act)} is not supported "
                           f"({', '.join(_ACTIVATIONS)})")
     for key in ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions"):
         if key not in config:
@@ -95,7 +95,7 @@ def load_decoder(path, dtype=None):
     except KeyError as e:
         raise DataError(f"{path}: the checkpoint lacks the GPT-2 weight {e.args[0]}") from None
     except ValueError as e:
-        raise DataError(f"{path}: a weight does not fit its config.json: {e}") from None
+        raise DataError(f"{path}: a weight does not fit its config.json: {describe(e)}") from None
     for name, value in values.items():
         variable = variables[name]
         if tuple(value.shape) != tuple(variable.shape):

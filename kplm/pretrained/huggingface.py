@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from kplm.errors import ConfigError, DataError
+from kplm.errors import ConfigError, DataError, describe, shown
 
 FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
             "camembert": "roberta", "distilbert": "distilbert", "gpt2": "gpt2"}
@@ -50,10 +50,10 @@ def read_config(path):
         raise ConfigError(f"{path}: no config.json; expected a Hugging Face model directory") \
             from None
     except ValueError as e:
-        raise DataError(f"{config_path}: not valid JSON: {e}") from None
+        raise DataError(f"{config_path}: not valid JSON: {describe(e)}") from None
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
-        raise ConfigError(f"{config_path}: model_type {model_type!r} is not supported; kplm "
+        raise ConfigError(f"{config_path}: model_type {shown(model_type)} is not supported; kplm "
                           f"imports {', '.join(sorted(FAMILIES))}")
     return FAMILIES[model_type], config
 
@@ -90,7 +90,7 @@ def encoder_arguments(family, config, path="."):
                     sequence_length=length, dropout=config.get("hidden_dropout_prob", 0.1),
                     num_segments=types, layer_norm_epsilon=config.get("layer_norm_eps", 1e-12))
     if act not in _ACTIVATIONS:
-        raise ConfigError(f"{path}/config.json: activation {act!r} is not supported "
+        raise ConfigError(f"{path}/config.json: activation {shown(act)} is not supported "
                           f"({', '.join(_ACTIVATIONS)})")
     args["activation"] = _ACTIVATIONS[act]
     return args
@@ -106,7 +106,7 @@ def load_state_dict(path):
         try:
             return _widen(load_file(st))
         except (SafetensorError, OSError, ValueError) as e:
-            raise DataError(f"{st}: cannot read: {e}") from None
+            raise DataError(f"{st}: cannot read: {describe(e)}") from None
         except TypeError as e:  # bfloat16 tensors: numpy has no such dtype
             if "bfloat16" not in str(e) and "bf16" not in str(e).lower():
                 raise
@@ -321,7 +321,7 @@ def _fast_tokenizer_model(path, kind):
         with open(fast, encoding="utf-8") as f:
             model = json.load(f).get("model", {})
     except ValueError as e:
-        raise DataError(f"{fast}: not valid JSON: {e}") from None
+        raise DataError(f"{fast}: not valid JSON: {describe(e)}") from None
     if model.get("type") != kind:
         raise ConfigError(f"{fast}: a {model.get('type')} tokenizer; expected {kind}")
     return model
@@ -340,10 +340,17 @@ def _load_byte_bpe(path):
 
 
 # --- export ----------------------------------------------------------------------------------
-def export_bert(encoder, tokenizer, directory):
+#: What ``export_bert`` writes: ``overwrite`` replaces a directory holding only these.
+HF_EXPORT_NAMES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def export_bert(encoder, tokenizer, directory, *, overwrite=False, inputs=()):
     """Write ``encoder`` and ``tokenizer`` as a Hugging Face ``BertModel`` directory
     (``config.json``, ``model.safetensors``, ``vocab.txt``, ``tokenizer_config.json``,
-    ``special_tokens_map.json``); files appear complete or not at all.
+    ``special_tokens_map.json``), complete or not at all (``kplm.outputs.atomic_output``;
+    ``overwrite`` replaces a previous export, never other files; ``inputs``: paths it may not
+    replace). An encoder with a non-finite weight is refused before anything is written.
 
     Example:
         export_bert(kplm.load_backbone("runs/bert_tiny_mlm"),
@@ -351,7 +358,11 @@ def export_bert(encoder, tokenizer, directory):
     """
     from safetensors.numpy import save_file
 
+    from kplm.finite import require_finite
     from kplm.models.encoder import Encoder
+    from kplm.outputs import atomic_output, check_output
+    rule = dict(what="--output", overwrite=overwrite, inputs=inputs, names=HF_EXPORT_NAMES)
+    check_output(directory, **rule)
     if not isinstance(encoder, Encoder):
         raise ConfigError(f"the Hugging Face export writes BERT encoders; this backbone is a "
                           f"{type(encoder).__name__}")
@@ -363,6 +374,7 @@ def export_bert(encoder, tokenizer, directory):
                   "relu": "relu"}.get(encoder.activation)
     if activation is None:
         raise ConfigError(f"activation {encoder.activation!r} has no Hugging Face name")
+    require_finite(encoder, directory)
     state = {}
     for variable, name, kind in _mapping(encoder, "bert"):
         state[name] = np.ascontiguousarray(
@@ -390,19 +402,13 @@ def export_bert(encoder, tokenizer, directory):
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
     specials = {k: tok_config[k] for k in ("unk_token", "sep_token", "pad_token", "cls_token",
                                              "mask_token")}
-    tmp = directory.rstrip("/") + ".tmp"
-    import shutil
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    for name, data in (("config.json", config), ("tokenizer_config.json", tok_config),
-                       ("special_tokens_map.json", specials)):
-        with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-    with open(os.path.join(tmp, "vocab.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(tokenizer.tokens) + "\n")
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    with atomic_output(directory, **rule) as tmp:
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        for name, data in (("config.json", config), ("tokenizer_config.json", tok_config),
+                           ("special_tokens_map.json", specials)):
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+        with open(os.path.join(tmp, "vocab.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(tokenizer.tokens) + "\n")
     return directory

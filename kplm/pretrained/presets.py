@@ -15,9 +15,8 @@ Example:
 """
 import json
 import os
-import shutil
 
-from kplm.errors import ConfigError
+from kplm.errors import ConfigError, describe, reading
 
 _BERT = "keras_hub>BertBackbone"
 _KPLM = "kplm>Encoder"
@@ -46,7 +45,8 @@ def load_preset(path, dtype=None):
     name = _registered_name(path)
     if name not in (_BERT, _KPLM):
         raise ConfigError(f"{path}: a {name} preset; kplm reads presets of {_KPLM} and {_BERT}")
-    loaded = keras_hub.models.Backbone.from_preset(path, dtype=dtype)
+    with reading(path, "a keras-hub preset", error=ConfigError):  # a damaged weights file
+        loaded = keras_hub.models.Backbone.from_preset(path, dtype=dtype)
     if name == _BERT:
         encoder = Encoder(
             vocabulary_size=loaded.vocabulary_size, num_layers=loaded.num_layers,
@@ -68,7 +68,7 @@ def _load_tokenizer(path):
     try:
         layer = keras_hub.tokenizers.Tokenizer.from_preset(path)
     except Exception as e:
-        raise ConfigError(f"{path}: no usable tokenizer in the preset: {e}") from None
+        raise ConfigError(f"{path}: no usable tokenizer in the preset: {describe(e)}") from None
     if not isinstance(layer, keras_hub.tokenizers.WordPieceTokenizer):
         raise ConfigError(f"{path}: a {type(layer).__name__}; kplm reads WordPiece tokenizers")
     tokenizer = WordPiece(lowercase=layer.lowercase, strip_accents=layer.strip_accents)
@@ -76,15 +76,24 @@ def _load_tokenizer(path):
     return tokenizer
 
 
-def save_preset(backbone, tokenizer, directory):
-    """Write ``backbone`` and ``tokenizer`` as a keras-hub preset directory (complete or not at
-    all: written under a temporary name, then renamed)."""
+#: What a preset directory holds: ``overwrite`` replaces a directory holding only these.
+PRESET_NAMES = ("config.json", "metadata.json", "tokenizer.json", "preprocessor.json",
+                "task.json", "assets", "model.weights.h5", "model_*.weights.h5",
+                "model.weights.json", "task.weights.h5")
+
+
+def save_preset(backbone, tokenizer, directory, *, overwrite=False, inputs=()):
+    """Write ``backbone`` and ``tokenizer`` as a keras-hub preset directory, complete or not at
+    all (``kplm.outputs.atomic_output``: written under a temporary name, then renamed;
+    ``overwrite`` replaces a previous preset, never other files; ``inputs``: paths it may not
+    replace). A backbone with a non-finite weight is refused before anything is written."""
+    from kplm.finite import require_finite
+    from kplm.outputs import atomic_output, check_output
+    rule = dict(what="--output", overwrite=overwrite, inputs=inputs, names=PRESET_NAMES)
+    check_output(directory, **rule)
     tokenizer.require_word_pieces("a keras-hub preset of kplm's Encoder")
-    tmp = directory.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    backbone.save_to_preset(tmp)
-    tokenizer.build().save_to_preset(tmp)
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    require_finite(backbone, directory)
+    with atomic_output(directory, **rule) as tmp:
+        backbone.save_to_preset(tmp)
+        tokenizer.build().save_to_preset(tmp)
     return directory

@@ -4,7 +4,7 @@ import os
 from typing import Optional
 
 from kplm.components import Tokenizer
-from kplm.errors import ConfigError
+from kplm.errors import ConfigError, describe
 from kplm.hookspecs import hookimpl
 
 VOCAB_FILE = "vocab.json"
@@ -117,7 +117,7 @@ def _read(vocab_path, merges_path):
     except FileNotFoundError as e:
         raise ConfigError(f"tokenizer.vocabulary: {e.filename} not found") from None
     except ValueError as e:
-        raise ConfigError(f"tokenizer.vocabulary: {vocab_path} is not valid JSON: {e}") from None
+        raise ConfigError(f"tokenizer.vocabulary: {vocab_path} is not valid JSON: {describe(e)}") from None
     if not isinstance(vocab, dict):
         raise ConfigError(f"tokenizer.vocabulary: {vocab_path} must map tokens to ids")
     return vocab, merges

@@ -4,8 +4,9 @@ import json
 import os
 from typing import Literal, Optional
 
+from kplm.checks import check_limits
 from kplm.components import Tokenizer
-from kplm.errors import ConfigError, DataError
+from kplm.errors import ConfigError, DataError, describe
 from kplm.hookspecs import hookimpl
 
 MODEL_FILE = "sentencepiece.model"
@@ -66,6 +67,8 @@ class SentencePiece(Tokenizer):
     name = "sentencepiece"
     pair_separator = ("sep",)
     continuation_prefix = None  # word starts are marked by a leading "▁" instead
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"vocabulary_size": ">= 1", "num_sentinels": ">= 0", "max_training_lines": ">= 1"}
 
     def __init__(
         self,
@@ -76,8 +79,7 @@ class SentencePiece(Tokenizer):
         num_sentinels: int = 100,
         max_training_lines: Optional[int] = None,
     ):
-        if num_sentinels < 0:
-            raise ConfigError(f"tokenizer.num_sentinels must be >= 0, got {num_sentinels}")
+        check_limits(self.limits, locals(), "tokenizer")
         if vocabulary is None and vocabulary_size < len(SPECIAL_TOKENS) + num_sentinels + 20:
             raise ConfigError(f"tokenizer.vocabulary_size must leave room for learned pieces "
                               f"beyond the {len(SPECIAL_TOKENS) + num_sentinels} special ones, "
@@ -127,7 +129,7 @@ class SentencePiece(Tokenizer):
                 input_sentence_size=MAX_SENTENCES_IN_MEMORY, shuffle_input_sentence=True,
                 minloglevel=2)
         except RuntimeError as e:  # e.g. "Internal: ... sentences is empty"
-            raise DataError(f"the tokenizer's training data gave no model: {e}") from None
+            raise DataError(f"the tokenizer's training data gave no model: {describe(e)}") from None
         self._set_proto(writer.getvalue(), complete=False)
         meter.finish(f"learned {len(self.tokens)} pieces")
         return self.tokens
@@ -234,14 +236,14 @@ def _read_model(path):
     except FileNotFoundError:
         raise ConfigError(f"tokenizer.vocabulary: {path} not found") from None
     except OSError as e:
-        raise ConfigError(f"tokenizer.vocabulary: cannot read {path}: {e}") from None
+        raise ConfigError(f"tokenizer.vocabulary: cannot read {path}: {describe(e)}") from None
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
     try:
         if not pb.ModelProto.FromString(proto).pieces:
             raise DecodeError("no pieces")
     except DecodeError as e:
-        raise ConfigError(f"tokenizer.vocabulary: {path} is not a SentencePiece model: {e}") \
+        raise ConfigError(f"tokenizer.vocabulary: {path} is not a SentencePiece model: {describe(e)}") \
             from None
     return proto
 

@@ -1,12 +1,21 @@
 """``kplm tokenizer train``: learn a vocabulary from a config's training data."""
-from kplm.config import check_keys, check_section
+from kplm.config import check_run_keys, check_section
 from kplm.errors import ConfigError
 
 
-def train_tokenizer(config, output, progress=True, kind=None):
+#: The files kplm's tokenizers save: ``overwrite`` replaces a directory holding only these.
+TOKENIZER_NAMES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "sentencepiece.model")
+
+
+def train_tokenizer(config, output, progress=True, kind=None, overwrite=False):
     """Learn the tokenizer ``config['tokenizer']`` describes from ``config['data']['train']`` and
     save it into ``output``; returns the vocabulary. Other sections of a run config are ignored,
     so the same YAML serves ``kplm pretrain`` and ``kplm tokenizer train``.
+
+    ``output`` follows ``kplm.outputs``: checked before learning, written under a temporary name
+    and renamed when complete; ``overwrite`` replaces a previous tokenizer there (a directory
+    holding only ``TOKENIZER_NAMES``), never other files or the config's inputs.
 
     ``kind`` (e.g. ``"sentencepiece"``) replaces the section's ``name``; of the section's other
     options, those the new kind accepts are kept (``vocabulary_size``, ``lowercase``, ...).
@@ -15,7 +24,7 @@ def train_tokenizer(config, output, progress=True, kind=None):
     from kplm.plugins import get_registry
 
     registry = get_registry()
-    check_keys(config, list(config), "")
+    check_run_keys(config)
     data = config.get("data")
     if not isinstance(data, dict) or "train" not in data:
         raise ConfigError("config key 'data.train' is required: the text to learn from")
@@ -28,8 +37,13 @@ def train_tokenizer(config, output, progress=True, kind=None):
     source = source_cls(**{k: v for k, v in source_args.items() if k != "name"})
     tokenizer = tok_cls(**{k: v for k, v in {**tok_args, "vocabulary": None}.items()
                            if k != "name"})
+    from kplm.outputs import atomic_output, check_output, config_inputs
+    rule = dict(what="--output", overwrite=overwrite, inputs=config_inputs(config),
+                names=TOKENIZER_NAMES)
+    check_output(output, **rule)
     source.check()
     tokens = tokenizer.train(source.texts(), progress=progress,
                              total_bytes=getattr(source, "size_bytes", lambda: None)())
-    tokenizer.save(output)
+    with atomic_output(output, **rule) as tmp:
+        tokenizer.save(tmp)
     return tokens

@@ -3,8 +3,9 @@ import json
 import os
 from typing import Optional
 
+from kplm.checks import check_limits
 from kplm.components import Tokenizer
-from kplm.errors import ConfigError, DataError
+from kplm.errors import ConfigError, DataError, describe
 from kplm.hookspecs import hookimpl
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -37,6 +38,9 @@ class WordPiece(Tokenizer):
     """
 
     name = "wordpiece"
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"vocabulary_size": ">= 6 (the 5 special tokens and at least one learned)",
+              "max_training_lines": ">= 1"}
 
     def __init__(
         self,
@@ -46,6 +50,7 @@ class WordPiece(Tokenizer):
         strip_accents: bool = True,
         max_training_lines: Optional[int] = None,
     ):
+        check_limits(self.limits, locals(), "tokenizer")
         self.vocabulary = vocabulary
         self.vocabulary_size = vocabulary_size
         self.lowercase = lowercase
@@ -136,7 +141,7 @@ def _read_vocabulary(path):
     except FileNotFoundError:
         raise ConfigError(f"tokenizer.vocabulary: {path} not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"tokenizer.vocabulary: cannot read {path}: {e}") from None
+        raise ConfigError(f"tokenizer.vocabulary: cannot read {path}: {describe(e)}") from None
     while tokens and not tokens[-1]:
         tokens.pop()
     missing = [t for t in SPECIAL_TOKENS if t not in tokens]

@@ -58,8 +58,10 @@ class BestWeights(keras.callbacks.Callback):
 
     @staticmethod
     def load(model, path):
-        """Load the best weights into ``model``; returns the step they are from."""
-        model.load_weights(path)
+        """Load the best weights into ``model``; returns the step they are from. A damaged file
+        is one ``KplmError`` line naming it."""
+        from kplm.runs import load_weights
+        load_weights(model, path, "the best weights")
         try:
             with open(path + ".json", encoding="utf-8") as f:
                 return json.load(f)["step"]

@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 
-from kplm.errors import ConfigError, KplmError
+from kplm.errors import ConfigError, KplmError, describe, shown
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 #: Keras versions (major.minor) whose TensorFlow trainer the multi-worker fix was verified on.
@@ -39,7 +39,7 @@ def strategy_for(name):
     """
     if name not in STRATEGIES:
         raise ConfigError(f"config key 'trainer.strategy' must be one of {', '.join(STRATEGIES)},"
-                          f" got {name!r}")
+                          f" got {shown(name)}")
     import tensorflow as tf
 
     if name == "auto":
@@ -94,7 +94,7 @@ def cluster_from_environment():
     try:
         config = json.loads(text)
     except ValueError as e:
-        raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({describe(e)})") from None
     cluster = config.get("cluster") if isinstance(config, dict) else None
     task = config.get("task") if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not cluster or not all(
@@ -103,11 +103,11 @@ def cluster_from_environment():
                           "host:port addresses")
     if not isinstance(task, dict) or task.get("type") not in cluster:
         raise ConfigError(f"TF_CONFIG: 'task.type' must be one of {', '.join(cluster)}, "
-                          f"got {task.get('type') if isinstance(task, dict) else task!r}")
+                          f"got {shown(task.get('type') if isinstance(task, dict) else task)}")
     index = task.get("index")
     if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
         raise ConfigError(f"TF_CONFIG: 'task.index' must be an integer in [0, "
-                          f"{len(cluster[task['type']])}), got {index!r}")
+                          f"{len(cluster[task['type']])}), got {shown(index)}")
     return cluster, task["type"], index
 
 

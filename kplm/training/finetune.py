@@ -1,11 +1,9 @@
 """``kplm finetune`` / ``evaluate`` / ``predict``: a head on a (pretrained) backbone."""
+import contextlib
 import copy
-import json
 import os
 import time
 from typing import Optional
-
-import yaml
 
 from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
@@ -41,12 +39,15 @@ class FinetuneOptions:
         sequence_length: int or None. Token length of the inputs; None: the backbone's.
     """
 
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {"backbone_learning_rate_scale": "[0, 1]", "early_stopping_patience": ">= 1",
+              "sequence_length": ">= 2"}
+
     def __init__(self, freeze_backbone: bool = False, backbone_learning_rate_scale: float = 1.0,
                  early_stopping_patience: Optional[int] = None,
                  sequence_length: Optional[int] = None):
-        if not 0.0 <= backbone_learning_rate_scale <= 1.0:
-            raise ConfigError("config key 'finetune.backbone_learning_rate_scale' must be within "
-                              f"[0, 1], got {backbone_learning_rate_scale}")
+        from kplm.checks import check_limits
+        check_limits(self.limits, locals(), "finetune")
         self.freeze_backbone = freeze_backbone
         self.backbone_learning_rate_scale = backbone_learning_rate_scale
         self.early_stopping_patience = early_stopping_patience
@@ -63,8 +64,8 @@ class FinetuneSpec:
         self.run_dir, self.seed = check_run_header(raw, TOP_LEVEL_KEYS)
         self.init_from = raw.get("init_from")
         if self.init_from is not None:
-            from kplm.pretrained import checkpoint_format
-            checkpoint_format(self.init_from, "init_from")  # refuses what kplm cannot read
+            from kplm.pretrained import check_checkpoint
+            check_checkpoint(self.init_from, "init_from")  # refuses what kplm cannot read
             for key in ("tokenizer", "backbone"):
                 if raw.get(key) is not None:
                     raise ConfigError(f"config key '{key}': comes from init_from "
@@ -88,9 +89,32 @@ class FinetuneSpec:
             raise ConfigError(f"config key 'head' is required: which head to train "
                               f"({', '.join(registry.names('head'))})")
         self.head_cls, self.head = check_section(raw["head"], "head", "head", registry)
+        self.check_head_family()
         self.finetune = check_arguments(FinetuneOptions, raw.get("finetune"), "finetune")
         self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
         self.callbacks = check_callbacks(raw, registry)
+
+    def check_head_family(self):
+        """Refuse a head that cannot fine-tune the backbone's family (a classifier on a
+        decoder, seq2seq on an encoder), as far as the config and checkpoint files tell."""
+        families = getattr(self.head_cls, "families", None)
+        if self.init_from is not None:
+            from kplm.pretrained import checkpoint_family
+            family, source = checkpoint_family(self.init_from), f"init_from {self.init_from}"
+        elif is_pretrained(self.backbone_cls):
+            source = f"backbone '{self.backbone['name']}'"
+            try:
+                family = build(self.backbone_cls, self.backbone).family()
+            except KplmError:  # unreadable: its check() says so, before anything is written
+                family = None
+        else:
+            family = getattr(self.backbone_cls, "family", "encoder")
+            source = f"backbone '{self.backbone['name']}'"
+        if families and family and family not in families:
+            from kplm.training.pretrain import a_family
+            raise ConfigError(f"head '{self.head['name']}' fine-tunes "
+                              f"{' or '.join(f.replace('_', '-') for f in families)} backbones; "
+                              f"{source} is {a_family(family)}")
 
     def resolved(self):
         return {"run_dir": self.run_dir, "seed": self.seed, "init_from": self.init_from,
@@ -110,7 +134,8 @@ def finetune(config, *, overwrite=False, echo=print, progress=True):
     Example:
         metrics = kplm.finetune(kplm.load_yaml("configs/sst2_classification.yaml"))
     """
-    with restoring_precision_policy():
+    from kplm.outputs import in_place_outputs
+    with restoring_precision_policy(), in_place_outputs():  # no half-made run_dir on failure
         return _finetune(config, overwrite=overwrite, echo=echo, progress=progress)
 
 
@@ -241,6 +266,7 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
                        validation_data=validation_ds,
                        callbacks=[*first, monitor, *extra, *callbacks], strategy=strategy,
                        max_loss=trainer.max_loss, max_recoveries=trainer.max_recoveries,
+                       max_skipped_steps=trainer.max_skipped_steps,
                        resume=resuming, write=write, echo=echo)
     finally:
         monitor.close()
@@ -254,7 +280,8 @@ def _finetune(config, *, overwrite=False, echo=print, progress=True):
         _save_model(model, run_dir)
     metrics = {"wall_seconds": wall, "train_steps": steps_done, "best_step": best_step,
                "resumed_from_step": result.resumed_from,
-               "recoveries": [list(r) for r in result.recoveries]}
+               "recoveries": [list(r) for r in result.recoveries],
+               "skipped_steps": result.skipped_steps}
     for split in ("validation", "test"):
         if split in sources:
             metrics[split] = head.evaluate(model, sources[split], tokenizer,
@@ -275,6 +302,9 @@ def _save_model(model, run_dir):
     """``model.json`` + ``model.weights.h5``: the architecture and the weights, without the
     optimizer state (a fresh copy of the model holds the weights), each file atomically."""
     import keras
+
+    from kplm.finite import require_finite
+    require_finite(model, os.path.join(run_dir, MODEL_WEIGHTS))  # before anything is written
     config = keras.saving.serialize_keras_object(model)
     config.pop("compile_config", None)  # loaders recompile
     fresh = keras.saving.deserialize_keras_object(copy.deepcopy(config))
@@ -286,6 +316,16 @@ def _save_model(model, run_dir):
 
 
 # --- using a fine-tuned run ------------------------------------------------------------------
+@contextlib.contextmanager
+def _in_file(path):
+    """Errors about a run directory's file name it (unless they already do)."""
+    try:
+        yield
+    except KplmError as e:
+        message = str(e)
+        raise KplmError(message if path in message else f"{path}: {message}") from None
+
+
 class FinetunedRun:
     """A fine-tuned run directory loaded for evaluation and prediction (portable: it reads only
     the run directory itself).
@@ -296,34 +336,44 @@ class FinetunedRun:
     """
 
     def __init__(self, run_dir):
-        import keras
-
         import importlib
 
         import kplm.models.encoder  # noqa: F401  (serializable classes)
+        from kplm.config import load_yaml
         from kplm.plugins import get_registry
 
         self.run_dir = run_dir
         path = os.path.join(run_dir, HEAD_CONFIG)
         if not os.path.exists(path):
-            raise KplmError(f"{run_dir}: not a fine-tuned run directory (no {HEAD_CONFIG})")
-        with open(path, encoding="utf-8") as f:
-            head_config = json.load(f)
-        name = head_config.pop("name")
-        self.head = get_registry().get("head", name)(**head_config)
-        if self.head.model_module:
-            importlib.import_module(self.head.model_module)
-        for name in (MODEL_CONFIG, MODEL_WEIGHTS):
+            hint = (" (a pretraining run: it has a backbone.json)"
+                    if os.path.exists(os.path.join(run_dir, runs.BACKBONE_CONFIG)) else "")
+            raise KplmError(f"{run_dir}: not a fine-tuned run directory (no {HEAD_CONFIG})"
+                            f"{hint}")
+        for name in (MODEL_CONFIG, MODEL_WEIGHTS, runs.CONFIG):
             if not os.path.exists(os.path.join(run_dir, name)):
                 raise KplmError(f"{run_dir}: no {name}; the fine-tuning run did not finish")
+        # Everything read here is checked as a config is: a damaged or edited run directory is
+        # one line naming the file, before the model is built.
+        with _in_file(path):
+            head_class, head_config = check_section(
+                runs.read_json(path, "a saved head config"), "head", "head", get_registry())
+            self.head = build(head_class, head_config)
+        config_path = os.path.join(run_dir, runs.CONFIG)
+        with _in_file(config_path):
+            self.config = load_yaml(config_path)
+            finetune = check_arguments(FinetuneOptions, self.config.get("finetune"), "finetune")
+            data = self.config.get("data")
+            if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+                raise ConfigError("config key 'data.train' is missing")
+        if self.head.model_module:
+            importlib.import_module(self.head.model_module)
         self.tokenizer = runs.load_tokenizer(run_dir)
-        with open(os.path.join(run_dir, MODEL_CONFIG), encoding="utf-8") as f:
-            self.model = keras.saving.deserialize_keras_object(json.load(f))
-        self.model.load_weights(os.path.join(run_dir, MODEL_WEIGHTS))
-        with open(os.path.join(run_dir, runs.CONFIG), encoding="utf-8") as f:
-            self.config = yaml.safe_load(f)
-        seq = (self.config.get("finetune") or {}).get("sequence_length")
-        self.sequence_length = seq or self.model.backbone.sequence_length
+        model_path = os.path.join(run_dir, MODEL_CONFIG)
+        self.model = runs.rebuild(runs.read_json(model_path, "a saved model config"),
+                                  model_path, "model")
+        runs.load_weights(self.model, os.path.join(run_dir, MODEL_WEIGHTS), "model weights")
+        self.sequence_length = (finetune["sequence_length"]
+                                or self.model.backbone.sequence_length)
 
     def source(self, paths, split="validation"):
         """A data source like the run's ``data.<split>`` (same format options) over ``paths``."""
@@ -331,9 +381,13 @@ class FinetunedRun:
         from kplm.plugins import get_registry
         from kplm.config import signature_of
         from kplm.errors import ConfigError
-        section = dict(self.config["data"].get(split) or self.config["data"]["train"])
+        section = self.config["data"].get(split) or self.config["data"]["train"]
         registry = get_registry()
-        accepted, _ = signature_of(registry.get("data_source", section["name"]))
+        with _in_file(os.path.join(self.run_dir, runs.CONFIG)):
+            if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+                raise ConfigError(f"config key 'data.{split}': expected a data source section")
+            section = dict(section)
+            accepted, _ = signature_of(registry.get("data_source", section["name"]))
         if "paths" in accepted:
             section["paths"] = list(paths)
         elif {"source", "target"} <= set(accepted) and len(paths) == 2:

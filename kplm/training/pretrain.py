@@ -5,7 +5,7 @@ import time
 from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
-from kplm.errors import ConfigError, DataError
+from kplm.errors import ConfigError, DataError, shown
 from kplm.training.distribute import check_batch_size
 from kplm.training.runtime import (build, install_train_step, is_chief,
                                    restoring_precision_policy, start_run, strategy_for)
@@ -48,6 +48,7 @@ class PretrainSpec:
             loader.check()
             family = loader.family()
         check_family(family, self.backbone["name"], self.objectives)
+        check_sequence_length(self.backbone.get("sequence_length"), self.objectives)
         self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
         self.callbacks = check_callbacks(raw, registry)
 
@@ -81,10 +82,10 @@ def check_objectives(raw, registry):
         entry = {"name": entry} if isinstance(entry, str) else entry
         if not isinstance(entry, dict):
             raise ConfigError(f"config key '{path}': expected a name or a mapping with 'name:', "
-                              f"got {entry!r}")
+                              f"got {shown(entry)}")
         weight = entry.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
-            raise ConfigError(f"config key '{path}.weight': expected a number > 0, got {weight!r}")
+            raise ConfigError(f"config key '{path}.weight': expected a number > 0, got {shown(weight)}")
         section = {k: v for k, v in entry.items() if k != "weight"}
         cls, section = check_section(section, "objective", path, registry)
         checked.append((cls, section, float(weight)))
@@ -98,8 +99,24 @@ def check_family(family, backbone_name, objectives):
         families = getattr(cls, "families", ("encoder",))
         if family not in families:
             raise ConfigError(f"objective '{section['name']}' trains {' or '.join(families)} "
-                              f"backbones; backbone '{backbone_name}' is a "
-                              f"{family.replace('_', '-')}")
+                              f"backbones; backbone '{backbone_name}' is "
+                              f"{a_family(family)}")
+
+
+def check_sequence_length(sequence_length, objectives):
+    """Refuse a ``backbone.sequence_length`` shorter than an objective's
+    ``min_sequence_length`` (a checkpoint's length is known only once it is loaded)."""
+    for cls, section, _ in objectives:
+        least = getattr(cls, "min_sequence_length", 1)
+        if isinstance(sequence_length, int) and sequence_length < least:
+            raise ConfigError(f"backbone.sequence_length must be >= {least} for objective "
+                              f"'{section['name']}', got {sequence_length}")
+
+
+def a_family(family):
+    """``"an encoder"``, ``"a decoder"``, ``"an encoder-decoder"``."""
+    name = family.replace("_", "-")
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 def build_objective(spec):
@@ -120,7 +137,8 @@ def pretrain(config, *, overwrite=False, echo=print, progress=True):
     Example:
         metrics = kplm.pretrain(kplm.config.load_yaml("configs/bert_tiny_mlm.yaml"))
     """
-    with restoring_precision_policy():
+    from kplm.outputs import in_place_outputs
+    with restoring_precision_policy(), in_place_outputs():  # no half-made run_dir on failure
         return _pretrain(config, overwrite=overwrite, echo=echo, progress=progress)
 
 
@@ -229,7 +247,8 @@ def _pretrain(config, *, overwrite=False, echo=print, progress=True):
                        checkpoint_every=trainer.checkpoint_every, keep=trainer.keep_checkpoints,
                        validation_data=validation_ds, callbacks=[monitor, *callbacks],
                        strategy=strategy, max_loss=trainer.max_loss,
-                       max_recoveries=trainer.max_recoveries, resume=resuming, write=write,
+                       max_recoveries=trainer.max_recoveries,
+                       max_skipped_steps=trainer.max_skipped_steps, resume=resuming, write=write,
                        echo=echo)
     finally:
         monitor.close()
@@ -245,6 +264,7 @@ def _pretrain(config, *, overwrite=False, echo=print, progress=True):
         "resumed_from_step": result.resumed_from,
         "restore_seconds": result.restore_seconds,
         "recoveries": [list(r) for r in result.recoveries],
+        "skipped_steps": result.skipped_steps,
         "first_logged_loss": monitor.history[0][1]["loss"] if monitor.history else None,
         "tokens_per_second": monitor.last_throughput,
         "wall_seconds": wall,

@@ -1,9 +1,9 @@
 """Pieces every training entry point shares: building components, strategies, run dirs."""
 import contextlib
 import os
-import shutil
 import sys
 
+from kplm import errors
 from kplm.errors import KplmError
 
 
@@ -31,34 +31,53 @@ def install_train_step(model, trainer):
     install(model, accumulation_steps=trainer.gradient_accumulation_steps)
 
 
-def prepare_run_dir(run_dir, overwrite, config_text):
-    """Refuse to mix two runs in one directory; ``overwrite`` starts it afresh. Returns True when
-    ``run_dir`` holds an unfinished run of the same config with a checkpoint: it is resumed."""
-    from kplm import runs
+def prepare_run_dir(run_dir, overwrite, config_text, inputs=()):
+    """Decide what to do with ``run_dir``, touching nothing (``kplm.outputs.check_output``):
+    ``"new"`` (missing or empty), ``"resume"`` (an unfinished run of the same config with a
+    checkpoint) or ``"replace"`` (``overwrite``, or a run of the same config that stopped before
+    its first checkpoint). Replacing never applies to a directory holding files a kplm run does
+    not write, nor to an input of the config (``inputs``). Anything else is refused."""
+    from kplm import outputs, runs
     from kplm.training.checkpoints import CheckpointDirectory
 
-    if os.path.exists(run_dir) and os.listdir(run_dir):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        else:
-            config_path = os.path.join(run_dir, runs.CONFIG)
-            if not os.path.exists(config_path):
-                raise KplmError(f"run_dir {run_dir} holds files that are not a kplm run; choose "
-                                "another run_dir or pass --overwrite")
-            if os.path.exists(os.path.join(run_dir, runs.METRICS)):
-                raise KplmError(f"run_dir {run_dir} already holds a finished run; choose another "
-                                "run_dir or pass --overwrite")
-            with open(config_path, encoding="utf-8") as f:
-                previous = f.read()
-            if previous != config_text:
-                raise KplmError(f"run_dir {run_dir} holds an unfinished run with a different "
-                                f"config ({_first_difference(previous, config_text)}); use the "
-                                "same config to resume it, or another run_dir, or --overwrite")
-            if CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).complete():
-                return True
-            shutil.rmtree(run_dir)  # stopped before its first checkpoint: start again
-    os.makedirs(run_dir, exist_ok=True)
-    return False
+    check = dict(what="run_dir", kind="run", names=outputs.RUN_NAMES, inputs=inputs)
+    outputs.check_output(run_dir, overwrite=overwrite, resume=True, **check)
+    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
+        return "new"
+    if overwrite:
+        return "replace"
+    shown = outputs.show(run_dir)
+
+    def refuse(message):  # advises --overwrite only where --overwrite would be accepted
+        outputs.check_output(run_dir, overwrite=True, **check)
+        raise KplmError(message)
+
+    config_path = os.path.join(run_dir, runs.CONFIG)
+    if not os.path.exists(config_path):
+        refuse(f"run_dir {shown} holds files of a kplm run but no {runs.CONFIG}; choose "
+               "another run_dir or pass --overwrite")
+    if os.path.exists(os.path.join(run_dir, runs.METRICS)):
+        refuse(f"run_dir {shown} already holds a finished run; choose another run_dir or pass "
+               "--overwrite")
+    with open(config_path, encoding="utf-8") as f:
+        previous = f.read()
+    if previous != config_text:
+        refuse(f"run_dir {shown} holds an unfinished run with a different config "
+               f"({_first_difference(previous, config_text)}); use the same config to resume "
+               "it, or another run_dir, or --overwrite")
+    if CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).complete():
+        return "resume"
+    # stopped before its first checkpoint: started again, if nothing else is in the directory
+    outputs.check_output(run_dir, overwrite=True, **check)
+    return "replace"
+
+
+def run_started(run_dir):
+    """Whether ``run_dir`` holds something worth keeping: a checkpoint, or a finished run."""
+    from kplm import runs
+    from kplm.training.checkpoints import CheckpointDirectory
+    return bool(os.path.exists(os.path.join(run_dir, runs.METRICS))
+                or CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).complete())
 
 
 def _first_difference(previous_text, text):
@@ -75,19 +94,21 @@ def _first_difference(previous_text, text):
     old, new = flat(yaml.safe_load(previous_text) or {}), flat(yaml.safe_load(text) or {})
     for key in list(new) + [k for k in old if k not in new]:
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            return f"{key}: {old.get(key, '<absent>')!r} in the run, {new.get(key, '<absent>')!r} now"
+            return (f"{key}: {errors.shown(old.get(key, '<absent>'), 80)} in the run, "
+                    f"{errors.shown(new.get(key, '<absent>'), 80)} now")
     return "formatting"
 
 
 def start_run(run_dir, overwrite, resolved, write=True):
-    """Create the run directory (or find the interrupted run to resume in it), write the resolved
-    config into it, and silence the Keras warnings that are expected in kplm runs; returns
-    ``(config as YAML text, resuming)``. ``write=False`` (a multi-worker non-chief) only looks."""
+    """Check, then create the run directory (or find the interrupted run to resume in it; or move
+    a replaced run aside), write the resolved config into it, and silence the Keras warnings that
+    are expected in kplm runs; returns ``(config as YAML text, resuming)``. ``write=False`` (a
+    multi-worker non-chief) only looks."""
     import warnings
 
     import yaml
 
-    from kplm import runs
+    from kplm import outputs, runs
     from kplm.training.checkpoints import CheckpointDirectory
     # Expected: a pooler gets no gradient from a token-level objective, and a finite validation
     # set "runs out" at the end of every evaluation.
@@ -97,10 +118,14 @@ def start_run(run_dir, overwrite, resolved, write=True):
     if not write:
         return config_text, bool(
             CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).complete())
-    resuming = prepare_run_dir(run_dir, overwrite, config_text)
-    if not resuming:
+    outputs.clean_stale(run_dir, started=run_started, names=outputs.RUN_NAMES)
+    plan = prepare_run_dir(run_dir, overwrite, config_text, outputs.config_inputs(resolved))
+    if plan != "resume":
+        # inside kplm.outputs.in_place_outputs() (pretrain, finetune), a run failing before its
+        # first checkpoint leaves run_dir as it was; a replaced run waits in .NAME.old-PID
+        outputs.open_in_place(run_dir, replace=plan == "replace", started=run_started)
         write_text(os.path.join(run_dir, runs.CONFIG), config_text)
-    return config_text, resuming
+    return config_text, plan == "resume"
 
 
 def write_text(path, text):

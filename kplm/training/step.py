@@ -129,8 +129,8 @@ def install(model, accumulation_steps=1):
     >>> history = model.fit(np.ones((4, 3)), np.zeros((4, 2)), batch_size=4, verbose=0)
     >>> int(model.optimizer.iterations)  # one update for the 2 micro-batches
     1
-    >>> x = np.ones((4, 3)); x[0, 0] = np.nan  # a NaN input: non-finite gradients
-    >>> history = model.fit(x, np.zeros((4, 2)), batch_size=4, verbose=0)
+    >>> y = np.zeros((4, 2)); y[0, 0] = np.nan  # a NaN target: non-finite loss and gradients
+    >>> history = model.fit(np.ones((4, 3)), y, batch_size=4, verbose=0)
     >>> int(model.optimizer.iterations), history.history["skipped_step"]  # skipped
     (1, [1.0])
     >>> bool(np.isfinite(model.layers[0].kernel.numpy()).all())

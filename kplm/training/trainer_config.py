@@ -1,6 +1,7 @@
 """The ``trainer:`` section of a run config (no TensorFlow needed to check it)."""
 from typing import Literal, Optional
 
+from kplm.checks import check_limits
 from kplm.errors import ConfigError
 
 
@@ -32,6 +33,9 @@ class TrainerConfig:
             Defaults to None (only non-finite losses).
         max_recoveries: int. Recoveries from non-finite or spiking losses before the run stops.
             Defaults to 3.
+        max_skipped_steps: int. Steps in a row whose update the non-finite gate may skip (a
+            NaN or inf gradient: the weights stay as they were) before the loss guard restores
+            the last good checkpoint. Defaults to 10.
         peak_tflops: float or None. The accelerator's peak TFLOP/s per replica, for model FLOPs
             utilisation; None looks the device up in a table of known ones. Defaults to None.
         strategy: ``"auto"``, ``"default"``, ``"mirrored"``, ``"multi_worker"`` or ``"tpu"``.
@@ -45,6 +49,17 @@ class TrainerConfig:
     >>> TrainerConfig(steps=200, eval_every=100).epochs
     2
     """
+
+    #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
+    limits = {
+        "steps": ">= 1", "batch_size": (">= 1", "multiple of gradient_accumulation_steps"),
+        "learning_rate": "> 0", "warmup_steps": "[0, steps]",
+        "end_learning_rate_fraction": "[0, 1]", "weight_decay": ">= 0", "beta_1": "[0, 1)",
+        "beta_2": "[0, 1)", "epsilon": "> 0", "clip_norm": "> 0", "eval_every": ">= 1",
+        "validation_steps": ">= 1", "log_every": ">= 1", "checkpoint_every": ">= 1",
+        "keep_checkpoints": ">= 1", "gradient_accumulation_steps": ">= 1", "max_loss": "> 0",
+        "max_recoveries": ">= 0", "max_skipped_steps": ">= 0", "peak_tflops": "> 0",
+    }
 
     def __init__(
         self,
@@ -67,11 +82,13 @@ class TrainerConfig:
         gradient_accumulation_steps: int = 1,
         max_loss: Optional[float] = None,
         max_recoveries: int = 3,
+        max_skipped_steps: int = 10,
         peak_tflops: Optional[float] = None,
         strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto",
         mixed_precision: Optional[Literal["bfloat16", "float16"]] = None,
         jit_compile: bool = False,
     ):
+        check_limits(self.limits, locals(), "trainer")
         for key, value in (("steps", steps), ("batch_size", batch_size),
                            ("eval_every", eval_every), ("log_every", log_every),
                            ("keep_checkpoints", keep_checkpoints),
@@ -91,15 +108,17 @@ class TrainerConfig:
             raise ConfigError(f"config key 'trainer.batch_size' ({batch_size}) must be a multiple "
                               f"of 'trainer.gradient_accumulation_steps' "
                               f"({gradient_accumulation_steps})")
-        if max_recoveries < 0:
-            raise ConfigError(f"config key 'trainer.max_recoveries' must be >= 0, "
-                              f"got {max_recoveries}")
+        for key, value in (("max_recoveries", max_recoveries),
+                           ("max_skipped_steps", max_skipped_steps)):
+            if value < 0:
+                raise ConfigError(f"config key 'trainer.{key}' must be >= 0, got {value}")
         for key, value in (("max_loss", max_loss), ("peak_tflops", peak_tflops)):
             if value is not None and value <= 0:
                 raise ConfigError(f"config key 'trainer.{key}' must be > 0, got {value}")
         self.steps, self.batch_size = steps, batch_size
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.max_loss, self.max_recoveries, self.peak_tflops = max_loss, max_recoveries, peak_tflops
+        self.max_skipped_steps = max_skipped_steps
         self.learning_rate, self.warmup_steps, self.decay = learning_rate, warmup_steps, decay
         self.end_learning_rate_fraction = end_learning_rate_fraction
         self.weight_decay, self.beta_1, self.beta_2, self.epsilon = (

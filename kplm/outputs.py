@@ -1,0 +1,415 @@
+"""One output rule for every command that writes: no user file is lost, no half-made output.
+
+Every writer follows it: ``kplm export`` (all formats), ``predict -o``, ``evaluate -o``,
+``tokenizer train -o``, ``data prepare -o``, the ``run_dir`` of ``pretrain`` / ``finetune``, and
+plugin commands through ``kplm.atomic_output`` / ``kplm.check_output``.
+
+1. **Check first, then touch the disk.** ``check_output`` decides all that can be decided before
+   any work (file or directory, missing parent, the rules below) and creates nothing.
+2. **Nothing is replaced without ``--overwrite``**: an existing non-empty directory (or file) is
+   refused. ``--overwrite`` replaces only *a previous output of the same writer*: a directory
+   holding nothing but the names that writer writes. It never applies to a kplm run
+   (``config.yaml``, ``metrics.json``, ``checkpoints/``, ``head.json``, ``backbone.weights.h5``), a
+   checkpoint or prepared shards (``manifest.json``), unless that is what the writer itself
+   writes (a training run, ``data prepare``); nor to anything inside one (a run's ``export/``
+   excepted); nor to an input of the command, a directory holding one, the working directory,
+   the home directory or ``/``.
+3. **Complete or absent.** ``atomic_output`` yields a temporary sibling ``.NAME.tmp-PID`` and
+   renames it into place when the writer is done; a failure removes it. A previous output being
+   replaced is moved aside to ``.NAME.old-PID`` and deleted once the new one is in place.
+   Resumable outputs (a training run, prepared shards) are written in place instead
+   (``open_in_place``): when the command fails before writing anything resumable, what it created
+   is removed and a replaced previous output is put back. Siblings of dead processes that match
+   kplm's own pattern are cleaned by the next writer of the same path (``clean_stale``).
+
+Every refusal is one line, an ``OutputError`` (a ``KplmError``) naming the path.
+
+Example:
+>>> import os, tempfile
+>>> parent = tempfile.mkdtemp()
+>>> out = os.path.join(parent, "out")
+>>> with atomic_output(out) as tmp:       # a directory: write into tmp
+...     _ = open(os.path.join(tmp, "a.txt"), "w").write("first")
+>>> os.listdir(parent)                    # renamed into place, no temporary left
+['out']
+>>> with atomic_output(out) as tmp:       # doctest: +ELLIPSIS
+...     pass
+Traceback (most recent call last):
+kplm.outputs.OutputError: output: .../out is not empty; pass --overwrite to replace ...
+>>> with atomic_output(out, overwrite=True) as tmp:   # replaces a previous output of its own
+...     _ = open(os.path.join(tmp, "a.txt"), "w").write("second")
+>>> open(os.path.join(out, "a.txt")).read()
+'second'
+"""
+import contextlib
+import contextvars
+import fnmatch
+import glob
+import os
+import re
+import shutil
+
+from kplm.errors import ConfigError, clip
+
+#: Any of these in a directory makes it a kplm run (``kplm.runs``, ``kplm.training.finetune``).
+RUN_MARKERS = ("config.yaml", "metrics.json", "checkpoints", "head.json", "backbone.weights.h5")
+#: Everything a training run writes into its ``run_dir`` (each also with its ``.tmp`` variants).
+RUN_NAMES = RUN_MARKERS + ("tokenizer", "tensorboard", "backbone.json", "model.json",
+                           "model.weights.h5", "best.weights.h5", "best.weights.h5.json",
+                           "best.tmp.weights.h5", "export")
+#: What ``kplm data prepare`` writes (``kplm.data.prepare``).
+SHARDS_NAMES = ("manifest.json", "tokenizer", "*.tfrecord")
+_CHECKPOINT_MARKERS = ("ckpt.index", "checkpoint", "state.json")
+_STEP = re.compile(r"^step-\d{8,}$")  # kplm.training.checkpoints' directories
+_SIBLING = r"^\.{name}\.(tmp|old)-(\d+)$"
+
+
+class OutputError(ConfigError):
+    """An output path the rule refuses (a ``ConfigError``: a bad value of ``--output``,
+    ``run_dir``, ...); nothing was changed."""
+
+
+def show(path):
+    """A path as a message quotes it: one line, at most ~200 characters (``kplm.errors.clip``)."""
+    return clip(path)
+
+
+def holds(path, strict=False):
+    """``(kind, description)`` of the kplm output directory ``path`` is, one no other writer may
+    replace: ``"run"``, ``"checkpoint"`` or ``"shards"``; None for anything else. ``strict``:
+    only a run with ``config.yaml`` and another run file, or shards (no checkpoints)."""
+    def has(name):
+        return os.path.lexists(os.path.join(path, name))
+    found = [name for name in RUN_MARKERS if has(name)]
+    if strict and not (has("config.yaml") and any(has(n) for n in RUN_NAMES[1:])):
+        found = []
+    if found:
+        return "run", f"a kplm run ({found[0]})"
+    if has("manifest.json"):
+        return "shards", "prepared shards (manifest.json)"
+    if strict:
+        return None
+    for name in _CHECKPOINT_MARKERS:
+        if has(name):
+            return "checkpoint", f"a checkpoint ({name})"
+    try:
+        steps = [n for n in os.listdir(path) if _STEP.match(n)]
+    except OSError:
+        steps = []
+    if steps:
+        return "checkpoint", f"checkpoints ({steps[0]})"
+    return None
+
+
+def _matches(name, names):
+    return any(name == p or fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".tmp*")
+               for p in names)
+
+
+def _inside(real):
+    """``(ancestor, kind, description)`` when ``real`` lies among the files of a kplm run or
+    prepared-shards directory (anything but a run's ``export/``), else None."""
+    child, parent = real, os.path.dirname(real)
+    while parent != child:
+        held = holds(parent, strict=True)  # an ancestor: a user's config.yaml is not a run
+        if held:
+            first = os.path.basename(child)
+            names = RUN_NAMES if held[0] == "run" else SHARDS_NAMES
+            if first != "export" and _matches(first, names):
+                return parent, held
+        child, parent = parent, os.path.dirname(parent)
+    return None
+
+
+def _protected(inputs):
+    """``[(real path, what it is)]`` that no output may be, nor contain."""
+    found = [(os.path.realpath(p), f"an input of this command ({show(p)})") for p in inputs if p]
+    found += [(os.path.realpath(os.getcwd()), "the working directory"),
+              (os.path.realpath(os.path.expanduser("~")), "the home directory"),
+              (os.path.realpath(os.sep), "the root directory")]
+    return found
+
+
+def check_output(path, *, what="output", file=False, overwrite=False, inputs=(), names=None,
+                 kind=None, resume=False):
+    """Refuse ``path`` as an output when the rule says so (``OutputError``, one line); create
+    nothing. Returns the absolute path.
+
+    Args:
+        path: str. The directory (or, with ``file=True``, the file) to write.
+        what: str. How the message names it: ``"--output"``, ``"run_dir"``.
+        file: bool. A single file instead of a directory. Its folder must exist.
+        overwrite: bool. ``--overwrite``: a previous output may be replaced.
+        inputs: paths the command reads; the output may not be one, nor hold one.
+        names: names (``fnmatch`` patterns) of what this writer writes: with ``overwrite``, a
+            directory holding anything else is refused. None: what the new output holds,
+            checked by ``atomic_output`` when it is complete.
+        kind: ``"run"`` or ``"shards"`` when the writer writes that kind of protected output.
+        resume: bool. An existing output of ``kind`` is kept and written into (resumable
+            writers, ``InPlaceOutput``); it is not replaced, so only its kind is checked. A
+            symbolic link to a directory is accepted (its target is written).
+    """
+    if not path or not str(path).strip():
+        raise OutputError(f"{what}: an empty path; expected a {'file' if file else 'directory'}")
+    shown = show(path)
+    absolute = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.islink(absolute) and not resume:  # a rename would replace the link itself
+        raise OutputError(f"{what}: {shown} is a symbolic link; give the path it points to")
+    real = os.path.realpath(absolute)
+    parent = os.path.dirname(real)
+    if file:
+        if os.path.isdir(real):
+            raise OutputError(f"{what}: {shown} is a directory, expected a file name")
+        if not os.path.isdir(parent):
+            raise OutputError(f"{what}: folder {show(os.path.dirname(absolute))} does not exist; "
+                              "create it first or choose another file")
+    elif os.path.lexists(real) and not os.path.isdir(real):
+        raise OutputError(f"{what}: {shown} is a file, expected a directory")
+    existing = parent
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputError(f"{what}: {show(existing)} is a file, so {shown} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{what}: cannot write into {show(existing)} (permission denied)")
+    inside = _inside(real)
+    if inside:
+        raise OutputError(f"{what}: {shown} is part of {inside[1][1]} in {show(inside[0])}; "
+                          "choose a directory outside it")
+    present = os.path.lexists(real) and (file or bool(os.listdir(real)))
+    held = holds(real) if present and not file else None
+    if held and held[0] != kind:
+        raise OutputError(f"{what}: {shown} holds {held[1]}; --overwrite never replaces a run, "
+                          "a checkpoint or prepared shards: choose another directory")
+    if present and resume and held and not overwrite:
+        return real  # resumed in place: nothing is replaced
+    for protected, description in _protected(inputs):
+        if real == protected:
+            raise OutputError(f"{what}: {shown} is {description}; choose another "
+                              f"{'file' if file else 'directory'}")
+        if protected.startswith(real.rstrip(os.sep) + os.sep):
+            raise OutputError(f"{what}: {shown} holds {description}; choose another directory")
+    if not present:
+        return real
+    if names is not None and not file:
+        foreign = sorted(n for n in os.listdir(real) if not _matches(n, names))
+        if foreign:
+            raise OutputError(f"{what}: {shown} holds {show(foreign[0])}"
+                              f"{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}"
+                              ", which this command does not write; --overwrite replaces only "
+                              "a previous output of the same kind: choose another directory")
+    if not overwrite:
+        raise OutputError(f"{what}: {shown} {'exists' if file else 'is not empty'}; pass "
+                          "--overwrite to replace it, or choose another "
+                          f"{'file' if file else 'directory'}")
+    return real
+
+
+def sibling(path, tag, pid=None):
+    """``PARENT/.NAME.tmp-PID`` (``tag="tmp"``) or ``.NAME.old-PID``: kplm's temporary names."""
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{name}.{tag}-{os.getpid() if pid is None else pid}")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def clean_stale(path, *, started=None, names=None):
+    """Clean the siblings of ``path`` that a dead kplm process left (``.NAME.tmp-PID``,
+    ``.NAME.old-PID``; nothing else is touched). A ``.old`` one is put back when ``path`` is
+    missing, or when ``started(path)`` says the new output never started and ``path`` holds only
+    ``names``; otherwise it is deleted."""
+    path = os.path.realpath(path)
+    parent, name = os.path.split(path)
+    pattern = re.compile(_SIBLING.format(name=re.escape(name)))
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry)
+        if not match or int(match.group(2)) == os.getpid() or _alive(int(match.group(2))):
+            continue
+        stale = os.path.join(parent, entry)
+        if match.group(1) == "tmp":
+            _remove(stale)
+            continue
+        restore = not os.path.lexists(path)
+        if not restore and started is not None and os.path.isdir(path) and not started(path):
+            restore = names is not None and all(_matches(n, names) for n in os.listdir(path))
+            if restore:
+                _remove(path)
+        if restore:
+            os.rename(stale, path)
+        else:
+            _remove(stale)
+
+
+def _make_parents(directory):
+    """Create ``directory`` and its missing parents; return the top-most one created (or None)."""
+    top, probe = None, os.path.abspath(directory)
+    while not os.path.lexists(probe):
+        top, probe = probe, os.path.dirname(probe)
+    os.makedirs(directory, exist_ok=True)
+    return top
+
+
+@contextlib.contextmanager
+def atomic_output(path, *, what="output", file=False, overwrite=False, inputs=(), names=None):
+    """Check ``path`` (``check_output``), then yield a temporary sibling ``.NAME.tmp-PID`` to
+    write into: a new empty directory, or with ``file=True`` a file name to create. When the
+    block ends it is renamed to ``path``; a previous output replaced (``overwrite``) is moved
+    aside first and deleted after. When the block raises, the temporary is removed and ``path``
+    is as it was. The writer a plugin command uses:
+
+        with kplm.atomic_output(output, what="--output", overwrite=overwrite,
+                                inputs=[run_dir]) as tmp:
+            write_everything_into(tmp)
+    """
+    rule = dict(what=what, file=file, overwrite=overwrite, inputs=inputs, names=names)
+    clean_stale(check_output(path, **rule))
+    real = check_output(path, **rule)  # again: a cleaned-up .old sibling may have been put back
+    created = None if file else _make_parents(os.path.dirname(real))
+    tmp = sibling(real, "tmp")
+    try:
+        _remove(tmp)
+        if not file:
+            os.mkdir(tmp)
+        yield tmp
+        if file:
+            if os.path.lexists(tmp):
+                check_output(real, **rule)  # nothing may have appeared meanwhile
+                os.replace(tmp, real)
+            return
+        if os.path.isdir(real) and os.listdir(real):
+            # checked again now that the new output is known: with names=None the old one may
+            # hold only names the new one has, and nothing may have appeared meanwhile
+            check_output(real, **{**rule, "names": os.listdir(tmp) if names is None else names})
+            old = sibling(real, "old")
+            os.rename(real, old)
+            try:
+                os.rename(tmp, real)
+            except BaseException:
+                os.rename(old, real)
+                raise
+            _remove(old)
+        else:
+            if os.path.isdir(real):
+                os.rmdir(real)  # empty: nothing of the user's is lost
+            os.rename(tmp, real)
+    except BaseException:
+        _remove(tmp)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+class InPlaceOutput:
+    """A resumable output directory written in place (a training run, prepared shards).
+
+    ``open()`` creates it (with missing parents) or, with ``replace``, first moves the previous
+    output aside to ``.NAME.old-PID``. ``close(ok)``: on success, or when ``started(path)`` says
+    something resumable was written, the previous output is deleted; otherwise what ``open()``
+    did is undone: created directories removed, an existing empty one emptied again, the
+    previous output put back.
+    """
+
+    def __init__(self, path, *, replace=False, started=None):
+        self.path = os.path.realpath(path)  # a run_dir that is a symbolic link: its target
+        self.replace, self.started = replace, started
+        self.created = self.aside = None
+        self.was_empty = False
+
+    def open(self):
+        if self.replace and os.path.isdir(self.path) and os.listdir(self.path):
+            self.aside = sibling(self.path, "old")
+            os.rename(self.path, self.aside)
+        if os.path.isdir(self.path):
+            self.was_empty = not os.listdir(self.path)
+        else:
+            self.created = _make_parents(self.path)
+        return self
+
+    def close(self, ok):
+        if ok or (self.started is not None and os.path.isdir(self.path)
+                  and self.started(self.path)):
+            if self.aside is not None:
+                _remove(self.aside)
+            return
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+        elif self.was_empty and os.path.isdir(self.path):
+            for name in os.listdir(self.path):
+                _remove(os.path.join(self.path, name))
+        if self.aside is not None:
+            os.rename(self.aside, self.path)
+
+
+_OPEN = contextvars.ContextVar("kplm_in_place_outputs", default=None)
+
+
+def open_in_place(path, *, replace=False, started=None):
+    """Open an ``InPlaceOutput``; the enclosing ``in_place_outputs()`` block closes it. Without
+    one it stays open: a previous output moved aside is cleaned by the next ``clean_stale``."""
+    output = InPlaceOutput(path, replace=replace, started=started).open()
+    opened = _OPEN.get()
+    if opened is not None:
+        opened.append(output)
+    return output
+
+
+@contextlib.contextmanager
+def in_place_outputs():
+    """Close the ``open_in_place`` outputs opened inside the block: kept when it succeeds or
+    they started, undone when it raises before they did (``kplm.pretrain`` wraps a run in it)."""
+    opened = []
+    token = _OPEN.set(opened)
+    try:
+        yield opened
+    except BaseException:
+        for output in reversed(opened):
+            output.close(ok=False)
+        raise
+    else:
+        for output in reversed(opened):
+            output.close(ok=True)
+    finally:
+        _OPEN.reset(token)
+
+
+def config_inputs(config, skip=("run_dir", "callbacks")):
+    """The existing paths a config names (its data files, vocabularies, ``init_from``, ...): the
+    inputs an output of that config may not replace. Globs are expanded."""
+    found = []
+
+    def walk(value, key=None):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k not in skip:
+                    walk(v, k)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and value.strip():
+            path = os.path.expanduser(value)
+            if os.path.lexists(path):
+                found.append(path)
+            elif glob.has_magic(path):
+                found.extend(glob.glob(path))
+
+    walk(config)
+    return found

@@ -1,0 +1,371 @@
+"""The output rule (kplm.outputs): no user file is ever lost, no half-made output is left.
+
+Refusals are checked through the CLI in-process (click's CliRunner): one ``Error:`` line, exit 1,
+and the disk exactly as it was. Cheapest fixtures: a tiny random Hugging Face checkpoint (no
+training), fake run / shards directories, and conftest's shared tiny pretraining run."""
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import ROOT, TRAIN
+
+SST_TRAIN = os.path.join(ROOT, "data", "sst2", "train.tsv")
+_SIBLING = re.compile(r"^\..+\.(tmp|old)-\d+$")
+
+
+def kplm_cli(*args, input=None):
+    from kplm.cli import cli
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+def refused(result, *needles):
+    """One ``Error:`` line naming each of ``needles``, exit status 1, no traceback."""
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def snapshot(path):
+    """Every file and directory under ``path`` with its bytes: to prove nothing changed."""
+    found = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            found[os.path.relpath(os.path.join(root, name), path)] = None
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                found[os.path.relpath(full, path)] = f.read()
+    return found
+
+
+def no_siblings(parent):
+    leftovers = [n for n in os.listdir(parent) if _SIBLING.match(n)]
+    assert not leftovers, leftovers
+
+
+def _reaped_pid():
+    """The id of a process that has ended (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    """A tiny random BERT checkpoint in Hugging Face format: an export input without training."""
+    from kplm.testing import write_tiny_hf_checkpoint
+    path = str(tmp_path_factory.mktemp("hf") / "bert")
+    write_tiny_hf_checkpoint(path, num_layers=1)
+    return path
+
+
+def fake_run(path, extra=None):
+    """A directory with the files of a finished kplm run (contents are placeholders)."""
+    os.makedirs(os.path.join(path, "tokenizer"))
+    for name, text in {"config.yaml": "run_dir: x\n", "metrics.json": "{}\n",
+                       "backbone.weights.h5": "weights", "backbone.json": "{}",
+                       "tokenizer/vocab.txt": "[PAD]\n", **(extra or {})}.items():
+        with open(os.path.join(path, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    return path
+
+
+def test_the_module_example_runs():
+    import doctest
+
+    import kplm.outputs
+    assert doctest.testmod(kplm.outputs, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+# --- export ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["saved_model", "keras_hub", "hf"])
+def test_export_refuses_a_directory_holding_a_users_file(tiny_hf, tmp_path, fmt):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    refused(kplm_cli("export", tiny_hf, "--format", fmt, "-o", out), out, "notes.txt")
+    refused(kplm_cli("export", tiny_hf, "--format", fmt, "-o", out, "--overwrite"),
+            out, "notes.txt")
+    assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    no_siblings(tmp_path)
+
+
+def test_export_never_replaces_a_run_shards_a_checkpoint_or_its_input(pretrained_run, tiny_hf,
+                                                                        tmp_path):
+    run = pretrained_run["run_dir"]
+    checkpoints = os.path.join(run, "checkpoints")
+    step = os.path.join(checkpoints, sorted(os.listdir(checkpoints))[-1])
+    copied_step = str(tmp_path / "step")
+    shutil.copytree(step, copied_step)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text("{}")
+    (shards / "train-00000.tfrecord").write_text("records")
+    before = {p: snapshot(p) for p in (run, copied_step, str(shards))}
+    cases = [
+        ([run, "--format", "hf", "-o", run], "a kplm run"),  # the run itself
+        ([run, "-o", run], "a kplm run"),  # saved_model, the default format
+        ([run, "--format", "keras_hub", "-o", run], "a kplm run"),
+        ([tiny_hf, "--format", "hf", "-o", run], "a kplm run"),  # another run
+        ([run, "--format", "hf", "-o", shards], "prepared shards"),
+        ([run, "--format", "hf", "-o", copied_step], "a checkpoint"),
+        ([run, "--format", "hf", "-o", checkpoints], "part of a kplm run"),
+        ([run, "--format", "hf", "-o", step], "part of a kplm run"),
+        ([run, "--format", "hf", "-o", os.path.dirname(run)], "an input"),  # holds the input
+        ([tiny_hf, "--format", "hf", "-o", tiny_hf], "an input"),  # the input itself
+    ]
+    for args, why in cases:
+        for overwrite in ([], ["--overwrite"]):
+            refused(kplm_cli("export", *args, *overwrite), args[-1], why)
+    assert {p: snapshot(p) for p in before} == before
+    for parent in (os.path.dirname(run), run, tmp_path):
+        no_siblings(parent)
+
+
+def test_export_is_complete_or_absent_and_overwrite_replaces_a_previous_export(tiny_hf, tmp_path):
+    from kplm.pretrained.huggingface import HF_EXPORT_NAMES
+    out = tmp_path / "exports" / "hf"  # its parent is created too
+    result = kplm_cli("export", tiny_hf, "--format", "hf", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(out)) == sorted(HF_EXPORT_NAMES)
+    assert os.listdir(tmp_path / "exports") == ["hf"]  # no temporary sibling left
+    first = snapshot(out)
+    refused(kplm_cli("export", tiny_hf, "--format", "hf", "-o", out), out, "--overwrite")
+    assert snapshot(out) == first
+    result = kplm_cli("export", tiny_hf, "--format", "hf", "-o", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert snapshot(out) == first  # the same input: the same bytes, in place of the old ones
+    assert os.listdir(tmp_path / "exports") == ["hf"]
+    preset = tmp_path / "preset"
+    preset.mkdir()  # an existing empty directory is fine
+    for overwrite in ([], ["--overwrite"]):
+        result = kplm_cli("export", tiny_hf, "--format", "keras_hub", "-o", preset, *overwrite)
+        assert result.exit_code == 0, result.output
+        assert "config.json" in os.listdir(preset)
+    no_siblings(tmp_path)
+
+
+def test_a_failing_export_leaves_nothing(tiny_hf, tmp_path):
+    from kplm.outputs import atomic_output
+    out = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_output(str(out)) as tmp:
+            open(os.path.join(tmp, "half"), "w").close()
+            raise RuntimeError("interrupted")
+    assert os.listdir(tmp_path) == []  # neither the output, its temporary nor its new parent
+
+
+def test_leftovers_of_dead_processes_are_cleaned_and_only_those(tmp_path):
+    from kplm.outputs import atomic_output
+    pid = _reaped_pid()
+    (tmp_path / f".out.tmp-{pid}").mkdir()  # an export killed half-way
+    (tmp_path / f".other.tmp-{pid}").mkdir()  # another output's: not this writer's business
+    (tmp_path / ".out.tmp-notes").write_text("mine")  # not kplm's pattern
+    (tmp_path / f".out.tmp-{os.getpid()}x").write_text("mine")
+    with atomic_output(str(tmp_path / "out")) as tmp:
+        open(os.path.join(tmp, "a"), "w").close()
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["out", f".other.tmp-{pid}", ".out.tmp-notes", f".out.tmp-{os.getpid()}x"])
+    # killed between moving a previous output aside and renaming the new one in: put back
+    os.rename(tmp_path / "out", tmp_path / f".out.old-{pid}")
+    with pytest.raises(Exception, match="is not empty"):
+        with atomic_output(str(tmp_path / "out")):
+            pass
+    assert os.listdir(tmp_path / "out") == ["a"]
+
+
+def test_in_place_outputs_keep_what_started_and_undo_the_rest(tmp_path):
+    """Training runs and prepared shards are resumable, so they are written in place: a replaced
+    previous output is deleted once the new one has started, and put back when it never did
+    (in this process, or after it was killed)."""
+    from kplm.outputs import RUN_NAMES, clean_stale, in_place_outputs, open_in_place
+
+    def started(path):
+        return os.path.exists(os.path.join(path, "checkpoints"))
+
+    run = fake_run(str(tmp_path / "run"))
+    previous = snapshot(run)
+    with pytest.raises(KeyboardInterrupt):
+        with in_place_outputs():
+            open_in_place(run, replace=True, started=started)
+            open(os.path.join(run, "config.yaml"), "w").close()
+            raise KeyboardInterrupt
+    assert snapshot(run) == previous
+    with pytest.raises(RuntimeError):
+        with in_place_outputs():
+            open_in_place(run, replace=True, started=started)
+            os.makedirs(os.path.join(run, "checkpoints"))
+            raise RuntimeError("after the first checkpoint: the new run is kept")
+    assert os.listdir(run) == ["checkpoints"]
+    no_siblings(tmp_path)
+    # a process killed before its first checkpoint: the next writer puts the previous run back
+    pid = _reaped_pid()
+    fake_run(str(tmp_path / f".run.old-{pid}"))
+    shutil.rmtree(run)
+    os.makedirs(os.path.join(run, "tokenizer"))
+    clean_stale(run, started=started, names=RUN_NAMES)
+    assert snapshot(run) == previous
+    no_siblings(tmp_path)
+
+
+# --- predict / evaluate -o: one file ----------------------------------------------------------
+def test_predict_and_evaluate_output_files(tmp_path):
+    run = tmp_path / "run"  # refused before the run is loaded: any directory will do
+    run.mkdir()
+    missing = tmp_path / "missing" / "predictions.jsonl"
+    refused(kplm_cli("predict", run, "-o", missing, input="a film\n"),
+            "folder", tmp_path / "missing", "does not exist")
+    refused(kplm_cli("evaluate", run, "--data", SST_TRAIN, "-o", missing),
+            "folder", tmp_path / "missing", "does not exist")
+    existing = tmp_path / "predictions.jsonl"
+    existing.write_text("mine\n")
+    refused(kplm_cli("predict", run, "-o", existing, input="a film\n"), existing, "--overwrite")
+    refused(kplm_cli("evaluate", run, "--data", SST_TRAIN, "-o", existing), existing,
+            "--overwrite")
+    assert existing.read_text() == "mine\n"
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("a film\n")
+    refused(kplm_cli("predict", run, "-i", inputs, "-o", inputs, "--overwrite"), "an input")
+    refused(kplm_cli("evaluate", run, "--data", inputs, "-o", inputs, "--overwrite"), "an input")
+    assert inputs.read_text() == "a film\n"
+    fake_run(str(tmp_path / "other"))
+    refused(kplm_cli("evaluate", run, "--data", SST_TRAIN, "-o", tmp_path / "other" /
+                     "metrics.json", "--overwrite"), "part of a kplm run")
+    assert set(os.listdir(tmp_path)) == {"run", "predictions.jsonl", "in.txt", "other"}
+
+
+# --- tokenizer train, data prepare ------------------------------------------------------------
+def test_tokenizer_train_and_data_prepare_refuse_what_they_did_not_write(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"train": {"name": "text_files",
+                                                         "paths": [TRAIN]}}}))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for overwrite in ([], ["--overwrite"]):
+        refused(kplm_cli("tokenizer", "train", config, "-o", out, *overwrite), out, "notes.txt")
+        refused(kplm_cli("data", "prepare", config, "-o", out, *overwrite), out, "notes.txt")
+    run = fake_run(str(tmp_path / "run"))
+    before = snapshot(run)
+    for overwrite in ([], ["--overwrite"]):
+        refused(kplm_cli("tokenizer", "train", config, "-o", run, *overwrite), "a kplm run")
+        refused(kplm_cli("data", "prepare", config, "-o", run, *overwrite), "a kplm run")
+        refused(kplm_cli("tokenizer", "train", config, "-o", os.path.join(run, "tokenizer"),
+                         *overwrite), "part of a kplm run")
+    refused(kplm_cli("data", "prepare", config, "-o", os.path.dirname(TRAIN), "--overwrite"),
+            "an input")
+    assert snapshot(run) == before and os.listdir(out) == ["notes.txt"]
+    no_siblings(tmp_path)
+
+
+# --- the training run_dir ---------------------------------------------------------------------
+def _write(tmp_path, config):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_run_dir_that_is_a_file_is_one_line(tiny_config, tmp_path):
+    (tmp_path / "file").write_text("mine")
+    tiny_config["run_dir"] = str(tmp_path / "file")
+    refused(kplm_cli("pretrain", _write(tmp_path, tiny_config)), "run_dir",
+            tmp_path / "file", "is a file, expected a directory")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_run_dir_holding_a_users_file_is_never_replaced(tiny_config, tmp_path):
+    from kplm.errors import KplmError
+    from kplm.training.pretrain import pretrain
+    run = fake_run(tiny_config["run_dir"], {"notes.txt": "mine"})
+    before = snapshot(run)
+    for overwrite in (False, True):
+        with pytest.raises(KplmError, match=r"holds notes.txt, which this command does not"):
+            pretrain(tiny_config, overwrite=overwrite, echo=None, progress=False)
+    os.remove(os.path.join(run, "config.yaml"))
+    os.remove(os.path.join(run, "metrics.json"))  # no longer a run: still not replaced
+    del before["config.yaml"], before["metrics.json"]
+    with pytest.raises(KplmError, match="holds notes.txt"):
+        pretrain(tiny_config, overwrite=True, echo=None, progress=False)
+    assert snapshot(run) == before
+    no_siblings(tmp_path)
+
+
+def _bad_weights(tiny_hf, tmp_path):
+    bad = str(tmp_path / "bad_bert")
+    shutil.copytree(tiny_hf, bad)
+    with open(os.path.join(bad, "model.safetensors"), "wb") as f:
+        f.write(b"not safetensors")
+    return bad
+
+
+def test_a_run_failing_before_its_first_checkpoint_leaves_nothing(tiny_config, tiny_hf, tmp_path):
+    """The backbone's weights are read after run_dir was made: the failure removes it (and the
+    parent it created), or puts back the previous run --overwrite was replacing."""
+    from kplm.training.finetune import finetune
+    from kplm.training.pretrain import pretrain
+    bad = _bad_weights(tiny_hf, tmp_path)
+    config = copy.deepcopy(tiny_config)
+    del config["tokenizer"]
+    config["backbone"] = {"name": "hf", "path": bad}
+    config["run_dir"] = str(tmp_path / "runs" / "mlm")
+    with pytest.raises(Exception):
+        pretrain(config, echo=None, progress=False)
+    assert not os.path.exists(tmp_path / "runs")
+    previous = snapshot(fake_run(config["run_dir"]))
+    with pytest.raises(Exception):
+        pretrain(config, overwrite=True, echo=None, progress=False)
+    assert snapshot(config["run_dir"]) == previous
+    no_siblings(tmp_path / "runs")
+
+    ft = {"run_dir": str(tmp_path / "ft"), "init_from": bad, "seed": 0,
+          "data": {"train": {"name": "csv", "paths": [SST_TRAIN],
+                             "columns": {"text": "sentence", "label": "label"}}},
+          "head": {"name": "sequence_classification"}, "trainer": {"steps": 2, "batch_size": 4}}
+    (tmp_path / "ft").mkdir()  # an existing empty run_dir is left empty
+    with pytest.raises(Exception):
+        finetune(ft, echo=None, progress=False)
+    assert os.listdir(tmp_path / "ft") == []
+    no_siblings(tmp_path)
+
+
+# --- non-finite weights are never written -----------------------------------------------------
+def test_a_non_finite_model_is_not_exported(tiny_hf, tmp_path, monkeypatch):
+    import numpy as np
+
+    from kplm import runs
+    from kplm.finite import NonFiniteWeightsError
+    from kplm.pretrained import load_pretrained
+    from kplm.pretrained.huggingface import export_bert
+    from kplm.pretrained.presets import save_preset
+    from kplm.serving import export_saved_model
+    backbone, tokenizer = load_pretrained(tiny_hf)
+    weight = backbone.weights[0]
+    weight.assign(np.full(weight.shape, np.nan, "float32"))
+    writers = {"hf": lambda out: export_bert(backbone, tokenizer, out),
+               "preset": lambda out: save_preset(backbone, tokenizer, out),
+               "run": lambda out: runs.save_backbone(backbone, out)}
+    os.makedirs(tmp_path / "run")
+    for name, write in writers.items():
+        out = str(tmp_path / name)
+        with pytest.raises(NonFiniteWeightsError, match=f"not writing {re.escape(out)}") as e:
+            write(out)
+        assert "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == ["run"] and os.listdir(tmp_path / "run") == []
+
+    class NaNRun:  # what FinetunedRun loads, as far as the export looks before writing
+        def __init__(self, run_dir):
+            self.model, self.head = backbone, type("Head", (), {"serving_endpoint": 1})()
+    monkeypatch.setattr("kplm.training.finetune.FinetunedRun", NaNRun)
+    with pytest.raises(NonFiniteWeightsError):
+        export_saved_model(str(tmp_path / "run"), str(tmp_path / "served"), echo=None)
+    assert os.listdir(tmp_path) == ["run"]
