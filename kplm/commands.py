@@ -28,6 +28,11 @@ def import_tensorflow_quietly():
         os.close(devnull)
 
 
+def protecting(paths):
+    from kplm.outputs import protecting as protect  # (no TensorFlow)
+    return protect(paths)
+
+
 def _config(path, overrides):
     from kplm.config import apply_overrides, load_yaml
     return apply_overrides(load_yaml(path), overrides)
@@ -46,7 +51,8 @@ def pretrain(config, overrides, overwrite):
     raw = _config(config, overrides)  # YAML errors before TensorFlow's seconds of import
     import_tensorflow_quietly()
     from kplm.training.pretrain import pretrain as run
-    metrics = run(raw, overwrite=overwrite, echo=click.echo)
+    with protecting([config]):  # --overwrite never replaces the directory of the config itself
+        metrics = run(raw, overwrite=overwrite, echo=click.echo)
     click.echo(json.dumps({"train": metrics["train"], "validation": metrics["validation"]}))
 
 
@@ -59,7 +65,8 @@ def finetune(config, overrides, overwrite):
     raw = _config(config, overrides)  # YAML errors before TensorFlow's seconds of import
     import_tensorflow_quietly()
     from kplm.training.finetune import finetune as run
-    metrics = run(raw, overwrite=overwrite, echo=click.echo)
+    with protecting([config]):
+        metrics = run(raw, overwrite=overwrite, echo=click.echo)
     click.echo(json.dumps({k: v for k, v in metrics.items() if k in ("validation", "test")}))
 
 
@@ -252,7 +259,8 @@ def tokenizer_train(config, overrides, output, kind, overwrite):
     raw = _config(config, overrides)  # YAML errors before TensorFlow's seconds of import
     import_tensorflow_quietly()
     from kplm.tokenizers.train import train_tokenizer
-    tokens = train_tokenizer(raw, output, kind=kind, overwrite=overwrite)
+    with protecting([config]):
+        tokens = train_tokenizer(raw, output, kind=kind, overwrite=overwrite)
     click.echo(f"wrote {len(tokens):,} tokens to {output}")
 
 
@@ -277,8 +285,9 @@ def data_prepare(config, overrides, output, workers, overwrite, quiet):
     Train on them with data: {train: {name: tfrecord, path: OUTPUT}} and tokenizer:
     {name: KIND, vocabulary: OUTPUT/tokenizer}."""
     from kplm.data.prepare import prepare  # imports TensorFlow where it is needed
-    prepare(_config(config, overrides), output, overwrite=overwrite, echo=click.echo,
-            progress=not quiet, workers=workers)
+    with protecting([config]):
+        prepare(_config(config, overrides), output, overwrite=overwrite, echo=click.echo,
+                progress=not quiet, workers=workers)
 
 
 @click.command()

@@ -40,11 +40,11 @@ def require_finite(model, what):
     """Raise ``NonFiniteWeightsError`` naming ``what`` (e.g. ``"runs/x/backbone.weights.h5"``)
     and the first bad weight when any weight of ``model`` (a Keras layer/model, or a list of
     variables) is non-finite. Call it before writing anything."""
+    from kplm.errors import clip
     variables = model if isinstance(model, (list, tuple)) else model.weights
     bad = non_finite_weights(variables)
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise NonFiniteWeightsError(
-            f"not writing {what}: weight {bad[0]}{more} is non-finite (NaN or inf); the training "
-            "that produced it diverged. Resume from the last checkpoint with a lower "
-            "trainer.learning_rate, or check the data")
+            f"not writing {clip(what, 120)}: weight {clip(bad[0], 60)}{more} is NaN or inf "
+            "(the training diverged): lower trainer.learning_rate or check the data")

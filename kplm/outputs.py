@@ -61,7 +61,9 @@ RUN_NAMES = RUN_MARKERS + ("tokenizer", "tensorboard", "backbone.json", "model.j
 SHARDS_NAMES = ("manifest.json", "tokenizer", "*.tfrecord")
 _CHECKPOINT_MARKERS = ("ckpt.index", "checkpoint", "state.json")
 _STEP = re.compile(r"^step-\d{8,}$")  # kplm.training.checkpoints' directories
-_SIBLING = r"^\.{name}\.(tmp|old)-(\d+)$"
+#: ``.NAME.tmp-PID`` / ``.NAME.old-PID``, or for a file ``.NAME.tmp-PID.NAME`` (its suffix
+#: kept: Keras, say, refuses to save weights to a name not ending in ``.weights.h5``)
+_SIBLING = r"^\.{name}\.(tmp|old)-(\d+)(\.{name})?$"
 
 
 class OutputError(ConfigError):
@@ -121,8 +123,36 @@ def _inside(real):
     return None
 
 
+#: Inputs of the command running in this context (its config file, say), protected like
+#: ``inputs``: the launcher names them with ``protecting()`` around a library call.
+_PROTECTED = contextvars.ContextVar("kplm_protected_inputs", default=())
+
+
+@contextlib.contextmanager
+def protecting(paths):
+    """Within the block, no output may be or contain one of ``paths`` (added to every
+    ``check_output``'s ``inputs``): the launcher protects the config file it was given.
+
+    Example:
+    >>> import os, tempfile
+    >>> run = tempfile.mkdtemp()
+    >>> config = os.path.join(run, "mlm.yaml")
+    >>> _ = open(config, "w").write("run_dir: .")
+    >>> with protecting([config]):  # doctest: +ELLIPSIS
+    ...     check_output(run, overwrite=True)
+    Traceback (most recent call last):
+    kplm.outputs.OutputError: output: ... holds an input of this command (...); choose another directory
+    """
+    token = _PROTECTED.set(_PROTECTED.get() + tuple(paths))
+    try:
+        yield
+    finally:
+        _PROTECTED.reset(token)
+
+
 def _protected(inputs):
     """``[(real path, what it is)]`` that no output may be, nor contain."""
+    inputs = [*inputs, *_PROTECTED.get()]
     found = [(os.path.realpath(p), f"an input of this command ({show(p)})") for p in inputs if p]
     found += [(os.path.realpath(os.getcwd()), "the working directory"),
               (os.path.realpath(os.path.expanduser("~")), "the home directory"),
@@ -205,10 +235,12 @@ def check_output(path, *, what="output", file=False, overwrite=False, inputs=(),
     return real
 
 
-def sibling(path, tag, pid=None):
-    """``PARENT/.NAME.tmp-PID`` (``tag="tmp"``) or ``.NAME.old-PID``: kplm's temporary names."""
+def sibling(path, tag, pid=None, file=False):
+    """``PARENT/.NAME.tmp-PID`` (``tag="tmp"``) or ``.NAME.old-PID``: kplm's temporary names;
+    with ``file``, ``.NAME.tmp-PID.NAME``, which keeps the file's suffix."""
     parent, name = os.path.split(os.path.abspath(path))
-    return os.path.join(parent, f".{name}.{tag}-{os.getpid() if pid is None else pid}")
+    pid = os.getpid() if pid is None else pid
+    return os.path.join(parent, f".{name}.{tag}-{pid}" + (f".{name}" if file else ""))
 
 
 def _alive(pid):
@@ -242,7 +274,12 @@ def clean_stale(path, *, started=None, names=None):
         return
     for entry in entries:
         match = pattern.match(entry)
-        if not match or int(match.group(2)) == os.getpid() or _alive(int(match.group(2))):
+        if not match:
+            continue
+        # A sibling carrying this process's own PID is stale too: this command has not made
+        # one yet, and in a container every start may run as the same PID (often 1).
+        pid = int(match.group(2))
+        if pid != os.getpid() and _alive(pid):
             continue
         stale = os.path.join(parent, entry)
         if match.group(1) == "tmp":
@@ -284,7 +321,7 @@ def atomic_output(path, *, what="output", file=False, overwrite=False, inputs=()
     clean_stale(check_output(path, **rule))
     real = check_output(path, **rule)  # again: a cleaned-up .old sibling may have been put back
     created = None if file else _make_parents(os.path.dirname(real))
-    tmp = sibling(real, "tmp")
+    tmp = sibling(real, "tmp", file=file)
     try:
         _remove(tmp)
         if not file:

@@ -369,3 +369,44 @@ def test_a_non_finite_model_is_not_exported(tiny_hf, tmp_path, monkeypatch):
     with pytest.raises(NonFiniteWeightsError):
         export_saved_model(str(tmp_path / "run"), str(tmp_path / "served"), echo=None)
     assert os.listdir(tmp_path) == ["run"]
+
+
+def test_overwrite_never_replaces_the_directory_of_the_config_itself(tiny_config, tmp_path):
+    """A user's hand-written config.yaml whose run_dir is its own folder: --overwrite would
+    have moved the folder aside and replaced the config with kplm's resolved one."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    tiny_config["run_dir"] = str(exp)
+    config = _write(exp, tiny_config)  # exp/config.yaml: as a kplm run's own would be named
+    before = snapshot(exp)
+    refused(kplm_cli("pretrain", config, "--overwrite"), "holds an input of this command")
+    assert snapshot(exp) == before
+    no_siblings(tmp_path)
+
+
+def test_a_stale_sibling_with_this_process_pid_is_put_back(tmp_path):
+    """In a container every start may run as the same PID: an output moved aside by a killed
+    process with this PID must be put back, not taken for this command's own."""
+    from kplm.outputs import atomic_output, clean_stale
+    os.makedirs(tmp_path / f".out.old-{os.getpid()}")
+    (tmp_path / f".out.old-{os.getpid()}" / "a").write_text("previous")
+    clean_stale(str(tmp_path / "out"))
+    assert (tmp_path / "out" / "a").read_text() == "previous"
+    (tmp_path / f".out.tmp-{os.getpid()}").mkdir()  # a half-written one: removed
+    with atomic_output(str(tmp_path / "new")):
+        pass
+    clean_stale(str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["new", "out"]
+
+
+def test_a_file_output_keeps_its_suffix_while_written(tmp_path):
+    """Keras refuses to save weights to a name that does not end in .weights.h5."""
+    import keras
+
+    from kplm.outputs import atomic_output
+    layer = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    target = tmp_path / "model.weights.h5"
+    with atomic_output(str(target), file=True) as tmp:
+        assert tmp.endswith(".weights.h5")
+        layer.save_weights(tmp)
+    assert target.exists() and os.listdir(tmp_path) == ["model.weights.h5"]

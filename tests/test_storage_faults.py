@@ -222,3 +222,49 @@ def test_a_corrupted_byte_is_caught_by_the_checksum(tmp_path):
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.warns(RuntimeWarning, match="step-00000002 cannot be restored"):
         assert store.restore(checkpoint_of(model))["step"] == 1
+
+
+def test_leftovers_with_this_pid_or_an_impossible_pid_are_cleaned_by_the_next_save(tmp_path):
+    from kplm.training.checkpoints import CheckpointDirectory, checkpoint_of
+    model = _model()
+    model.optimizer.build(model.trainable_variables)
+    for name in (f".tmp-step-00000007-{os.getpid()}",  # a container restarted with this PID
+                 ".tmp-step-00000008-99999999999999999999"):  # no such process can exist
+        os.makedirs(tmp_path / name)
+    CheckpointDirectory(str(tmp_path)).save(checkpoint_of(model), 1, {"batches": 1})
+    assert os.listdir(tmp_path) == ["step-00000001"]
+
+
+def test_a_refused_checkpoint_is_not_followed_by_a_silent_restart(tmp_path):
+    """A checkpoint that reads but is refused (non-finite weights, written by an older kplm)
+    has put its values into the model: the run stops in one line instead of going on from them
+    as if it were step 0."""
+    from kplm.training.checkpoints import CheckpointDirectory, checkpoint_of
+    from kplm.training.loop import TrainingError, train
+    model = _model()
+    model.optimizer.build(model.trainable_variables)
+    model.layers[0].kernel.assign(np.full(model.layers[0].kernel.shape, np.nan, "float32"))
+    CheckpointDirectory(str(tmp_path)).save(checkpoint_of(model, iter(_data())), 5,
+                                            {"batches": 5})
+    with pytest.warns(RuntimeWarning, match="step-00000005 is refused .non-finite weights"):
+        with pytest.raises(TrainingError, match="no checkpoint in .* can be restored"):
+            train(_model(), _data(), steps=10, eval_every=10, checkpoint_dir=str(tmp_path))
+    assert [s for s, _ in CheckpointDirectory(str(tmp_path)).good()] == [5]
+
+
+def test_a_model_with_its_own_train_step_keeps_it(tmp_path):
+    import keras
+
+    from kplm.training.loop import train
+    calls = []
+
+    class Own(keras.Sequential):
+        def train_step(self, data):
+            calls.append(1)
+            return super().train_step(data)
+
+    keras.utils.set_random_seed(0)
+    model = Own([keras.Input((64,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    result = train(model, _data(), steps=4, eval_every=4, checkpoint_dir=str(tmp_path))
+    assert calls and result.step == 4

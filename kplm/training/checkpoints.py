@@ -21,7 +21,7 @@ import shutil
 import warnings
 import zlib
 
-from kplm.errors import KplmError
+from kplm.errors import KplmError, clip
 
 _NAME = re.compile(r"^step-(\d{8,})$")
 _TMP_PREFIX = ".tmp-"
@@ -76,6 +76,7 @@ class CheckpointDirectory:
 
     def __init__(self, directory, keep=3, write=True):
         self.directory, self.keep, self.write = directory, keep, write
+        self.read_any = False  # whether restore() read a checkpoint into the objects
 
     def complete(self):
         """``[(step, path)]`` of the complete checkpoints, newest first."""
@@ -99,13 +100,13 @@ class CheckpointDirectory:
             try:
                 checkpoint.write(os.path.join(scratch, PREFIX))
             except Exception as e:  # noqa: BLE001 - any write failure stops the run
-                raise CheckpointWriteError(
-                    f"cannot write the checkpoint of step {step} in {scratch}: {_cause(e)}"
-                ) from None
+                raise CheckpointWriteError(f"cannot write the checkpoint of step {step} in "
+                                           f"{scratch}: {_cause(e)}") from None
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             return final
         tmp = os.path.join(self.directory, f"{_TMP_PREFIX}step-{step:08d}-{os.getpid()}")
+        old = None
         try:
             os.makedirs(self.directory, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -117,7 +118,6 @@ class CheckpointDirectory:
             _fsync_tree(tmp)
             if not verify(tmp, checksums=False):
                 raise OSError("the written files do not read back as written")
-            old = None
             if os.path.exists(final):  # the same step saved again: swap by renames, then delete
                 old = os.path.join(self.directory,
                                    f"{_TMP_PREFIX}old-step-{step:08d}-{os.getpid()}")
@@ -125,10 +125,12 @@ class CheckpointDirectory:
             os.rename(tmp, final)
         except Exception as e:  # noqa: BLE001 - any write failure stops the run
             shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not os.path.exists(final):
+                os.rename(old, final)  # the step's previous copy stays
             raise CheckpointWriteError(
-                f"cannot write the checkpoint of step {step} in {self.directory}: {_cause(e)}; "
-                "training stopped with the older checkpoints intact: fix the disk, then run "
-                "the same command again") from None
+                f"cannot write the checkpoint of step {step} in {clip(self.directory, 100)}: "
+                f"{_cause(e)}; stopped, the older checkpoints are kept: fix the disk and run the "
+                "same command again") from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(self.directory)
@@ -170,7 +172,9 @@ class CheckpointDirectory:
         for name in os.listdir(self.directory):  # leftovers of processes killed mid-save
             if name.startswith(_TMP_PREFIX):
                 pid = name.rsplit("-", 1)[-1]
-                if pid != str(os.getpid()) and not _alive(pid):
+                # this process's own are leftovers too (no save is under way; in a container
+                # every start may have the same PID)
+                if pid == str(os.getpid()) or not _alive(pid):
                     shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def restore(self, checkpoint, before=None, accept=None):
@@ -186,6 +190,7 @@ class CheckpointDirectory:
                     state = json.load(f)
                 if not verify(path):
                     raise OSError("its files differ from the sizes and checksums written")
+                self.read_any = True
                 status = checkpoint.read(os.path.join(path, PREFIX))
                 status.assert_existing_objects_matched()
                 status.expect_partial()  # e.g. a recovery restores all but the data position
@@ -196,6 +201,8 @@ class CheckpointDirectory:
                 skipped.append(path)
                 continue
             if accept is not None and not accept():
+                warnings.warn(f"checkpoint {path} is refused (non-finite weights); falling back "
+                              "to the previous one", RuntimeWarning, stacklevel=2)
                 skipped.append(path)
                 continue
             state.pop("files", None)
@@ -254,7 +261,7 @@ def _cause(error):
 def _alive(pid):
     try:
         os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
+    except (ValueError, OverflowError, ProcessLookupError):
         return False
     except PermissionError:
         return True

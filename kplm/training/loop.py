@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.distribute import input_lib
 
-from kplm.errors import KplmError
+from kplm.errors import KplmError, clip
 from kplm.finite import non_finite_weights, require_finite
 from kplm.training.checkpoints import CheckpointDirectory, checkpoint_of
 from kplm.training.step import SKIPPED, STEP_LOSS, install, is_installed
@@ -180,7 +180,9 @@ class _Keeper(keras.callbacks.Callback):
         logs = logs or {}
         step = int(self.model.optimizer.iterations.numpy())
         self.data.batches += 1
-        loss = float(logs.get(STEP_LOSS, float("nan")))
+        # kplm's step reports the step's own loss; a model with its own train_step, Keras'
+        # running mean (a non-finite step still makes it non-finite)
+        loss = float(logs.get(STEP_LOSS, logs.get("loss", 0.0)))
         if float(logs.get(SKIPPED, 0.0)) > 0:  # the gate kept the weights: step is not done
             self.in_a_row += 1
             self.skipped.append(step + 1)
@@ -204,7 +206,7 @@ class _Keeper(keras.callbacks.Callback):
                 raise _StopFit
         signum = self.signal  # read once: a signal may land between two reads
         if (step % self.checkpoint_every == 0 or signum is not None) and step != self.saved:
-            if non_finite_weights(self.model.trainable_variables):
+            if non_finite_weights(self.model.weights):
                 self.bad = (step, loss, "non-finite weights")
                 raise _StopFit
             self._save(step)
@@ -246,7 +248,12 @@ def _fit_of(model):
 
 
 def _weights_finite(model):
-    return not non_finite_weights(model.trainable_variables)
+    return not non_finite_weights(model.weights)
+
+
+def _has_keras_train_step(model):
+    """Whether ``model`` trains with Keras' own ``train_step`` (no override of its own)."""
+    return getattr(type(model), "train_step", None) is getattr(keras.Model, "train_step", None)
 
 
 def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every=None, keep=3,
@@ -263,8 +270,9 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
     """
     import time
 
-    if not is_installed(model):
-        install(model)
+    if not is_installed(model) and _has_keras_train_step(model):
+        install(model)  # a model with its own train_step keeps it (and goes without the gate)
+    shown_dir = clip(checkpoint_dir, 100)  # as error lines quote it
     checkpoint_every = checkpoint_every or eval_every
     data = PositionedData(dataset, strategy)
     store = CheckpointDirectory(checkpoint_dir, keep=keep, write=write)
@@ -283,7 +291,7 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
         return int(optimizer.iterations.numpy())
 
     def save(step):
-        require_finite(model, f"the checkpoint of step {step} in {checkpoint_dir}")
+        require_finite(model, f"the checkpoint of step {step} in {shown_dir}")
         store.save(checkpoint, step, state())
         keeper.saved = step
 
@@ -308,6 +316,11 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
             if echo:
                 echo(f"resuming from {restored['path']} (step {restored['step']}, restored in "
                      f"{result.restore_seconds:.1f} s)")
+    if restored is None and store.read_any:
+        # a checkpoint was read but refused (non-finite weights, or a read that failed half
+        # way): the model holds its values now, so starting over from step 0 is not possible
+        raise TrainingError(f"no checkpoint in {shown_dir} can be restored (see the warnings "
+                            "above); move it away to start the run again")
     if restored is None:  # a new run, or every checkpoint damaged: start from step 0
         save(step_now())  # a loss-guard recovery always has a checkpoint to go back to
 
@@ -334,7 +347,7 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
                     save(step_now())
                 name = signal.Signals(keeper.signal).name
                 raise Interrupted(f"{name} at step {step_now()}: checkpoint written to "
-                                  f"{checkpoint_dir}; run the same command again to continue",
+                                  f"{shown_dir}; run the same command again to continue",
                                   keeper.signal)
             if keeper.bad is not None:
                 bad_step, loss, what = keeper.bad
@@ -343,14 +356,14 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
                     raise TrainingError(
                         f"{what} at step {bad_step}, after {len(recoveries)} recoveries "
                         f"(trainer.max_recoveries={max_recoveries}); stopped. The last good "
-                        f"checkpoint is in {checkpoint_dir}: lower the learning rate or check "
+                        f"checkpoint is in {shown_dir}: lower the learning rate or check "
                         "the data around this step")
                 batches_read = data.batches
                 restored = store.restore(checkpoint_of(model), before=bad_step,
                                          accept=lambda: _weights_finite(model))
                 if restored is None:
                     raise TrainingError(f"{what} at step {bad_step} and no checkpoint with "
-                                        f"finite weights before it in {checkpoint_dir}")
+                                        f"finite weights before it in {shown_dir}")
                 # checkpoints after the restored one belong to the abandoned trajectory: a later
                 # resume must not start from them
                 store.discard_after(restored["step"])
@@ -359,7 +372,8 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
                 recoveries.append((bad_step, restored["step"]))
                 warnings.warn(f"{what} at step {bad_step}: restored the checkpoint of step "
                               f"{restored['step']} and skipped the "
-                              f"{batches_read - restored.get('batches', 0)} batch(es) since ({len(recoveries)}/{max_recoveries} recoveries)",
+                              f"{batches_read - restored.get('batches', 0)} batch(es) since "
+                              f"({len(recoveries)}/{max_recoveries} recoveries)",
                               RuntimeWarning, stacklevel=2)
                 if echo:
                     echo(f"recovered from {what} at step {bad_step}: back to step "
