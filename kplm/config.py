@@ -21,7 +21,7 @@ import typing
 import yaml
 
 from kplm.checks import check_limits
-from kplm.errors import ConfigError, clip, describe, listed, shown
+from kplm.errors import ConfigError, clip, listed, reading, shown
 
 _MISSING = inspect.Parameter.empty
 
@@ -95,15 +95,9 @@ def _check_size(data, where):
 
 def load_yaml(path):
     """Read a YAML mapping; errors name the file (and line for syntax errors)."""
-    try:
+    with reading(path, "config file", error=ConfigError):
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {describe(e)}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: {os.path.getsize(path):,} bytes is too large for a config "
                           f"(at most {MAX_CONFIG_BYTES:,})")
