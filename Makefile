@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-clm venv clean
+.PHONY: demo test test-oldest bench bench-clm venv clean
 
 $(STAMP): pyproject.toml plugins/kplm-text-extras/pyproject.toml plugins/kplm-electra/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,21 @@ demo: $(STAMP)
 # module fixtures are built once.
 test: $(STAMP)
 	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15
+	$(MAKE) test-oldest
+
+# The oldest Keras and keras-hub pyproject.toml allows, laid over the main virtualenv (same
+# TensorFlow): the training tests (resume, accumulation, strategies, the non-finite gate).
+OLDEST := .venv-oldest
+OLDEST_PINS := keras==3.15.0 keras-hub==0.30.0
+$(OLDEST)/.installed: Makefile
+	rm -rf $(OLDEST)
+	$(PY) -m pip install --quiet --no-deps --target $(OLDEST) $(OLDEST_PINS)
+	touch $@
+
+test-oldest: $(STAMP) $(OLDEST)/.installed
+	PYTHONPATH=$(abspath $(OLDEST)) $(PY) -c "import keras, keras_hub; print('oldest allowed:', 'keras', keras.__version__, 'keras-hub', keras_hub.__version__)"
+	PYTHONPATH=$(abspath $(OLDEST)) $(PY) -m pytest -q -x -n 2 --dist loadfile \
+		tests/test_resume.py tests/test_accumulation.py tests/test_distribute.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_mlm.py
@@ -32,4 +47,4 @@ bench-clm: $(STAMP)
 	$(PY) benchmarks/bench_clm.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache $(OLDEST)

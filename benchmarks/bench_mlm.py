@@ -60,7 +60,10 @@ MASK_ID = 103  # [MASK] in BERT's vocabulary
 N_BATCHES = 32  # distinct pre-made batches, cycled
 PIPELINE_VOCAB = 8000
 MATMUL_N = 4096
-SYSTEMS = ("kplm", "keras_hub")
+SYSTEMS = ("kplm", "kplm_loop", "keras_hub")
+#: kplm: kplm's model under Keras' fit; kplm_loop: the same model trained by kplm's own loop
+#: (kplm.training.loop.train: the step of kplm runs, several steps per call).
+STEPS_PER_EXECUTION = 10
 
 
 def flops_per_token(L, H, F, V, S=SEQ, n_mask=N_MASK):
@@ -151,7 +154,7 @@ def _tensor_dataset(x, y, w):
 def _build_model(system, L, H, NH, F, V, jit):
     import keras
     keras.utils.set_random_seed(0)
-    if system == "kplm":
+    if system in ("kplm", "kplm_loop"):
         from kplm.models.encoder import Encoder
         from kplm.models.masked_lm import MaskedLM
         backbone = Encoder(vocabulary_size=V, num_layers=L, num_heads=NH, hidden_dim=H,
@@ -174,7 +177,7 @@ def _build_model(system, L, H, NH, F, V, jit):
     return model
 
 
-def _timed_fit(model, ds, *, window_s, windows, warmup_steps, warmup_s):
+def _timed_fit(model, ds, *, window_s, windows, warmup_steps, warmup_s, loop=False, jit=False):
     """Train until ``windows`` windows of >= ``window_s`` seconds have been timed after warm-up.
 
     Step 1 (tracing/compilation) and the warm-up (>= ``warmup_steps`` further steps and
@@ -211,8 +214,40 @@ def _timed_fit(model, ds, *, window_s, windows, warmup_steps, warmup_s):
                 if len(self.done) >= windows:
                     self.model.stop_training = True
 
-    timer = Timer()
-    model.fit(ds, epochs=1, steps_per_epoch=10 ** 9, verbose=0, callbacks=[timer])
+        def step(self):  # optimizer steps so far (several per batch hook in kplm's loop)
+            return int(self.model.optimizer.iterations.numpy())
+
+    class LoopTimer(Timer):
+        def on_train_batch_end(self, batch, logs=None):
+            t = time.perf_counter()
+            self.steps = self.step()
+            if self.first is None:
+                self.first = t
+                return
+            if self.start is None:
+                if self.steps - 1 >= warmup_steps and t - self.first >= warmup_s:
+                    self.start, self.start_step = t, self.steps
+                    self.warmup = t - self.first
+                return
+            if t - self.start >= window_s:
+                self.done.append((self.steps - self.start_step, t - self.start))
+                self.start, self.start_step = t, self.steps
+                if len(self.done) >= windows:
+                    self.model.stop_training = True
+
+    if loop:
+        from kplm.training.loop import train
+        timer = LoopTimer()
+        scratch = tempfile.mkdtemp(prefix="kplm-bench-")
+        try:
+            train(model, ds, steps=10 ** 9, eval_every=10 ** 9, checkpoint_dir=scratch,
+                  callbacks=[timer], steps_per_execution=STEPS_PER_EXECUTION,
+                  jit_compile=jit)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        timer = Timer()
+        model.fit(ds, epochs=1, steps_per_epoch=10 ** 9, verbose=0, callbacks=[timer])
     return timer.done, timer.first - timer.t0, timer.warmup
 
 
@@ -245,7 +280,8 @@ def worker_train(a):
     ds = _tensor_dataset(x, y, w)
     model = _build_model(a.system, L, H, NH, F, VOCAB, bool(a.jit))
     wins, first_s, warm_s = _timed_fit(model, ds, window_s=a.seconds, windows=a.windows,
-                                       warmup_steps=a.warmup_steps, warmup_s=a.warmup_s)
+                                       warmup_steps=a.warmup_steps, warmup_s=a.warmup_s,
+                                       loop=a.system == "kplm_loop", jit=bool(a.jit))
     return _train_result(a, model, wins, first_s, warm_s, B, L, H, NH, F, VOCAB,
                          {"keras_hub": keras_hub.__version__})
 
@@ -401,7 +437,8 @@ class Driver:
         lines = ["", f"fp32 {MATMUL_N}^2 matmul peak (best of {len(mm)} runs): {peak:.0f} GFLOP/s"
                  f"  [per-run best: {', '.join('%.0f' % r['gflops_best'] for r in mm)}]", ""]
         hdr = (f"{'shape':6s} {'L x H, FFN, batch':20s} {'jit':>3s} {'kplm tok/s':>12s} "
-               f"{'keras_hub tok/s':>16s} {'kplm/kh':>8s} {'MFU kplm':>9s} {'MFU kh':>7s}")
+               f"{'keras_hub tok/s':>16s} {'kplm/kh':>8s} {'loop tok/s':>12s} {'loop/kh':>8s} "
+               f"{'MFU kplm':>9s} {'MFU kh':>7s}")
         lines += [hdr, "-" * len(hdr)]
 
         def pick(**kw):
@@ -420,22 +457,29 @@ class Driver:
             for jit in jits:
                 k = [r["tokens_per_s"] for r in pick(system="kplm", shape=shape, jit_compile=bool(jit), feed="random")]
                 h = [r["tokens_per_s"] for r in pick(system="keras_hub", shape=shape, jit_compile=bool(jit), feed="random")]
+                lp = [r["tokens_per_s"] for r in pick(system="kplm_loop", shape=shape, jit_compile=bool(jit), feed="random")]
+                lm = statistics.median(lp) if lp else float("nan")
                 fpt = flops_per_token(L, H, F, VOCAB)
                 km = statistics.median(k) if k else float("nan")
                 hm = statistics.median(h) if h else float("nan")
                 ratio = km / hm if k and h else float("nan")
+                loop_ratio = lm / hm if lp and h else float("nan")
                 mfu = lambda t: t * fpt / (peak * 1e9)  # noqa: E731
                 desc = f"{L}x{H}, {F}, {B}"
                 lines.append(f"{shape:6s} {desc:20s} {jit:>3d} {fmt(k):>12s} "
-                             f"{fmt(h):>16s} {ratio:>8.3f} {mfu(km) * 100:>8.1f}% {mfu(hm) * 100:>6.1f}%")
+                             f"{fmt(h):>16s} {ratio:>8.3f} {fmt(lp):>12s} {loop_ratio:>8.3f} "
+                             f"{mfu(km) * 100:>8.1f}% {mfu(hm) * 100:>6.1f}%")
                 summary.append({"kind": "summary", "part": "train", "shape": shape,
                                 "jit_compile": bool(jit), "kplm_tokens_per_s": km,
                                 "keras_hub_tokens_per_s": hm, "ratio_kplm_over_keras_hub": ratio,
+                                "kplm_loop_tokens_per_s": lm,
+                                "ratio_kplm_loop_over_keras_hub": loop_ratio,
                                 "mfu_kplm": mfu(km), "mfu_keras_hub": mfu(hm),
                                 "model_flops_per_token": fpt, "matmul_peak_gflops": peak,
                                 "kplm_runs": k, "keras_hub_runs": h})
-        lines.append("(tok/s: median over rounds, ± half the spread between rounds; "
-                     "MFU against the matmul peak above)")
+        lines.append("(tok/s: median over rounds, ± half the spread between rounds; kplm: kplm's "
+                     "model under fit; loop: kplm's own training loop, "
+                     f"{STEPS_PER_EXECUTION} steps per call; MFU against the matmul peak above)")
         if do_pipe:
             t = [r["tokens_per_s"] for r in pick(feed="tensors")]
             p = [r["tokens_per_s"] for r in pick(feed="pipeline")]

@@ -7,25 +7,7 @@ import os
 import click
 
 from kplm.hookspecs import hookimpl
-
-
-def import_tensorflow_quietly():
-    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probing) sent to /dev/null,
-    which TF_CPP_MIN_LOG_LEVEL cannot silence; ``--debug`` keeps it."""
-    import sys
-    if "tensorflow" in sys.modules or os.environ.get("KPLM_DEBUG"):
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow
-        tensorflow.config.list_physical_devices("GPU")  # CUDA probing logs on first use
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+from kplm.tf_import import import_tensorflow_quietly
 
 
 def protecting(paths):
@@ -93,7 +75,7 @@ def evaluate(run_dir, paths, output, overwrite):
             raise KplmError(f"{path}: expected a JSON object of the run's metrics")
     import_tensorflow_quietly()
     from kplm.runs import write_json
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run = FinetunedRun(run_dir)
     metrics = run.evaluate(run.source(paths))
     result = {"data": list(paths), **metrics}
@@ -127,7 +109,7 @@ def predict(run_dir, input_path, output, overwrite):
     given = list(input_lines(input_path, name))  # UTF-8, checked before loading
     import_tensorflow_quietly()
     from kplm.errors import DataError
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run = FinetunedRun(run_dir)
     head = run.head
     examples = []
@@ -183,7 +165,7 @@ def export(run_dir, fmt, output, overwrite):
         from kplm.serving import export_saved_model
         export_saved_model(run_dir, output, echo=click.echo, overwrite=overwrite)
         return
-    from kplm.training.finetune import HEAD_CONFIG, FinetunedRun
+    from kplm.runs import HEAD_CONFIG, FinetunedRun
     if os.path.exists(os.path.join(run_dir, HEAD_CONFIG)):
         run = FinetunedRun(run_dir)
         backbone, tok = run.model.backbone, run.tokenizer

@@ -23,12 +23,26 @@ class DataSource(Component):
 
     Subclasses implement ``check()`` (cheap, raises ``kplm.errors.DataError`` naming the file) and
     ``build()`` returning the dataset. ``text_field`` names the string feature objectives read.
+
+    Sources of token ids rather than text (``kplm data prepare``'s ``tfrecord``) also set:
+
+    - ``tokenizer_dir``: the directory of the tokenizer the ids were made with, which ``kplm
+      pretrain`` loads when the config gives no vocabulary. Default: None (a source of text).
+    - ``check_tokenizer(tokenizer)``: refuse a tokenizer the ids were not made with; ``kplm
+      pretrain`` calls it for every source. Default: accepts any.
     """
 
     text_field = "text"
+    #: Directory of the tokenizer the examples' ids were made with; None for sources of text.
+    tokenizer_dir = None
 
     def check(self):
         """Validate inputs (files exist, readable, non-empty) without reading everything."""
+
+    def check_tokenizer(self, tokenizer):
+        """Refuse ``tokenizer`` (a kplm ``Tokenizer``, or the directory one was saved in) with a
+        ``kplm.errors.ConfigError`` unless the examples can be read with it (ids prepared with
+        another tokenizer cannot). Default: nothing to check, text reads with any."""
 
     def build(self):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -109,14 +123,27 @@ class Objective(Component):
     - ``dataset(source_ds, tokenizer, *, batch_size, sequence_length, seed, training)``:
       ``(x, y, sample_weight)`` batches; training streams repeat forever, validation streams
       are finite and deterministic.
-    - ``tokens_per_row(sequence_length)``: tokens one row trains on (for tokens/s).
-    - Optionally the combinable protocol (``output_name``, ``batches``, ``transform``,
-      ``model_inputs``, ``head``, ``loss``, ``metrics``), so that it can be listed with others
-      in ``objectives:``; see ``kplm.objectives.combined.CombinedObjective``.
+    - ``tokens_per_row(sequence_length)``: tokens one row trains on (for tokens/s). Default:
+      ``sequence_length``.
+    - Optionally the combinable protocol (``output_name``, ``builds_rows``, ``batches``,
+      ``transform``, ``model_inputs``, ``head``, ``loss``, ``metrics``), so that it can be
+      listed with others in ``objectives:``; see ``kplm.objectives.combined.CombinedObjective``.
+      ``combinable`` says whether it does: by default, when it names its output
+      (``output_name`` set); a subclass inheriting the protocol opts out with
+      ``output_name = None``.
     """
 
     families = ("encoder",)
+    #: Combinable objectives: the key of the objective's output, targets and metrics.
     output_name = None
+    #: Combinable objectives: True if the training rows must come from it (sentence pairs).
+    builds_rows = False
+
+    @property
+    def combinable(self):
+        """Whether it implements the combinable protocol and may be listed with others in
+        ``objectives:``. Default: when it names its output (``output_name`` is not None)."""
+        return self.output_name is not None
 
     def tokens_per_row(self, sequence_length):
         """Tokens one row trains on. Default: ``sequence_length``."""
@@ -146,6 +173,11 @@ class Head(Component):
       ``(fn, input_signature)``, a function of ``[batch]`` raw-string tensors returning a dict of
       named output tensors, computed in graph ops (tokenization included); see
       ``kplm.serving``.
+    - ``tokens_per_row(sequence_length)``: tokens one example trains on (for tokens/s).
+      Default: ``sequence_length``.
+    - ``validation_callback(model, source, tokenizer, *, batch_size, sequence_length)``: a Keras
+      callback adding validation metrics ``fit`` cannot compute (e.g. generation + BLEU) to the
+      epoch logs, or None. Default: None.
     """
 
     metric = "loss"
@@ -155,6 +187,17 @@ class Head(Component):
 
     def prepare(self, source):
         """Learn what the data fixes (label sets, ...). Default: nothing."""
+
+    def tokens_per_row(self, sequence_length):
+        """Tokens one example trains on (for tokens/s). Default: ``sequence_length``."""
+        return sequence_length
+
+    def validation_callback(self, model, source, tokenizer, *, batch_size, sequence_length):
+        """A Keras callback that adds ``val_<metric>`` entries ``fit`` cannot compute
+        (generation, BLEU) to the epoch logs; ``kplm finetune`` runs it on the validation
+        ``source`` before the callbacks that read those logs (checkpointing, early stopping).
+        Default: None (``fit``'s own validation metrics suffice)."""
+        return None
 
     def baseline(self, train_source, eval_source):
         """A trivial baseline's metrics on ``eval_source`` (e.g. majority class), or None."""

@@ -13,7 +13,7 @@ def main():
     """Pretrain the tiny BERT, fine-tune it on SST-2 sentiment, print what was reached."""
     # TensorFlow's C++ warnings (input-pipeline notes) are not the demo's output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from kplm.commands import import_tensorflow_quietly
+    from kplm.tf_import import import_tensorflow_quietly
     import_tensorflow_quietly()
     os.chdir(ROOT)  # the configs' data paths are relative to the repository
     from kplm.training.finetune import finetune

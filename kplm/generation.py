@@ -72,6 +72,25 @@ def use_sampler(model, sampler, use_cache, options):
         generator.state.assign(np.array([value, 0], dtype=generator.state.dtype))
 
 
+def any_equal(inputs, values, padding_mask):
+    """True where ``inputs`` equals any of ``values`` (e.g. stop token ids) and ``padding_mask``
+    is True; what the task models' ``generate_step`` uses to find generated stop tokens.
+
+    Example:
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> mask = any_equal(np.array([[5, 2, 3, 2]]), [2, 3], np.array([[True, True, True, False]]))
+    >>> ops.convert_to_numpy(mask).tolist()
+    [[False, True, True, False]]
+    """
+    from keras import ops
+
+    found = ops.equal(inputs, values[0])
+    for value in values[1:]:
+        found = ops.logical_or(found, ops.equal(inputs, value))
+    return ops.logical_and(found, padding_mask)
+
+
 def load_generator(run_dir):
     """The ``CausalLM`` and tokenizer of a finished ``causal_lm`` pretraining run; any other run
     directory is refused in one line saying what it is, before weights are read."""

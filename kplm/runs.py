@@ -3,6 +3,7 @@
 ``config.yaml`` (resolved), ``tokenizer/``, ``checkpoints/``, ``tensorboard/{train,validation}/``,
 ``metrics.json``, ``backbone.weights.h5`` + ``backbone.json`` (the pretrained backbone).
 """
+import contextlib
 import importlib
 import json
 import os
@@ -17,6 +18,9 @@ TENSORBOARD = "tensorboard"
 METRICS = "metrics.json"
 BACKBONE_WEIGHTS = "backbone.weights.h5"
 BACKBONE_CONFIG = "backbone.json"
+HEAD_CONFIG = "head.json"  # a fine-tuned run: its head, its model and weights
+MODEL_CONFIG = "model.json"
+MODEL_WEIGHTS = "model.weights.h5"
 
 
 def write_json(path, data):
@@ -162,3 +166,107 @@ def load_tokenizer(run_dir):
         raise KplmError(message if path in message else f"{path}: {message}") from None
     except (TypeError, AttributeError) as e:  # a value of the wrong type in tokenizer.json
         raise KplmError(f"{config_path}: cannot load the tokenizer: {describe(e)}") from e
+
+
+@contextlib.contextmanager
+def _in_file(path):
+    """Errors about a run directory's file name it (unless they already do)."""
+    try:
+        yield
+    except KplmError as e:
+        message = str(e)
+        raise KplmError(message if path in message else f"{path}: {message}") from None
+
+
+class FinetunedRun:
+    """A fine-tuned run directory loaded for evaluation and prediction (portable: it reads only
+    the run directory itself).
+
+    Example:
+        run = FinetunedRun("runs/sst2")
+        run.predict([{"text": "a gripping , funny film"}])
+    """
+
+    def __init__(self, run_dir):
+        import importlib
+
+        import kplm.models.encoder  # noqa: F401  (serializable classes)
+        from kplm.config import check_arguments, check_section, load_yaml
+        from kplm.errors import ConfigError
+        from kplm.plugins import get_registry
+        from kplm.training.finetune_options import FinetuneOptions
+
+        self.run_dir = run_dir
+        path = os.path.join(run_dir, HEAD_CONFIG)
+        if not os.path.exists(path):
+            hint = (" (a pretraining run: it has a backbone.json)"
+                    if os.path.exists(os.path.join(run_dir, BACKBONE_CONFIG)) else "")
+            raise KplmError(f"{run_dir}: not a fine-tuned run directory (no {HEAD_CONFIG})"
+                            f"{hint}")
+        for name in (MODEL_CONFIG, MODEL_WEIGHTS, CONFIG):
+            if not os.path.exists(os.path.join(run_dir, name)):
+                raise KplmError(f"{run_dir}: no {name}; the fine-tuning run did not finish")
+        # Everything read here is checked as a config is: a damaged or edited run directory is
+        # one line naming the file, before the model is built.
+        with _in_file(path):
+            head_class, head_config = check_section(
+                read_json(path, "a saved head config"), "head", "head", get_registry())
+            self.head = head_class(**{k: v for k, v in head_config.items() if k != "name"})
+        config_path = os.path.join(run_dir, CONFIG)
+        with _in_file(config_path):
+            self.config = load_yaml(config_path)
+            finetune = check_arguments(FinetuneOptions, self.config.get("finetune"), "finetune")
+            data = self.config.get("data")
+            if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+                raise ConfigError("config key 'data.train' is missing")
+        if self.head.model_module:
+            importlib.import_module(self.head.model_module)
+        self.tokenizer = load_tokenizer(run_dir)
+        model_path = os.path.join(run_dir, MODEL_CONFIG)
+        self.model = rebuild(read_json(model_path, "a saved model config"),
+                                  model_path, "model")
+        load_weights(self.model, os.path.join(run_dir, MODEL_WEIGHTS), "model weights")
+        self.sequence_length = (finetune["sequence_length"]
+                                or self.model.backbone.sequence_length)
+
+    def source(self, paths, split="validation"):
+        """A data source like the run's ``data.<split>`` (same format options) over ``paths``."""
+        from kplm.config import check_section, signature_of
+        from kplm.errors import ConfigError
+        from kplm.plugins import get_registry
+        section = self.config["data"].get(split) or self.config["data"]["train"]
+        registry = get_registry()
+        with _in_file(os.path.join(self.run_dir, CONFIG)):
+            if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+                raise ConfigError(f"config key 'data.{split}': expected a data source section")
+            section = dict(section)
+            accepted, _ = signature_of(registry.get("data_source", section["name"]))
+        if "paths" in accepted:
+            section["paths"] = list(paths)
+        elif {"source", "target"} <= set(accepted) and len(paths) == 2:
+            section["source"], section["target"] = paths  # parallel text: --data SRC --data TGT
+        else:
+            raise ConfigError(f"--data: the run's data source '{section['name']}' takes "
+                              + ("two files, --data SOURCE --data TARGET"
+                                 if {"source", "target"} <= set(accepted) else "no paths"))
+        cls, resolved = check_section(section, "data_source", f"data.{split}", registry)
+        source = cls(**{k: v for k, v in resolved.items() if k != "name"})
+        source.check()
+        return source
+
+    def evaluate(self, source, batch_size=64):
+        """The head's metrics over a data source."""
+        return self.head.evaluate(self.model, source, self.tokenizer, batch_size=batch_size,
+                                  sequence_length=self.sequence_length)
+
+    def predict(self, examples, batch_size=64):
+        """``examples``: dicts of the head's input fields -> one prediction dict each."""
+        fields = [self.head.text_field] + ([self.head.pair_field]
+                                           if getattr(self.head, "pair_field", None) else [])
+        for i, ex in enumerate(examples):
+            missing = [f for f in fields if f not in ex]
+            if missing:
+                from kplm.errors import DataError
+                raise DataError(f"input {i + 1}: missing {missing}")
+        return self.head.predict(self.model, examples, self.tokenizer, batch_size=batch_size,
+                                 sequence_length=self.sequence_length)

@@ -31,7 +31,7 @@ def export_saved_model(run_dir, output, *, echo=print, overwrite=False):
 
     from kplm.finite import require_finite
     from kplm.outputs import atomic_output, check_output
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     rule = dict(what="--output", overwrite=overwrite, inputs=[run_dir], names=SAVED_MODEL_NAMES)
     check_output(output, **rule)
     run = FinetunedRun(run_dir)

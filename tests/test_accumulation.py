@@ -41,27 +41,32 @@ def pretrainer_run(accumulation_steps, steps=2):
     from kplm.models.pretrainer import Pretrainer
     from kplm.objectives.masked_lm import MaskedLMObjective
     from kplm.objectives.next_sentence import NextSentencePredictionObjective
-    from kplm.training.step import install
+    import tempfile
+
+    from kplm.training.loop import train as train_loop
 
     keras.utils.set_random_seed(0)
     model = Pretrainer(Encoder(vocabulary_size=50, num_layers=1, hidden_dim=16, num_heads=2,
                                intermediate_dim=32, sequence_length=8, dropout=0.0),
                        [MaskedLMObjective(), NextSentencePredictionObjective()], [1.0, 0.5])
     model.compile(optimizer=keras.optimizers.SGD(0.5))
-    install(model, accumulation_steps)
     x, y, w = batches(steps)
     labels = (np.arange(len(y)) % 3 == 0).astype("int32")
     data = tf.data.Dataset.from_tensor_slices(
         (x, {"masked_lm": y, "next_sentence": labels},
          {"masked_lm": w, "next_sentence": np.ones(len(y), "float32")})).batch(BATCH)
-    history = model.fit(data, epochs=1, verbose=0)
-    return {k: v[-1] for k, v in history.history.items()}, model.get_weights()
+    with tempfile.TemporaryDirectory() as scratch:
+        result = train_loop(model, data.repeat(), steps=steps, eval_every=steps,
+                            checkpoint_dir=scratch, accumulation_steps=accumulation_steps,
+                            validation_data=data)
+    return {k: v[-1] for k, v in result.history.items()}, model.get_weights()
 
 
 def test_accumulation_with_several_outputs():
     one_logs, one_weights = pretrainer_run(1)
     two_logs, two_weights = pretrainer_run(2)
-    assert set(two_logs) == set(one_logs) and "masked_lm_loss" in one_logs
+    assert set(two_logs) == set(one_logs)
+    assert {"masked_lm_loss", "next_sentence_loss", "val_masked_lm_loss"} <= set(one_logs)
     for key in one_logs:
         assert two_logs[key] == pytest.approx(one_logs[key], abs=1e-5), key
     assert max_difference(one_weights, two_weights) < 1e-5
@@ -95,11 +100,11 @@ def test_token_loss_is_a_float32_mean_over_real_tokens():
     assert float(TokenLoss()(y, logits, np.zeros_like(w))) == 0.0  # no targets: no NaN
 
 
-def test_install_refuses_bad_steps_and_batch_sizes():
+def test_train_step_refuses_bad_steps_and_batch_sizes():
     from kplm.errors import ConfigError
     from kplm.training.distribute import check_batch_size, strategy_for
-    from kplm.training.step import install
+    from kplm.training.step import TrainStep
     with pytest.raises(ValueError, match="accumulation_steps must be an integer >= 1"):
-        install(keras.Sequential([keras.layers.Dense(1)]), 0)
+        TrainStep(keras.Sequential([keras.layers.Dense(1)]), tf.distribute.get_strategy(), 0)
     with pytest.raises(ConfigError, match=r"multiple of gradient_accumulation_steps x replicas"):
         check_batch_size(6, 4, strategy_for("default"))

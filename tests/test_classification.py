@@ -86,7 +86,7 @@ def test_evaluate_and_predict_from_a_copied_run_dir(finetuned_run, tmp_path):
     # Accuracy counts argmaxes, computed here in batches of 32 during the run and by `kplm
     # evaluate` in batches of 64 in another process: logits that may differ in the last bits,
     # so each dev sentence at a near tie may flip (1/n). Exact when there is none.
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run = FinetunedRun(run_dir)
     dev = [{"text": x["text"].numpy().decode()} for x in run.source([SST_DEV]).build()]
     flippable = sum(near_ties(run.predict(dev)))
@@ -121,7 +121,7 @@ def test_exported_saved_model_serves_raw_text_like_predict(finetuned_run, tmp_pa
     """`kplm export` -> a SavedModel that a process with only TensorFlow + tensorflow-text loads
     and that answers raw strings exactly as `kplm predict` does."""
     from kplm.testing import serve_in_fresh_process
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run_dir, _ = finetuned_run
     exported = str(tmp_path / "served")
     result = run_kplm("export", run_dir, "-o", exported)

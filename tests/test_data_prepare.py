@@ -235,7 +235,7 @@ def test_missing_manifest_and_other_tokenizer_are_refused(prepared, tmp_path):
         source.check_tokenizer(other)
     source.check_tokenizer(_tokenizer(out))
     with pytest.raises(ConfigError, match="is not the one the shards"):  # caught in the pipeline
-        tokenized_texts(source.build(), other)
+        tokenized_texts(source.build(), other, source=source)
     with pytest.raises(DataError, match="holds token ids, not text.*tokenizer.vocabulary"):
         source.texts()
     assert isinstance(WordPiece(vocabulary=source.tokenizer_dir).tokens, list)

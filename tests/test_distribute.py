@@ -41,17 +41,25 @@ def batches(steps=STEPS, batch=BATCH, seed=0):
 
 def train(strategy=None, *, naive=False, accumulation_steps=1, steps=STEPS, batch=BATCH,
           precision=None, jit_compile=False, run_dir=None, data_steps=None, nan_batch=None,
-          drop_batch=None):
-    """Train a tiny MaskedLM; returns ``(per-step losses, final weights, model)``. With
-    ``run_dir``, through kplm's training loop (checkpoints, TensorBoard) instead of ``fit``.
-    ``nan_batch``: that batch's first row gets a NaN sample weight (a non-finite loss and
-    gradient on the first replica only); ``drop_batch``: that batch is left out."""
+          drop_batch=None, fit=False):
+    """Train a tiny MaskedLM with kplm's loop; returns ``(per-step losses, final weights,
+    model)``. ``run_dir`` keeps its checkpoints and TensorBoard logs (else a scratch
+    directory). ``naive``: a model whose loss kplm's step cannot see the targets of, so each
+    replica and micro-batch averages over its own (what a plain weighted-mean loss does);
+    ``fit``: Keras' ``fit`` instead of kplm's loop. ``nan_batch``: that batch's first row gets
+    a NaN sample weight (a non-finite loss and gradient on the first replica only);
+    ``drop_batch``: that batch is left out."""
+    import tempfile
+
     import keras
     import tensorflow as tf
 
     from kplm.models.encoder import Encoder
     from kplm.models.masked_lm import MaskedLM
-    from kplm.training.step import install
+
+    class NaiveMaskedLM(MaskedLM):
+        def compute_loss(self, *args, **kwargs):  # its own: kplm's step sees one opaque term
+            return super().compute_loss(*args, **kwargs)
 
     strategy = strategy or tf.distribute.get_strategy()
     if precision:
@@ -59,18 +67,13 @@ def train(strategy=None, *, naive=False, accumulation_steps=1, steps=STEPS, batc
     try:
         with strategy.scope():
             keras.utils.set_random_seed(0)
-            model = MaskedLM(Encoder(vocabulary_size=VOCAB, num_layers=1, hidden_dim=16,
-                                     num_heads=2, intermediate_dim=32, sequence_length=LENGTH,
-                                     dropout=0.0))
+            model = (NaiveMaskedLM if naive else MaskedLM)(
+                Encoder(vocabulary_size=VOCAB, num_layers=1, hidden_dim=16, num_heads=2,
+                        intermediate_dim=32, sequence_length=LENGTH, dropout=0.0))
             optimizer = keras.optimizers.Adam(1e-2)
             if precision == "float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            loss = "auto"
-            if naive:  # each replica / micro-batch divides by its own token count
-                loss = keras.losses.SparseCategoricalCrossentropy(
-                    from_logits=True, reduction="mean_with_sample_weight")
-            model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
-            install(model, accumulation_steps)
+            model.compile(optimizer=optimizer)
         x, y, w = batches(data_steps or steps, batch)
         if nan_batch is not None:
             w[nan_batch * batch, 0] = np.nan
@@ -78,26 +81,30 @@ def train(strategy=None, *, naive=False, accumulation_steps=1, steps=STEPS, batc
             keep = [i for i in range(len(y)) if i // batch != drop_batch]
             x, y, w = {k: v[keep] for k, v in x.items()}, y[keep], w[keep]
         data = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(batch, drop_remainder=True)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA)
-        data = data.with_options(options)
         losses = []
         record = keras.callbacks.LambdaCallback(
             on_train_batch_end=lambda step, logs: losses.append(float(logs["loss"])))
-        if run_dir is None:
+        if fit:
             model.fit(data, epochs=1, verbose=0, callbacks=[record])
-        else:
-            from kplm.training.distribute import is_chief
-            from kplm.training.logging import TrainingMonitor
-            from kplm.training.loop import train as train_loop
-            write = is_chief(strategy)
-            monitor = TrainingMonitor(os.path.join(run_dir, "tensorboard"), batch * LENGTH,
-                                      batch, 1, steps, echo=None, write=write)
-            train_loop(model, data, steps=steps, eval_every=steps, checkpoint_every=1,
+            return losses, [np.array(v) for v in model.get_weights()], model
+        from kplm.training.distribute import is_chief
+        from kplm.training.loop import train as train_loop
+        from kplm.training.monitor import TrainingMonitor
+        scratch = None
+        if run_dir is None:
+            run_dir = scratch = tempfile.mkdtemp(prefix="kplm-test-")
+        write = is_chief(strategy)
+        monitor = TrainingMonitor(os.path.join(run_dir, "tensorboard"), batch * LENGTH,
+                                  batch, 1, steps, echo=None, write=write)
+        try:
+            train_loop(model, data.repeat(), steps=steps, eval_every=steps, checkpoint_every=1,
                        checkpoint_dir=os.path.join(run_dir, "checkpoints"), strategy=strategy,
-                       callbacks=[record, monitor], write=write)
+                       accumulation_steps=accumulation_steps, jit_compile=jit_compile,
+                       callbacks=[record], monitor=monitor, write=write)
+        finally:
             monitor.close()
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
         return losses, [np.array(v) for v in model.get_weights()], model
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -137,6 +144,11 @@ def mirrored_main():
         train(mirrored, steps=2, data_steps=4, run_dir=os.path.join(scratch, "resumed"))
         _, resumed_weights, _ = train(mirrored, steps=4, run_dir=os.path.join(scratch, "resumed"))
         checkpoints = sorted(os.listdir(os.path.join(scratch, "resumed", "checkpoints")))
+        newest = os.path.join(scratch, "resumed", "checkpoints", checkpoints[-1], "ckpt")
+        # the input position is in the checkpoint (a plain tf.data iterator): restored in
+        # constant time, not found by re-reading the batches done
+        iterator_saved = any(name.startswith("iterator")
+                             for name, _ in tf.train.list_variables(newest))
     print("RESULT " + json.dumps({
         "replicas": mirrored.num_replicas_in_sync, "auto": type(strategy_for("auto")).__name__,
         "one": one_losses, "two": two_losses, "naive": naive_losses,
@@ -147,7 +159,7 @@ def mirrored_main():
         "gate": gate,
         "resumed_weights": max_difference(resumed_weights, full_weights),
         "resumed_vs_start": max_difference(resumed_weights, one_weights),
-        "resumed_checkpoints": checkpoints}))
+        "resumed_checkpoints": checkpoints, "iterator_saved": iterator_saved}))
 
 
 def worker_main(index, ports, out):
@@ -156,6 +168,7 @@ def worker_main(index, ports, out):
         "task": {"type": "worker", "index": index}})
     from kplm.training.distribute import is_chief, output_dir, strategy_for
     strategy = strategy_for("auto")  # first thing: before any other TF op
+    import tensorflow as tf
     # kplm's loop, each worker given its own run directory (as on two machines): only the
     # chief's may fill up with checkpoints and TensorBoard logs
     losses, weights, model = train(strategy, run_dir=os.path.join(out, f"loop{index}"))
@@ -168,9 +181,8 @@ def worker_main(index, ports, out):
     model.save_weights(os.path.join(target, "model.weights.h5"))
     if target != run_dir:
         shutil.rmtree(target)
-    from keras.src.backend.tensorflow import trainer
     print("RESULT " + json.dumps({"index": index, "chief": is_chief(strategy),
-                                  "fixed": getattr(trainer, "_kplm_multi_worker_fix", False),
+                                  "strategy": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
                                   "replicas": strategy.num_replicas_in_sync, "losses": losses,
                                   "wrote_to_run_dir": target == run_dir}), flush=True)
 
@@ -224,9 +236,10 @@ def test_two_logical_cpus_train_like_one_device(mirrored):
 
 
 def test_resume_under_mirrored_equals_the_uninterrupted_run(mirrored):
-    # weights, optimizer and step restored; the data position found by skipping the 2 batches
+    # weights, optimizer, step and the data position (a plain tf.data iterator) restored
     assert mirrored["resumed_checkpoints"] == [f"step-{s:08d}" for s in (2, 3, 4)]  # keep 3
     assert mirrored["resumed_weights"] < 1e-6
+    assert mirrored["iterator_saved"]
     assert mirrored["resumed_vs_start"] > 1e-3  # it did train past step 2
 
 
@@ -271,7 +284,7 @@ def test_two_workers_on_loopback_train_together(tmp_path):
         assert worker.returncode == 0, output[-3000:]
     results = [result_of(output) for output in outputs]
     assert [r["replicas"] for r in results] == [2, 2]
-    assert all(r["fixed"] for r in results)  # "auto" chose multi_worker and patched Keras
+    assert all(r["strategy"] for r in results)  # "auto" chose multi_worker
     assert [r["chief"] for r in results] == [True, False]
     assert [r["wrote_to_run_dir"] for r in results] == [True, False]
     assert os.listdir(tmp_path / "run") == ["model.weights.h5"]
@@ -340,22 +353,6 @@ def test_chief_and_output_dir(tmp_path):
     elsewhere = output_dir(path, strategy(workers, "worker", 1))
     assert elsewhere != path and os.path.isdir(elsewhere) and not os.path.exists(path)
     os.rmdir(elsewhere)
-
-
-def test_multi_worker_fix_refuses_unverified_keras(monkeypatch):
-    import keras
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    from kplm.errors import KplmError
-    from kplm.training import distribute
-    monkeypatch.setattr(keras, "__version__", "3.99.0")
-    monkeypatch.delattr(tf_trainer, "_kplm_multi_worker_fix", raising=False)
-    monkeypatch.delenv(distribute.FIX_ENV, raising=False)
-    with pytest.raises(KplmError, match="verified on Keras 3.15 only, not 3.99.0"):
-        distribute.patch_keras_for_multi_worker()
-    monkeypatch.setenv(distribute.FIX_ENV, "0")
-    assert distribute.patch_keras_for_multi_worker() is False
-    assert not getattr(tf_trainer, "_kplm_multi_worker_fix", False)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ def _run(tmp_path, name, log_every, **monitor):
     import keras
     import tensorflow as tf
 
-    from kplm.training.logging import TrainingMonitor
+    from kplm.training.monitor import TrainingMonitor
     from kplm.training.loop import train
 
     keras.utils.set_random_seed(0)
@@ -20,7 +20,7 @@ def _run(tmp_path, name, log_every, **monitor):
                           examples_per_step=8, log_every=log_every, total_steps=20, echo=None,
                           **monitor)
     train(model, ds, steps=20, eval_every=10, checkpoint_dir=str(tmp_path / name / "ck"),
-          callbacks=[out])
+          monitor=out)
     out.close()
     return out, model
 
@@ -31,8 +31,8 @@ def test_logged_loss_is_the_mean_of_the_steps_since_the_last_log(tmp_path):
     per_step = {step: values["loss"] for step, values in every.history}
     assert sorted(per_step) == list(range(1, 21))
     got = {step: values["loss"] for step, values in windows.history}
-    # windows end at 4, 8, 12, 16, 20; Keras restarts its running mean when the validation
-    # interval ends at step 10, and the window 9-12 still covers all four steps.
+    # windows end at 4, 8, 12, 16, 20; the window 9-12 covers all four steps although a
+    # validation interval ends at step 10.
     assert sorted(got) == [4, 8, 12, 16, 20]
     assert got[4] == pytest.approx(np.mean([per_step[s] for s in (1, 2, 3, 4)]), rel=1e-5)
     assert got[8] == pytest.approx(np.mean([per_step[s] for s in (5, 6, 7, 8)]), rel=1e-5)
@@ -41,7 +41,7 @@ def test_logged_loss_is_the_mean_of_the_steps_since_the_last_log(tmp_path):
 
 
 def test_mfu_is_model_flops_times_throughput_over_peak(tmp_path):
-    from kplm.training.logging import flops_per_token
+    from kplm.training.monitor import flops_per_token
     monitor, model = _run(tmp_path, "mfu", 5, flops_per_token=1000.0, peak_flops=2e6)
     assert flops_per_token(model) == 6 * 4  # a 3 -> 1 dense layer: 4 parameters
     for _, values in monitor.history[1:]:

@@ -365,7 +365,7 @@ def test_a_non_finite_model_is_not_exported(tiny_hf, tmp_path, monkeypatch):
     class NaNRun:  # what FinetunedRun loads, as far as the export looks before writing
         def __init__(self, run_dir):
             self.model, self.head = backbone, type("Head", (), {"serving_endpoint": 1})()
-    monkeypatch.setattr("kplm.training.finetune.FinetunedRun", NaNRun)
+    monkeypatch.setattr("kplm.runs.FinetunedRun", NaNRun)
     with pytest.raises(NonFiniteWeightsError):
         export_saved_model(str(tmp_path / "run"), str(tmp_path / "served"), echo=None)
     assert os.listdir(tmp_path) == ["run"]

@@ -246,7 +246,8 @@ def _sst2_config(run_dir, **top):
 
 def test_finetune_from_a_hugging_face_directory_and_back(tiny_dirs, tmp_path):
     from kplm.config import apply_overrides
-    from kplm.training.finetune import FinetunedRun, finetune
+    from kplm.runs import FinetunedRun
+    from kplm.training.finetune import finetune
     path = tiny_dirs["bert"]
     run_dir = str(tmp_path / "run")
     metrics = finetune(_sst2_config(run_dir, backbone={"name": "hf", "path": path}),
@@ -301,7 +302,8 @@ def test_roberta_byte_level_bpe_matches_transformers_and_fine_tunes(tiny_dirs, t
     from kplm.pretrained.huggingface import load_tokenizer
     from kplm.serving import export_saved_model
     from kplm.testing import serve_in_fresh_process
-    from kplm.training.finetune import FinetunedRun, finetune
+    from kplm.runs import FinetunedRun
+    from kplm.training.finetune import finetune
     ref = json.load(open(os.path.join(REFERENCE, "tiny_roberta_tokens.json"), encoding="utf-8"))
     tokenizer = load_tokenizer(tiny_dirs["roberta"])
     assert tokenizer.name == "byte_bpe"

@@ -119,7 +119,7 @@ def qa_run(tmp_path_factory):
 
 
 def test_finetune_learns_and_predicts_a_context_substring(qa_run):
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run_dir, metrics, log = qa_run
     losses = [float(line.split("  loss ")[1].split()[0]) for line in log
               if line.startswith("step ")]
@@ -177,7 +177,7 @@ def test_exported_saved_model_answers_raw_questions_like_predict(qa_run, tmp_pat
     `predict`'s over real contexts longer than one window, and odd inputs."""
     from kplm.serving import export_saved_model
     from kplm.testing import serve_in_fresh_process
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run_dir = qa_run[0]
     exported = str(tmp_path / "served")
     assert export_saved_model(run_dir, exported, echo=None) == ["question", "context"]

@@ -25,7 +25,8 @@ def test_pearson_and_spearman_by_hand():
 
 @pytest.mark.slow
 def test_sentence_pair_regression_learns_similarity(tmp_path):
-    from kplm.training.finetune import FinetunedRun, finetune
+    from kplm.runs import FinetunedRun
+    from kplm.training.finetune import finetune
     columns = {"text": "sentence1", "text_pair": "sentence2", "label": "score"}
     config = {
         "run_dir": str(tmp_path / "run"), "seed": 0,

@@ -159,7 +159,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
             v.assign(np.full(v.shape, float(step), "float32"))
         store.save(checkpoint_of(model), step, {"batches": step})
         saved[step] = [w.copy() for w in model.get_weights()]
-    assert [s for s, _ in store.complete()] == [4, 3, 2]  # newest 3 kept
+    assert [s for s, _ in store.checkpoints()] == [4, 3, 2]  # newest 3 kept
     # a process killed mid-save leaves only a temporary directory: never a candidate
     os.makedirs(tmp_path / ".tmp-step-00000005-999999")
     (tmp_path / ".tmp-step-00000005-999999" / "ckpt.index").write_bytes(b"partial")
@@ -216,18 +216,19 @@ def _assert_same_finite_weights(model, reference):
 def test_non_finite_gradients_skip_the_update_and_equal_a_run_without_the_batch(
         tmp_path, accumulation_steps):
     from kplm.training.loop import train
-    from kplm.training.step import install
     # batch 13 is non-finite: the gate skips its update, so 30 steps read 31 batches
-    model = install(_plain_model(), accumulation_steps)
+    model = _plain_model()
     with pytest.warns(RuntimeWarning, match=r"non-finite gradients at step 14: update skipped "
                                             r"\(1 in a row, trainer.max_skipped_steps=10\)"):
         result = train(model, _dataset(nan_batches=[13]), steps=30, eval_every=15,
-                       checkpoint_dir=str(tmp_path / "a"), checkpoint_every=5)
+                       checkpoint_dir=str(tmp_path / "a"), checkpoint_every=5,
+                       accumulation_steps=accumulation_steps)
     assert result.step == 30 and result.recoveries == [] and result.skipped_steps == [14]
     assert int(model.optimizer.iterations) == 30  # Adam's bias correction did not advance
-    reference = install(_plain_model(), accumulation_steps)
+    reference = _plain_model()
     clean = train(reference, _dataset(drop=[13]), steps=30, eval_every=15,
-                  checkpoint_dir=str(tmp_path / "b"), checkpoint_every=5)
+                  checkpoint_dir=str(tmp_path / "b"), checkpoint_every=5,
+                  accumulation_steps=accumulation_steps)
     assert clean.skipped_steps == [] and "step_loss" not in result.history
     _assert_same_finite_weights(model, reference)
 
@@ -297,13 +298,13 @@ def test_python_fed_pipeline_resumes_by_skipping_and_sigterm_in_process(tmp_path
                 os.kill(os.getpid(), signal.SIGTERM)
 
     model = _tiny_model()
-    with pytest.raises(Interrupted, match="SIGTERM at step 8") as stopped:
+    with pytest.raises(Interrupted, match="SIGTERM at step 7") as stopped:
         train(model, data(), steps=20, eval_every=10, checkpoint_dir=str(tmp_path / "a"),
               callbacks=[Terminate()])
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     resumed = _tiny_model(seed=5)  # different initial weights: all restored
     result = train(resumed, data(), steps=20, eval_every=10, checkpoint_dir=str(tmp_path / "a"))
-    assert result.resumed_from == 8 and result.step == 20  # seen at the next step
+    assert result.resumed_from == 7 and result.step == 20  # checkpointed at once
     reference = _tiny_model()
     train(reference, data(), steps=20, eval_every=10, checkpoint_dir=str(tmp_path / "b"))
     for got, want in zip(resumed.get_weights(), reference.get_weights()):
@@ -359,18 +360,19 @@ def test_finetune_resumes_exactly_after_sigterm(tmp_path, tokenizer):
                                     "columns": columns}},
             "head": {"name": "sequence_classification"},
             "trainer": {"steps": 8, "batch_size": 16, "learning_rate": 1e-3, "eval_every": 4,
-                        "checkpoint_every": 2, "validation_steps": 2, "log_every": 2},
+                        "checkpoint_every": 2, "validation_steps": 2, "log_every": 2,
+                        "steps_per_execution": 1},  # batch hooks after every step
             "callbacks": list(callbacks)}
 
     reference = finetune(config("reference"), echo=None, progress=False)
     module = sys.modules[__name__]
     with kplm.testing.registered(module):
-        with pytest.raises(Interrupted, match="SIGTERM at step 6"):
+        with pytest.raises(Interrupted, match="SIGTERM at step 5"):
             finetune(config("run", [{"name": "terminate_at_step", "step": 5}]), echo=None,
                      progress=False)
         metrics = finetune(config("run", [{"name": "terminate_at_step", "step": 5}]),
                            echo=None, progress=False)
-    assert metrics["resumed_from_step"] == 6 and metrics["train_steps"] == 8
+    assert metrics["resumed_from_step"] == 5 and metrics["train_steps"] == 8
     assert metrics["best_step"] == reference["best_step"]
     assert metrics["validation"] == pytest.approx(reference["validation"], rel=1e-5)
     import h5py
@@ -410,6 +412,6 @@ def test_non_finite_weights_are_never_checkpointed_and_train_ends_on_any_step_co
                        checkpoint_every=5, keep=5)
     assert result.step == 23 and result.recoveries == [(10, 5)]  # 23: a last short interval
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
-    steps = [s for s, _ in CheckpointDirectory(str(tmp_path)).complete()]
+    steps = [s for s, _ in CheckpointDirectory(str(tmp_path)).checkpoints()]
     assert steps == [23, 20, 15, 10, 5] and not [n for n in os.listdir(tmp_path)
                                                   if n.startswith(".tmp-")]

@@ -225,7 +225,7 @@ def test_predict_cli_writes_generated_text(translation_run, tmp_path):
 def test_evaluate_a_copied_run_on_parallel_files_reproduces_its_scores(translation_run):
     """``kplm evaluate RUN --data SRC --data TGT``: the two files of a parallel_text source."""
     from kplm.errors import ConfigError
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run_dir, metrics, _ = translation_run
     run = FinetunedRun(run_dir)
     source = run.source([VALIDATION["source"], VALIDATION["target"]], split="test")

@@ -181,7 +181,7 @@ def test_every_checkpoint_damaged_then_rerun_keeps_each_new_good_one(tmp_path):
     _train(directory, steps=15)
     store = CheckpointDirectory(str(directory), keep=3)
     assert [s for s, _ in store.good()] == [15, 10, 5]
-    for _, path in store.complete():  # truncate every data file
+    for _, path in store.checkpoints():  # truncate every data file
         for name in os.listdir(path):
             if name.startswith("ckpt.data"):
                 with open(os.path.join(path, name), "r+b") as f:
@@ -199,7 +199,7 @@ def test_every_checkpoint_damaged_then_rerun_keeps_each_new_good_one(tmp_path):
                        checkpoint_every=5, keep=3, callbacks=[_At(1, look), _At(6, look)])
     assert result.resumed_from is None and result.step == 20
     assert seen == [[0], [5, 0]]  # the fresh start's checkpoints stay
-    assert [s for s, _ in store.good()] == [20, 15, 10] == [s for s, _ in store.complete()]
+    assert [s for s, _ in store.good()] == [20, 15, 10] == [s for s, _ in store.checkpoints()]
     reference = _model()
     train(reference, _data(), steps=20, eval_every=20, checkpoint_dir=str(tmp_path / "clean"),
           checkpoint_every=5, keep=3)
@@ -214,7 +214,7 @@ def test_a_corrupted_byte_is_caught_by_the_checksum(tmp_path):
     store = CheckpointDirectory(str(tmp_path), keep=3)
     store.save(checkpoint_of(model), 1, {"batches": 1})
     store.save(checkpoint_of(model), 2, {"batches": 2})
-    path = store.complete()[0][1]
+    path = store.checkpoints()[0][1]
     data = [n for n in os.listdir(path) if n.startswith("ckpt.data")][0]
     with open(os.path.join(path, data), "r+b") as f:  # same size, one byte flipped
         f.seek(1000)
@@ -253,19 +253,18 @@ def test_a_refused_checkpoint_is_not_followed_by_a_silent_restart(tmp_path):
     assert [s for s, _ in CheckpointDirectory(str(tmp_path)).good()] == [5]
 
 
-def test_a_model_with_its_own_train_step_keeps_it(tmp_path):
+def test_a_model_with_its_own_train_step_is_refused_in_one_line(tmp_path):
+    """kplm's loop runs its own step: a train_step override would be silently ignored."""
     import keras
 
-    from kplm.training.loop import train
-    calls = []
+    from kplm.training.loop import TrainingError, train
 
     class Own(keras.Sequential):
         def train_step(self, data):
-            calls.append(1)
             return super().train_step(data)
 
-    keras.utils.set_random_seed(0)
     model = Own([keras.Input((64,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    result = train(model, _data(), steps=4, eval_every=4, checkpoint_dir=str(tmp_path))
-    assert calls and result.step == 4
+    with pytest.raises(TrainingError, match="overrides train_step") as error:
+        train(model, _data(), steps=4, eval_every=4, checkpoint_dir=str(tmp_path))
+    assert "\n" not in str(error.value) and not os.listdir(tmp_path)

@@ -165,7 +165,7 @@ def ner_run(tmp_path_factory):
 
 def test_tagger_learns_on_wnut17(ner_run):
     from kplm.heads.token_classification import TokenClassificationHead
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run_dir, metrics, log, sample = ner_run
     losses = [float(re.search(r" loss ([\d.e+-]+)", line).group(1))
               for line in log if line.startswith("step ")]
@@ -201,7 +201,7 @@ def test_evaluate_and_predict_spans(ner_run, tmp_path):
     # batches of 64 in another process: logits that may differ in the last bits. Each word at a
     # near tie may flip: token accuracy moves by 1/words, entity F1 by at most 8/entities (one
     # tag changes at most 2 true and 2 predicted entities). Exact when there is none.
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run = FinetunedRun(run_dir)
     tied = _tied_words(run, run.head.encode(run.source([WNUT_DEV]).build(), run.tokenizer,
                                             batch_size=64, sequence_length=run.sequence_length,
@@ -244,7 +244,7 @@ def test_exported_saved_model_tags_raw_lines_like_predict(ner_run, tmp_path):
 
     from kplm.serving import export_saved_model
     from kplm.testing import serve_in_fresh_process
-    from kplm.training.finetune import FinetunedRun
+    from kplm.runs import FinetunedRun
     run_dir = ner_run[0] if isinstance(ner_run, tuple) else ner_run
     exported = str(tmp_path / "served")
     export_saved_model(run_dir, exported, echo=None)

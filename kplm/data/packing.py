@@ -3,14 +3,17 @@ import tensorflow as tf
 
 
 def tokenized_texts(source_ds, tokenizer, *, shuffle_buffer=0, training=True, seed=0,
-                    field="text"):
+                    field="text", source=None):
     """The ``field`` strings of ``source_ds``, shuffled when training (``shuffle_buffer`` > 1),
     tokenized in-graph in batches of 256: a dataset of ragged ``[texts, (tokens)]`` ids, what
     ``pack_tokens`` and ``pack_documents`` take.
 
     Examples that already carry token ids (``{"ids": int vector}``, the ``tfrecord`` source of
-    ``kplm data prepare``) skip tokenization: they are shuffled and batched the same way. When
-    the dataset came from that source, ``tokenizer`` must be the one the ids were made with.
+    ``kplm data prepare``) skip tokenization: they are shuffled and batched the same way, and
+    must have been made with ``tokenizer``. ``source``, the ``DataSource`` that built
+    ``source_ds`` (optional), is asked first: ``source.check_tokenizer(tokenizer)`` refuses a
+    tokenizer other than the one prepared shards were made with. ``kplm pretrain`` checks every
+    source that way before it builds the data.
 
     Example:
     >>> import tensorflow as tf
@@ -19,11 +22,10 @@ def tokenized_texts(source_ds, tokenizer, *, shuffle_buffer=0, training=True, se
     >>> [r.to_list() for r in ds]
     [[[5, 6], [7]]]
     """
+    if source is not None and tokenizer is not None:
+        source.check_tokenizer(tokenizer)
     spec = source_ds.element_spec
     if isinstance(spec, dict) and "ids" in spec and field not in spec:
-        manifest_dir = getattr(source_ds, "_kplm_manifest_dir", None)
-        if manifest_dir is not None and tokenizer is not None:
-            _check_tokenizer(manifest_dir, tokenizer)
         ids = source_ds.map(lambda example: tf.cast(example["ids"], tf.int32))
         if training and shuffle_buffer > 1:
             ids = ids.shuffle(shuffle_buffer, seed=seed)
@@ -32,12 +34,6 @@ def tokenized_texts(source_ds, tokenizer, *, shuffle_buffer=0, training=True, se
     if training and shuffle_buffer > 1:
         texts = texts.shuffle(shuffle_buffer, seed=seed)
     return texts.batch(256).map(tokenizer.build(), num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _check_tokenizer(manifest_dir, tokenizer):
-    """Refuse ids prepared with another tokenizer than ``tokenizer``."""
-    from kplm.data.tfrecord import TFRecordShards
-    TFRecordShards(path=manifest_dir).check_tokenizer(tokenizer)
 
 
 def pack_tokens(token_ds, sequence_length, start_id, end_id, separator_id=None):

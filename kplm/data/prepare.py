@@ -326,7 +326,7 @@ def import_tensorflow():
     """Import TensorFlow (in the parent only to learn a tokenizer), its start-up chatter
     silenced as the CLI does."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from kplm.commands import import_tensorflow_quietly
+    from kplm.tf_import import import_tensorflow_quietly
     import_tensorflow_quietly()
 
 

@@ -126,7 +126,9 @@ class TFRecordShards(DataSource):
     def build(self, input_context: Optional[object] = None):
         """``{"ids": int32 [tokens]}`` examples. With ``input_context`` (a
         ``tf.distribute.InputContext``, as ``strategy.distribute_datasets_from_function``
-        passes) each input pipeline reads its own, disjoint share of the shards."""
+        passes) each input pipeline reads its own, disjoint share of the shards. The ids are
+        those of the shards' tokenizer: ``check_tokenizer`` refuses another one (``kplm
+        pretrain`` calls it, and ``kplm.data.packing.tokenized_texts`` with ``source=``)."""
         import tensorflow as tf
 
         files = tf.data.Dataset.from_tensor_slices(self.files_for(input_context))
@@ -145,10 +147,7 @@ class TFRecordShards(DataSource):
         examples = records.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
                                           deterministic=True).unbatch()
         # unbatch leaves a ragged spec of rank 1; make it the plain int32 vector it is
-        examples = examples.map(lambda e: {FEATURE: tf.identity(e[FEATURE])})
-        # tokenized_texts (kplm.data.packing) checks the run's tokenizer against this.
-        examples._kplm_manifest_dir = self.path
-        return examples
+        return examples.map(lambda e: {FEATURE: tf.identity(e[FEATURE])})
 
 
 def check_tokenizer(manifest_dir, tokenizer_dir, tokenizer_name=None):

@@ -9,6 +9,15 @@ from kplm.hookspecs import hookimpl
 _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
                (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 _FIELDS = ("question", "context", "answer_texts", "answer_starts")
+# keras_hub's BERT pre-tokenizer patterns (RE2, for ``tf_text.regex_split_with_offsets``), which
+# keras_hub does not export: words split on whitespace/control/format characters, each
+# punctuation or CJK character kept alone. ``_is_separator``/``_is_kept_delimiter`` are the same
+# sets in Python.
+_WHITESPACE_RE2 = r"\s|\p{Cc}|\p{Cf}"
+_PUNCTUATION_RE2 = r"[!-/]|[:-@]|[\[-`]|[{-~]|[\p{P}]"
+_CJK_RE2 = "|".join(rf"[\x{{{lo:X}}}-\x{{{hi:X}}}]" for lo, hi in _CJK_RANGES)
+_KEPT_RE2 = f"{_PUNCTUATION_RE2}|{_CJK_RE2}"
+_SPLIT_RE2 = f"{_WHITESPACE_RE2}|{_KEPT_RE2}"
 
 
 def _is_separator(ch):
@@ -312,8 +321,6 @@ class QuestionAnsweringHead(Head):
         tokens, and the best span over all windows of a question."""
         import tensorflow as tf
         import tensorflow_text as tf_text
-        from keras_hub.src.tokenizers.word_piece_tokenizer import (
-            PUNCTUATION_AND_CJK_REGEX, WHITESPACE_PUNCTUATION_AND_CJK_REGEX)
 
         from kplm.serving import char_offsets, piece_char_lengths, string_input, words_to_pieces
         tokenizer.require_word_pieces("the question_answering head")
@@ -324,8 +331,7 @@ class QuestionAnsweringHead(Head):
 
         def tokens_with_spans(text):
             """Ragged ``[batch, (tokens)]`` ids and character start/end of each token."""
-            words, starts, ends = tf_text.regex_split_with_offsets(
-                text, WHITESPACE_PUNCTUATION_AND_CJK_REGEX, PUNCTUATION_AND_CJK_REGEX)
+            words, starts, ends = tf_text.regex_split_with_offsets(text, _SPLIT_RE2, _KEPT_RE2)
             starts, ends = char_offsets(text, starts), char_offsets(text, ends)
             pieces = words_to_pieces(tokenizer, words.flat_values)  # [all words, (pieces)]
             sizes = tf.gather(piece_lengths, pieces)

@@ -117,7 +117,7 @@ class CausalLM(keras_hub.models.CausalLM):
     def generate_step(self, inputs, stop_token_ids=None):
         """One batch of generation (``keras_hub``'s GPT-2 recipe): fill every position after
         the prompt, one token per step, until ``stop_token_ids`` or the end of the row."""
-        from keras_hub.src.utils.tensor_utils import any_equal
+        from kplm.generation import any_equal
 
         token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
         # The first position no row has a prompt token at.

@@ -5,6 +5,7 @@ from keras import ops
 from keras_hub.layers import PositionEmbedding, ReversibleEmbedding, TransformerDecoder
 
 from kplm.checks import check_activation, check_limits
+from kplm.models.activations import feedforward_activation
 from kplm.models.initializers import kernel_initializer
 
 
@@ -80,9 +81,7 @@ class Decoder(keras_hub.models.Backbone):
         self.embeddings_add = keras.layers.Add(dtype=dtype, name="embeddings_add")
         self.embeddings_dropout = keras.layers.Dropout(dropout, dtype=dtype,
                                                        name="embeddings_dropout")
-        act = keras.activations.gelu if activation == "gelu" else activation
-        if activation == "gelu_approximate":
-            act = keras_hub.src.utils.keras_utils.gelu_approximate
+        act = feedforward_activation(activation)
         self.transformer_layers = [
             TransformerDecoder(
                 num_heads=num_heads, intermediate_dim=intermediate_dim, activation=act,

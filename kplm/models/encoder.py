@@ -4,6 +4,7 @@ import keras_hub
 from keras_hub.layers import PositionEmbedding, ReversibleEmbedding, TransformerEncoder
 
 from kplm.checks import check_activation, check_limits
+from kplm.models.activations import feedforward_activation
 from kplm.models.initializers import kernel_initializer
 
 
@@ -89,9 +90,7 @@ class Encoder(keras_hub.models.Backbone):
             epsilon=layer_norm_epsilon, dtype=dtype, name="embeddings_layer_norm")
         self.embeddings_dropout = keras.layers.Dropout(dropout, dtype=dtype,
                                                        name="embeddings_dropout")
-        act = keras.activations.gelu if activation == "gelu" else activation
-        if activation == "gelu_approximate":
-            act = keras_hub.src.utils.keras_utils.gelu_approximate
+        act = feedforward_activation(activation)
         self.transformer_layers = [
             TransformerEncoder(
                 num_heads=num_heads, intermediate_dim=intermediate_dim, activation=act,

@@ -7,6 +7,7 @@ from keras_hub.layers import (PositionEmbedding, ReversibleEmbedding, Transforme
                               TransformerEncoder)
 
 from kplm.checks import check_activation, check_limits
+from kplm.models.activations import feedforward_activation
 from kplm.models.initializers import kernel_initializer
 
 
@@ -84,9 +85,7 @@ class EncoderDecoder(keras_hub.models.Backbone):
         check_activation(activation, "backbone")
         num_decoder_layers = num_layers if num_decoder_layers is None else num_decoder_layers
         decoder_sequence_length = decoder_sequence_length or sequence_length
-        act = keras.activations.gelu if activation == "gelu" else activation
-        if activation == "gelu_approximate":
-            act = keras_hub.src.utils.keras_utils.gelu_approximate
+        act = feedforward_activation(activation)
 
         def layer_norm(name):
             return keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=dtype,

@@ -1,6 +1,8 @@
 """The multi-objective pretraining model: one backbone, one output per objective."""
 import keras
 
+from kplm.models.token_loss import weighted_count, weighted_mean
+
 
 class Pretrainer(keras.Model):
     """A backbone with one head per objective (``kplm.objectives.combined``); its outputs are a
@@ -45,8 +47,9 @@ class Pretrainer(keras.Model):
     def compile(self, optimizer="auto", **kwargs):
         """Like ``keras.Model.compile``, with each objective's loss, weight and metrics.
 
-        The loss is the weighted sum of the parts' losses (``compute_loss``); each part's
-        unweighted loss is logged as ``<output_name>_loss``.
+        The loss is the weighted sum of the parts' losses (``loss_terms``, one term per
+        objective, each a mean over that output's targets); ``fit`` logs each part's loss as
+        ``<output_name>_loss``.
         """
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(5e-4)
@@ -55,7 +58,7 @@ class Pretrainer(keras.Model):
         self.part_losses = {p.output_name: p.loss() for p in self.parts}
         # Keras' own per-output loss trackers under-report in evaluate() (keras 3.15: 0.8x the
         # true mean over 4 batches; an update from an empty batch counts as a full one), so the
-        # parts' losses are computed here and tracked weighted by batch size.
+        # parts' losses are tracked here, weighted by their target counts.
         self.part_loss_trackers = {name: keras.metrics.Mean(name=f"{name}_loss")
                                    for name in self.part_losses}
 
@@ -63,20 +66,42 @@ class Pretrainer(keras.Model):
     def metrics(self):
         return super().metrics + list(getattr(self, "part_loss_trackers", {}).values())
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        from keras.src.losses import loss as loss_module
+    def target_counts(self, x, y, sample_weight):
+        """The targets of each part's loss in this batch: the sum of its sample weights (rows
+        for a part without them)."""
+        counts = {}
+        for name in self.part_losses:
+            weight = None if sample_weight is None else sample_weight.get(name)
+            counts[name] = (keras.ops.cast(keras.ops.shape(y[name])[0], "float32")
+                            if weight is None else weighted_count(weight, y[name]))
+        return counts
 
-        from kplm.training.step import target
-        if not getattr(self, "part_losses", None) or self._compile_loss is not None:
-            return super().compute_loss(x, y, y_pred, sample_weight, training)
-        total = []
+    def loss_terms(self, x, y, y_pred, sample_weight):
+        """``{output_name: (weight, mean)}``: each part's loss over its own targets."""
+        terms = {}
         for name, loss_fn in self.part_losses.items():
             weight = None if sample_weight is None else sample_weight.get(name)
-            with target(name):  # token losses divide by this output's global target count
-                value = loss_fn(y[name], y_pred[name], weight)
-            batch = keras.ops.cast(keras.ops.shape(y_pred[name])[0], "float32")
-            self.part_loss_trackers[name].update_state(
-                loss_module.unscale_loss_for_distribution(value), sample_weight=batch)
-            total.append(value * self.loss_weights_by_output[name])
-        total.extend(self._aggregate_additional_loss(loss) for loss in self.losses)
-        return keras.ops.sum(keras.ops.stack(total))
+            terms[name] = (self.loss_weights_by_output[name],
+                           weighted_mean(loss_fn, y[name], y_pred[name], weight))
+        return terms
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """What ``fit`` trains on: the weighted sum of ``loss_terms`` (plus any regularizer
+        losses), as this replica's share under a ``tf.distribute`` strategy."""
+        if not getattr(self, "part_losses", None) or self.loss is not None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training)
+        counts = self.target_counts(x, y, sample_weight)
+        total = []
+        for name, (weight, mean) in self.loss_terms(x, y, y_pred, sample_weight).items():
+            self.part_loss_trackers[name].update_state(mean, sample_weight=counts[name])
+            total.append(mean * weight)
+        total.extend(keras.ops.cast(loss, "float32") for loss in self.losses)
+        return replica_share(keras.ops.sum(keras.ops.stack(total)))
+
+
+def replica_share(value):
+    """``value`` divided by the number of replicas in sync (what Keras expects a loss to be
+    under ``tf.distribute``: the replicas' gradients are summed)."""
+    import tensorflow as tf
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value / replicas if replicas > 1 else value

@@ -3,9 +3,9 @@ with cached (and uncached) generation through ``keras_hub.samplers``."""
 import keras
 import keras_hub
 from keras import ops
-from keras_hub.src.utils.tensor_utils import any_equal
 
 import kplm.models.encoder_decoder  # noqa: F401  (its backbone deserializes with saved models)
+from kplm.generation import any_equal
 
 
 @keras.saving.register_keras_serializable(package="kplm")

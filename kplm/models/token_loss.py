@@ -4,17 +4,15 @@ import keras_hub
 
 
 @keras.saving.register_keras_serializable(package="kplm")
-class TokenLoss(keras.losses.Loss):
-    """Cross-entropy from logits averaged over the real target tokens of the *global* batch.
+class TokenLoss(keras.losses.SparseCategoricalCrossentropy):
+    """Cross-entropy from logits averaged over the real target tokens: the per-token losses
+    times the sample weights, summed, divided by the sum of the sample weights (Keras'
+    ``reduction="mean_with_sample_weight"``), so padded or unmasked slots (weight 0) do not
+    dilute it. Computed in float32 whatever the logits' dtype (mixed precision).
 
-    The per-token losses times the sample weights are summed, then divided by the sum of the
-    sample weights over every replica (and every micro-batch of an accumulated step, see
-    ``kplm.training.step``): padded or unmasked slots (weight 0) do not dilute it, and replicas
-    holding different numbers of target tokens do not bias it (averaging each replica's own
-    mean would). Computed in float32 whatever the logits' dtype (mixed precision).
-
-    Like every Keras loss under ``tf.distribute``, the value is this replica's share: the
-    replicas' values add up to the mean (with one replica, it is the mean).
+    A plain Keras loss: in ``fit`` each replica averages over its own tokens, as Keras does.
+    kplm's training step goes further and averages over the tokens of the whole global batch,
+    across replicas and micro-batches (``kplm.training.step``).
 
     Args:
         name: str. Defaults to ``"token_loss"``.
@@ -28,33 +26,58 @@ class TokenLoss(keras.losses.Loss):
     """
 
     def __init__(self, name="token_loss", **kwargs):
-        kwargs.pop("reduction", None)
-        super().__init__(name=name, reduction="sum", dtype="float32", **kwargs)
+        for key in ("reduction", "from_logits", "dtype", "ignore_class"):
+            kwargs.pop(key, None)
+        super().__init__(from_logits=True, name=name, reduction="mean_with_sample_weight",
+                         dtype="float32", **kwargs)
 
     def call(self, y_true, y_pred):
-        return keras.losses.sparse_categorical_crossentropy(
-            y_true, keras.ops.cast(y_pred, "float32"), from_logits=True)
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        from kplm.training.step import global_mean
-        with keras.name_scope(self.name):
-            values = self.call(y_true, y_pred)
-            if sample_weight is None:
-                weights = keras.ops.ones_like(values)
-            else:
-                weights = keras.ops.cast(sample_weight, "float32")
-                while len(weights.shape) < len(values.shape):  # per-example weights
-                    weights = keras.ops.expand_dims(weights, -1)
-                weights = keras.ops.broadcast_to(weights, keras.ops.shape(values))
-            return global_mean(keras.ops.sum(values * weights), keras.ops.sum(weights))
+        return super().call(y_true, keras.ops.cast(y_pred, "float32"))
 
     def get_config(self):
         return {"name": self.name}
 
 
+def weighted_count(weight, like):
+    """The sum of ``weight`` broadcast to ``like``'s shape: the number of targets a weighted
+    mean over ``like`` divides by.
+
+    Example:
+    >>> import numpy as np
+    >>> float(weighted_count(np.array([1.0, 0.0]), np.zeros((2, 3))))
+    3.0
+    """
+    weight = keras.ops.cast(weight, "float32")
+    while len(weight.shape) < len(like.shape):
+        weight = keras.ops.expand_dims(weight, -1)
+    return keras.ops.sum(keras.ops.broadcast_to(weight, keras.ops.shape(like)))
+
+
+def weighted_mean(loss_fn, y_true, y_pred, weight):
+    """``loss_fn``'s per-target values (``loss_fn.call``) averaged with ``weight``: the loss over
+    this batch's own targets (0 when it has none), in float32, not divided by replicas, and
+    without the Keras masks a model's outputs may carry (the weights say which targets count).
+
+    Example:
+    >>> import numpy as np
+    >>> logits = np.zeros((1, 3, 4), "float32")  # log(4) per token
+    >>> round(float(weighted_mean(TokenLoss(), np.array([[1, 2, 0]]), logits,
+    ...                           np.array([[1.0, 1.0, 0.0]]))), 4)
+    1.3863
+    """
+    values = keras.ops.cast(loss_fn.call(y_true, y_pred), "float32")
+    if weight is None:
+        return keras.ops.mean(values)
+    weight = keras.ops.cast(weight, "float32")
+    while len(weight.shape) < len(values.shape):
+        weight = keras.ops.expand_dims(weight, -1)
+    weight = keras.ops.broadcast_to(weight, keras.ops.shape(values))
+    return keras.ops.divide_no_nan(keras.ops.sum(values * weight), keras.ops.sum(weight))
+
+
 def token_loss():
     """kplm's language-model loss, a ``TokenLoss``: cross-entropy averaged over the real target
-    tokens (the sum of the sample weights) of the global batch."""
+    tokens (the sum of the sample weights)."""
     return TokenLoss()
 
 

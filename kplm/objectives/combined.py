@@ -3,20 +3,13 @@ from kplm.components import Objective
 from kplm.errors import ConfigError
 
 
-def is_combinable(objective):
-    """Whether ``objective`` implements the combinable-objective protocol (see
-    ``CombinedObjective``)."""
-    return all(callable(getattr(objective, m, None))
-               for m in ("batches", "transform", "model_inputs", "head", "loss", "metrics")
-               ) and getattr(objective, "output_name", None) is not None
-
-
 class CombinedObjective(Objective):
     """Trains several objectives at once: one data stream, one model with an output per
     objective, the weighted sum of their losses, and every objective's metrics.
 
-    Each part implements the combinable protocol (``masked_lm``, ``next_sentence_prediction``
-    and ``sentence_order_prediction`` do; third-party objectives may):
+    Each part implements the combinable protocol and says so with ``combinable``
+    (``kplm.components.Objective``; ``masked_lm``, ``next_sentence_prediction`` and
+    ``sentence_order_prediction`` do; third-party objectives may):
 
     - ``output_name``: the key of its output, target and metrics (``masked_lm_accuracy``).
     - ``builds_rows``: True if the rows must come from it (sentence pairs); at most one part.
@@ -46,7 +39,7 @@ class CombinedObjective(Objective):
         if not parts:
             raise ConfigError("config key 'objectives': expected at least one objective")
         for part in parts:
-            if not is_combinable(part):
+            if not part.combinable:
                 raise ConfigError(f"objective '{part.name}' cannot be combined with others (it "
                                   "does not implement the combinable protocol); use it alone "
                                   "as 'objective:'")
@@ -55,7 +48,7 @@ class CombinedObjective(Objective):
             if names.count(name) > 1:
                 raise ConfigError(f"config key 'objectives': objective output '{name}' appears "
                                   "twice")
-        builders = [p for p in parts if getattr(p, "builds_rows", False)]
+        builders = [p for p in parts if p.builds_rows]
         if len(builders) > 1:
             raise ConfigError("config key 'objectives': "
                               f"{' and '.join(p.name or p.output_name for p in builders)} both "

@@ -90,13 +90,11 @@ def _check_hf_arguments(path):
     where = os.path.join(path, "config.json")
     family, config = huggingface.read_config(path)
     try:
-        if family == "gpt2":
+        if huggingface.backbone_family(family) == "decoder":
             from kplm.models.decoder import Decoder as cls
-            from kplm.pretrained.gpt2 import decoder_arguments
-            args = decoder_arguments(config, path)
         else:
             from kplm.models.encoder import Encoder as cls
-            args = huggingface.encoder_arguments(family, config, path)
+        args = huggingface.backbone_arguments(family, config, path)
     except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type
         raise ConfigError(f"{where}: {describe(e)}") from None
     for name in ("vocabulary_size", "num_layers", "num_heads", "hidden_dim", "intermediate_dim",
@@ -182,7 +180,7 @@ class HuggingFaceBackbone(_CheckpointBackbone):
 
     def family(self):
         from kplm.pretrained import huggingface
-        return "decoder" if huggingface.read_config(self.path)[0] == "gpt2" else "encoder"
+        return huggingface.backbone_family(huggingface.read_config(self.path)[0])
 
 
 class KerasHubPreset(_CheckpointBackbone):

@@ -4,28 +4,27 @@ A local directory with ``config.json`` (``model_type: gpt2``), ``model.safetenso
 ``pytorch_model.bin`` (``GPT2Model`` or ``GPT2LMHeadModel``: the ``transformer.`` prefix and the
 tied ``lm_head`` are handled), ``vocab.json`` and ``merges.txt``. The language-model head is the
 token embedding reversed, as in GPT-2, so ``kplm.models.causal_lm.CausalLM(decoder)`` generates
-like the original. Nothing is downloaded.
+like the original. Nothing is downloaded. The files are read by ``kplm.pretrained.hf_io``;
+``kplm.pretrained.huggingface`` dispatches here on ``model_type``.
 
 Example:
-    decoder = load_decoder("models/gpt2")
+    decoder = kplm.pretrained.huggingface.load_backbone("models/gpt2")
     tokenizer = load_tokenizer("models/gpt2")
 """
 import os
 
 import numpy as np
 
-from kplm.errors import ConfigError, DataError, describe, shown
+from kplm.errors import ConfigError, DataError, describe
+from kplm.pretrained.hf_io import activation, load_state_dict, strip_prefix
 
-_ACTIVATIONS = {"gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate",
-                "gelu_fast": "gelu_approximate", "gelu": "gelu", "relu": "relu"}
+#: ``model_type`` -> the family of decoders this module converts.
+MODEL_TYPES = {"gpt2": "gpt2"}
 
 
 def decoder_arguments(config, path="."):
     """kplm ``Decoder`` arguments equivalent to a Hugging Face GPT-2 config."""
-    act = config.get("activation_function", "gelu_new")
-    if act not in _ACTIVATIONS:
-        raise ConfigError(f"{path}/config.json: activation_function {shown(act)} is not supported "
-                          f"({', '.join(_ACTIVATIONS)})")
+    act = activation(config, "activation_function", "gelu_new", path)
     for key in ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions"):
         if key not in config:
             raise DataError(f"{path}/config.json: missing key '{key}'")
@@ -37,18 +36,14 @@ def decoder_arguments(config, path="."):
                 num_heads=config["n_head"], hidden_dim=hidden,
                 intermediate_dim=config.get("n_inner") or 4 * hidden,
                 sequence_length=config["n_positions"], dropout=config.get("resid_pdrop", 0.1),
-                activation=_ACTIVATIONS[act],
+                activation=act,
                 layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-5),
                 normalize_first=True)
 
 
-def _strip_prefix(state):
-    for key in state:
-        at = key.find("h.0.ln_1.")
-        if at >= 0:
-            prefix = key[:at]
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    raise DataError("the checkpoint holds no GPT-2 blocks (no '*h.0.ln_1.*' weights)")
+def strip_task_prefix(state):
+    """Drop the task-model prefix (``transformer.`` of ``GPT2LMHeadModel``) from the weights."""
+    return strip_prefix(state, "h.0.ln_1.", "GPT-2 blocks")
 
 
 def _weights(decoder, state):
@@ -81,13 +76,12 @@ def _weights(decoder, state):
     return out
 
 
-def load_decoder(path, dtype=None):
-    """kplm ``Decoder`` with the weights of the GPT-2 checkpoint in ``path``."""
+def convert_decoder(config, path, dtype=None):
+    """kplm ``Decoder`` built from the Hugging Face GPT-2 ``config`` (the checked
+    ``config.json`` of ``path``) with the weights in ``path``."""
     from kplm.models.decoder import Decoder
-    from kplm.pretrained.huggingface import load_state_dict, read_config
 
-    _, config = read_config(path)
-    state = _strip_prefix(load_state_dict(path))
+    state = strip_task_prefix(load_state_dict(path))
     decoder = Decoder(**decoder_arguments(config, path), dtype=dtype)
     variables = {w.path: w for w in decoder.weights}
     try:

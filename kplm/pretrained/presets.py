@@ -92,8 +92,14 @@ def save_preset(backbone, tokenizer, directory, *, overwrite=False, inputs=()):
     rule = dict(what="--output", overwrite=overwrite, inputs=inputs, names=PRESET_NAMES)
     check_output(directory, **rule)
     tokenizer.require_word_pieces("a keras-hub preset of kplm's Encoder")
+    from kplm.models.encoder import EncoderTokenizer
+    from kplm.tokenizers.wordpiece import WordPiece
+    # A WordPiece is written as the tokenizer class bound to the Encoder, so that
+    # keras_hub.tokenizers.Tokenizer.from_preset finds it (its own layer is bound to none).
+    layer = (tokenizer.as_layer(EncoderTokenizer) if isinstance(tokenizer, WordPiece)
+             else tokenizer.build())
     require_finite(backbone, directory)
     with atomic_output(directory, **rule) as tmp:
         backbone.save_to_preset(tmp)
-        tokenizer.build().save_to_preset(tmp)
+        layer.save_to_preset(tmp)
     return directory

@@ -14,7 +14,7 @@ CONFIG_FILE = "tokenizer.json"
 
 
 class WordPiece(Tokenizer):
-    """A BERT WordPiece tokenizer (``keras_hub.models.BertTokenizer`` over tensorflow-text ops).
+    """A BERT WordPiece tokenizer (``keras_hub.tokenizers.WordPieceTokenizer``, tf-text ops).
 
     Either loads ``vocabulary`` (a ``vocab.txt`` file, or a directory holding one such as a run's
     ``tokenizer/``) or learns one of about ``vocabulary_size`` tokens with ``train()``. The special
@@ -91,15 +91,41 @@ class WordPiece(Tokenizer):
 
     # --- use --------------------------------------------------------------------------------
     def build(self):
-        """The in-graph tokenizer (a ``keras_hub.models.BertTokenizer``), built once."""
+        """The in-graph tokenizer, built once: a ``keras_hub.tokenizers.WordPieceTokenizer``
+        bound to no backbone class, the same layer whatever the family trained with it
+        (encoder, decoder or encoder-decoder). ``as_layer`` builds one of a given class."""
+        if self._layer is None:
+            self._layer = self.as_layer()
+        return self._layer
+
+    def as_layer(self, layer_class=None):
+        """A new in-graph tokenizer over this vocabulary, of ``layer_class``: a
+        ``keras_hub.tokenizers.WordPieceTokenizer`` subclass taking ``vocabulary``,
+        ``lowercase`` and ``strip_accents`` (e.g. ``kplm.models.encoder.EncoderTokenizer``,
+        whose ``backbone_cls`` lets ``keras_hub.tokenizers.Tokenizer.from_preset`` find it in a
+        preset of that backbone); ``WordPieceTokenizer`` itself by default. The token ids are
+        the same whatever the class: ``[UNK]`` for unknown words, ``##`` continuations.
+
+        Example:
+        >>> import keras_hub
+        >>> tok = WordPiece(vocabulary_size=60)
+        >>> tok.tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "##s"]
+        >>> tok.as_layer()(["the cats dog"])
+        [[5, 6, 7, 1]]
+        >>> tok.as_layer(keras_hub.models.BertTokenizer)(["the cats dog"])
+        [[5, 6, 7, 1]]
+        """
         if self.tokens is None:
             raise ConfigError("tokenizer has no vocabulary: set tokenizer.vocabulary or train it")
-        if self._layer is None:
-            from kplm.models.encoder import EncoderTokenizer
-            self._layer = EncoderTokenizer(
-                vocabulary=self.tokens, lowercase=self.lowercase,
-                strip_accents=self.strip_accents)
-        return self._layer
+        present = set(self.tokens)
+        missing = [t for t in SPECIAL_TOKENS if t not in present]
+        if missing:
+            raise ConfigError(f"tokenizer.vocabulary lacks the special tokens {missing}")
+        import keras_hub
+        if layer_class is None:
+            layer_class = keras_hub.tokenizers.WordPieceTokenizer
+        return layer_class(vocabulary=self.tokens, lowercase=self.lowercase,
+                           strip_accents=self.strip_accents, oov_token="[UNK]")
 
     @property
     def vocabulary_size_actual(self):

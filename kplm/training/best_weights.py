@@ -3,26 +3,26 @@ import json
 import math
 import os
 
-import keras
-
 from kplm.finite import non_finite_weights
 
 
-class BestWeights(keras.callbacks.Callback):
+class BestWeights:
     """Keeps the weights of the best validation so far in ``path`` (``.weights.h5``), with the
     value and step beside it in ``path + ".json"``, both written atomically; a resumed run
-    reads them back, so it only replaces a better earlier best with a still better one.
-    ``write=False`` (a multi-worker non-chief) tracks the best without writing.
+    reads them back, so it only replaces a better earlier best with a still better one (a
+    step trained again after a resume gives the same value, which is not better: the best
+    step stays). ``write=False`` (a multi-worker non-chief) tracks the best without writing.
+    The training loop calls ``update`` after each validation (``train(..., best=...)``).
     """
 
     def __init__(self, path, monitor, mode="max", write=True):
-        super().__init__()
         self.path, self.monitor, self.mode, self.write = path, monitor, mode, write
-        self.best = None
+        self.best = self.step = None
         try:
             with open(path + ".json", encoding="utf-8") as f:
-                self.best = json.load(f)["value"]
-        except (OSError, ValueError, KeyError):
+                saved = json.load(f)
+            self.best, self.step = float(saved["value"]), saved.get("step")
+        except (OSError, ValueError, KeyError, TypeError):
             pass
 
     def _better(self, value):
@@ -32,18 +32,19 @@ class BestWeights(keras.callbacks.Callback):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def on_epoch_end(self, epoch, logs=None):
+    def update(self, model, step, logs):
+        """After the validation of ``step``: keep ``model``'s weights if ``logs[monitor]`` is
+        the best value so far."""
         value = (logs or {}).get(self.monitor)
         value = None if value is None else float(value)
-        if not self._better(value) or non_finite_weights(self.model.weights):
+        if not self._better(value) or non_finite_weights(model.weights):
             return  # a model with a NaN weight is never the best one, nor written
-        self.best = value
+        self.best, self.step = value, step
         if not self.write:
             return
-        step = int(self.model.optimizer.iterations.numpy())
         tmp = self.path[: -len(".weights.h5")] + ".tmp.weights.h5"
         try:
-            self.model.save_weights(tmp)
+            model.save_weights(tmp)
             os.replace(tmp, self.path)
             with open(self.path + ".json.tmp", "w", encoding="utf-8") as f:
                 json.dump({"value": value, "step": step, "monitor": self.monitor}, f)

@@ -39,13 +39,16 @@ def checkpoint_of(model, iterator=None):
     model variables that ``tf.train.Checkpoint(model=...)`` does not track) and, when given, the
     input pipeline's iterator."""
     import tensorflow as tf
-    from keras.src.backend.common import global_state
+
+    from kplm._compat import global_seed_generator_state
 
     seeds = [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
-    shared = global_state.get_global_attribute("global_seed_generator")
+    shared = global_seed_generator_state()
     if shared is not None:
-        seeds.append(shared.state.value)
-    parts = {"model": model, "optimizer": model.optimizer, "seeds": seeds}
+        seeds.append(shared)
+    parts = {"model": model, "optimizer": model.optimizer, "seeds": seeds,
+             # the running means of the open validation interval (exact across a resume)
+             "metrics": [v.value for m in model.metrics for v in m.variables]}
     if iterator is not None:
         parts["iterator"] = iterator
     return tf.train.Checkpoint(**parts)
@@ -68,7 +71,7 @@ class CheckpointDirectory:
     >>> store = CheckpointDirectory(tempfile.mkdtemp(), keep=2)
     >>> for step in (10, 20, 30):
     ...     _ = store.save(checkpoint_of(model), step, {"batches": step})
-    >>> [s for s, _ in store.complete()]
+    >>> [s for s, _ in store.checkpoints()]
     [30, 20]
     >>> store.restore(checkpoint_of(model))["step"]
     30
@@ -78,7 +81,7 @@ class CheckpointDirectory:
         self.directory, self.keep, self.write = directory, keep, write
         self.read_any = False  # whether restore() read a checkpoint into the objects
 
-    def complete(self):
+    def checkpoints(self):
         """``[(step, path)]`` of the complete checkpoints, newest first."""
         if not os.path.isdir(self.directory):
             return []
@@ -140,7 +143,7 @@ class CheckpointDirectory:
     def discard_after(self, step):
         """Delete the checkpoints newer than ``step`` (an abandoned trajectory), each renamed
         away first so that none is ever seen half-deleted."""
-        for found, path in self.complete():
+        for found, path in self.checkpoints():
             if found > step:
                 doomed = os.path.join(self.directory,
                                       f"{_TMP_PREFIX}discard-{found:08d}-{os.getpid()}")
@@ -154,7 +157,7 @@ class CheckpointDirectory:
     def good(self):
         """``[(step, path)]`` of the complete checkpoints whose files are all there with the
         sizes written (``verify`` without checksums), newest first."""
-        return [(step, path) for step, path in self.complete() if verify(path, checksums=False)]
+        return [(step, path) for step, path in self.checkpoints() if verify(path, checksums=False)]
 
     def _prune(self):
         """Keep the newest ``keep`` good checkpoints. Damaged ones never count: a damaged one
@@ -164,7 +167,7 @@ class CheckpointDirectory:
         kept = {path for _, path in good[:self.keep]}
         newest_good = good[0][0] if good else None
         good_paths = {path for _, path in good}
-        for step, path in self.complete():
+        for step, path in self.checkpoints():
             if path in kept:
                 continue
             if path in good_paths or (newest_good is not None and step < newest_good):
@@ -182,7 +185,7 @@ class CheckpointDirectory:
         which ``accept()`` returns True after restoring) into ``checkpoint``; returns its state
         dict, or None when there is none. A damaged one is skipped with a warning."""
         skipped = []
-        for step, path in self.complete():
+        for step, path in self.checkpoints():
             if before is not None and step >= before:
                 continue
             try:

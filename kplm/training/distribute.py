@@ -7,13 +7,12 @@
 * ``multi_worker`` is ``MultiWorkerMirroredStrategy`` from ``TF_CONFIG`` (``{"cluster":
   {"worker": [...]}, "task": {"type": "worker", "index": i}}``). It must be created first
   thing in the program, before any other TensorFlow op runs (TF then refuses to configure
-  the collective ops). Keras 3 ``fit`` fails under it out of the box (keras-team/keras#20585,
-  #20329); ``patch_keras_for_multi_worker`` fixes the two functions at fault, for the Keras
-  versions it was verified on only.
+  the collective ops). kplm's own loop trains under it; Keras 3 ``fit`` does not
+  (keras-team/keras#20585, #20329).
 * ``tpu`` is ``TPUStrategy`` from ``TPUClusterResolver``; refused cleanly when none is found.
 
-Batch sizes in configs are global: Keras splits each batch over the replicas (every worker
-reads the whole dataset and keeps its shard, ``AutoShardPolicy.DATA``). Only the chief writes
+Batch sizes in configs are global: every worker reads the whole stream of global batches and
+each replica takes its rows of each batch inside the step (``kplm.training.step``). Only the chief writes
 files (``is_chief``); the other workers write the same files to a throwaway directory
 (``output_dir``), since saving may need every worker's participation.
 """
@@ -24,10 +23,6 @@ import tempfile
 from kplm.errors import ConfigError, KplmError, describe, shown
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
-#: Keras versions (major.minor) whose TensorFlow trainer the multi-worker fix was verified on.
-MULTI_WORKER_FIX_VERSIONS = ("3.15",)
-#: ``1`` applies the fix on an unverified Keras version, ``0`` runs without it.
-FIX_ENV = "KPLM_KERAS_MULTI_WORKER_FIX"
 
 
 def strategy_for(name):
@@ -46,7 +41,6 @@ def strategy_for(name):
         name = _auto()
     if name == "multi_worker":
         cluster_from_environment()
-        patch_keras_for_multi_worker()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         try:
@@ -144,68 +138,6 @@ def output_dir(path, strategy=None):
         return path
     resolver = strategy.cluster_resolver
     return tempfile.mkdtemp(prefix=f"kplm-{resolver.task_type}{resolver.task_id}-")
-
-
-def patch_keras_for_multi_worker():
-    """Make Keras 3 ``fit`` work under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585,
-    #20329). Two functions of Keras' TensorFlow trainer fail there, and only there:
-
-    * ``TensorFlowTrainer._maybe_symbolic_build`` averages a distributed sample batch across
-      workers to build the model (``Attempt to convert a value (PerReplica...)``); it only
-      needs the shapes, so the first local replica's batch is given instead;
-    * ``reduce_per_replica`` averages the step's scalar logs with ``axis=0`` (``Invalid
-      reduction dimension 0``); they are averaged with ``axis=None``.
-
-    Other strategies go through Keras' own code unchanged. Applied once, and only on the Keras
-    versions in ``MULTI_WORKER_FIX_VERSIONS``; on another one it is refused with what to do
-    (``KPLM_KERAS_MULTI_WORKER_FIX=1`` applies it anyway, ``=0`` runs without it). Returns
-    True when the fix is in place.
-    """
-    import keras
-    import tensorflow as tf
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    if getattr(tf_trainer, "_kplm_multi_worker_fix", False):
-        return True
-    forced = os.environ.get(FIX_ENV)
-    version = ".".join(keras.__version__.split(".")[:2])
-    if forced == "0":
-        return False
-    if version not in MULTI_WORKER_FIX_VERSIONS and forced != "1":
-        raise KplmError(
-            f"trainer.strategy multi_worker: kplm's fix for Keras' multi-worker fit "
-            f"(keras-team/keras#20585) is verified on Keras {', '.join(MULTI_WORKER_FIX_VERSIONS)}"
-            f" only, not {keras.__version__}: install keras=={MULTI_WORKER_FIX_VERSIONS[-1]}.*, "
-            f"or set {FIX_ENV}=1 to apply it anyway ({FIX_ENV}=0 if Keras fixed it)")
-
-    multi_worker = tf_trainer._collective_all_reduce_multi_worker
-    original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
-    original_reduce = tf_trainer.reduce_per_replica
-
-    def first_local(value, strategy):
-        if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
-        return value
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is None or not multi_worker(self.distribute_strategy):
-            return original_build(self, iterator, data_batch)
-        for _, _, it in iterator:
-            data_batch = tree.map_structure(
-                lambda v: first_local(v, self.distribute_strategy), next(it))
-            break
-        return original_build(self, None, data_batch)
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and multi_worker(strategy):
-            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-        return original_reduce(values, strategy, reduction)
-
-    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
-    tf_trainer.reduce_per_replica = reduce_per_replica
-    tf_trainer._kplm_multi_worker_fix = True
-    return True
 
 
 def check_batch_size(batch_size, accumulation_steps, strategy):

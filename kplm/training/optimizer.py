@@ -61,13 +61,14 @@ class ScaledAdamW(keras.optimizers.AdamW):
 
 
 def build_optimizer(trainer, scaled_variables=(), scale=1.0):
-    """AdamW with warmup + decay, global-norm clipping and BERT's weight-decay exclusions;
-    ``scaled_variables`` train at ``scale`` times the learning rate."""
+    """AdamW with warmup + decay and BERT's weight-decay exclusions; ``scaled_variables`` train
+    at ``scale`` times the learning rate. (``trainer.clip_norm`` is applied by kplm's train
+    step, to the gradient summed over every replica: ``kplm.training.step``.)"""
     schedule = WarmupDecay(trainer.learning_rate, trainer.warmup_steps, trainer.steps,
                            trainer.decay, trainer.learning_rate * trainer.end_learning_rate_fraction)
     optimizer = ScaledAdamW(scaled_variables=scaled_variables, scale=scale,
         learning_rate=schedule, weight_decay=trainer.weight_decay, beta_1=trainer.beta_1,
-        beta_2=trainer.beta_2, epsilon=trainer.epsilon, global_clipnorm=trainer.clip_norm)
+        beta_2=trainer.beta_2, epsilon=trainer.epsilon)
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
     return optimizer
 

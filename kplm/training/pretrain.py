@@ -1,14 +1,14 @@
-"""``kplm pretrain``: one function that reads top to bottom, from config to saved backbone."""
+"""``kplm pretrain``: the pretraining config, and what a pretraining run adds to the shared
+``kplm.training.run.run`` (the tokenizer it learns, the objective's model and data, the
+backbone it saves)."""
 import os
-import time
 
 from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
 from kplm.errors import ConfigError, DataError, shown
-from kplm.training.distribute import check_batch_size
-from kplm.training.runtime import (build, install_train_step, is_chief,
-                                   restoring_precision_policy, start_run, strategy_for)
+from kplm.training.run import Job, common_metrics, run
+from kplm.training.runtime import build, is_pretrained
 from kplm.training.trainer_config import TrainerConfig
 
 TOP_LEVEL_KEYS = ["run_dir", "seed", "tokenizer", "data", "backbone", "objective", "objectives",
@@ -23,7 +23,6 @@ class PretrainSpec:
 
         registry = get_registry()
         self.run_dir, self.seed = check_run_header(raw, TOP_LEVEL_KEYS)
-        from kplm.training.finetune import is_pretrained
         sources = check_data(raw, ["train", "validation"], registry)
         self.train_cls, self.train = sources["train"]
         self.validation_cls, self.validation = sources.get("validation", (None, None))
@@ -128,6 +127,115 @@ def build_objective(spec):
     return parts[0]
 
 
+class PretrainJob(Job):
+    """``kplm pretrain``: what pretraining adds to ``kplm.training.run.run``."""
+
+    kind = "pretraining"
+
+    def __init__(self, config):
+        self.config = config
+
+    def check(self):
+        self.spec = spec = PretrainSpec(self.config)
+        self.trainer = TrainerConfig(**spec.trainer)
+        self.train_source = build(spec.train_cls, spec.train)
+        self.validation_source = (build(spec.validation_cls, spec.validation)
+                                  if spec.validation else None)
+        self.objective = build_objective(spec)
+        self.loader = self.tokenizer = None
+        if spec.tokenizer_cls is None:  # a pretrained backbone brings its tokenizer
+            self.loader = build(spec.backbone_cls, spec.backbone)
+            self.loader.check()
+        else:
+            self.tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
+        self.train_source.check()
+        if self.validation_source is not None:
+            self.validation_source.check()
+        self.callbacks = [build(cls, section) for cls, section in spec.callbacks]
+
+    def resolved(self):
+        return self.spec.resolved()
+
+    def prepare(self, run_dir, resuming, write, echo, progress):
+        """The tokenizer: given, or learned from the training data, or the interrupted run's."""
+        spec, source, tokenizer = self.spec, self.train_source, self.tokenizer
+        if resuming and self.loader is None:
+            tokenizer = runs.load_tokenizer(run_dir)
+        elif (tokenizer is not None and tokenizer.tokens is None
+              and source.tokenizer_dir is not None):  # prepared shards bring their tokenizer
+            from kplm.plugins import get_registry
+            tokenizer = get_registry().get("tokenizer", source.manifest["tokenizer"]["name"]) \
+                .load(source.tokenizer_dir)
+        elif tokenizer is not None and tokenizer.tokens is None:
+            if echo:
+                echo(f"learning a {spec.tokenizer['name']} vocabulary from data.train")
+            tokenizer.train(source.texts(), progress=progress,
+                            total_bytes=getattr(source, "size_bytes", lambda: None)())
+        if tokenizer is not None:  # shards hold ids of one tokenizer
+            for each in (source, self.validation_source):
+                if each is not None:
+                    each.check_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+
+    def build(self, run_dir, resuming, write):
+        if self.loader is not None:
+            self.backbone, self.tokenizer = self.loader.load()
+        else:
+            self.backbone = build(self.spec.backbone_cls, {
+                **self.spec.backbone, "vocabulary_size": len(self.tokenizer.tokens)})
+        if write and not resuming:
+            self.tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
+        return self.objective.build_model(self.backbone)
+
+    def datasets(self):
+        """Tokenized, packed and masked in tf.data."""
+        trainer, objective = self.trainer, self.objective
+        options = dict(batch_size=trainer.batch_size,
+                       sequence_length=self.backbone.sequence_length, seed=self.spec.seed)
+        try:
+            train_ds = objective.dataset(self.train_source.build(), self.tokenizer,
+                                         training=True, **options)
+        except DataError as e:
+            raise DataError(f"data.train: {e}") from None
+        validation_ds = None
+        if self.validation_source is not None:
+            validation_ds = objective.dataset(self.validation_source.build(), self.tokenizer,
+                                              training=False, **options)
+        return train_ds, validation_ds
+
+    def tokens_per_row(self):
+        return self.objective.tokens_per_row(self.backbone.sequence_length)
+
+    def describe(self, model, strategy):
+        spec, trainer = self.spec, self.trainer
+        return (f"pretraining {spec.backbone['name']} ({self.backbone.count_params():,} "
+                f"parameters, vocabulary {len(self.tokenizer.tokens):,}) with "
+                f"{' + '.join(spec.objective_names)} for {trainer.steps} steps of "
+                f"{trainer.batch_size} x {self.backbone.sequence_length} tokens on "
+                f"{strategy.num_replicas_in_sync} replica(s)")
+
+    def loop_options(self, model, run_dir, write):
+        return {"callbacks": self.callbacks}
+
+    def finish(self, model, result, monitor, wall, run_dir, write):
+        """Save what fine-tuning needs: the backbone."""
+        history = result.history
+        metrics = {
+            "steps": result.step,
+            "train": {k: float(v[-1]) for k, v in history.items() if not k.startswith("val_")},
+            "validation": {k[4:]: float(v[-1]) for k, v in history.items()
+                           if k.startswith("val_")},
+            **common_metrics(result, wall),
+            "first_logged_loss": monitor.first_loss,
+            "tokens_per_second": monitor.last_throughput,
+            "parameters": int(self.backbone.count_params()),
+            "vocabulary_size": len(self.tokenizer.tokens),
+        }
+        if write:
+            runs.save_backbone(self.backbone, run_dir)
+        return metrics
+
+
 def pretrain(config, *, overwrite=False, echo=print, progress=True):
     """Pretrain a backbone as ``config`` (a dict, as read from YAML) says; return its metrics.
 
@@ -137,143 +245,4 @@ def pretrain(config, *, overwrite=False, echo=print, progress=True):
     Example:
         metrics = kplm.pretrain(kplm.config.load_yaml("configs/bert_tiny_mlm.yaml"))
     """
-    from kplm.outputs import in_place_outputs
-    with restoring_precision_policy(), in_place_outputs():  # no half-made run_dir on failure
-        return _pretrain(config, overwrite=overwrite, echo=echo, progress=progress)
-
-
-def _pretrain(config, *, overwrite=False, echo=print, progress=True):
-    # --- check everything before touching the disk --------------------------------------------
-    spec = PretrainSpec(config)
-    trainer = TrainerConfig(**spec.trainer)
-    train_source = build(spec.train_cls, spec.train)
-    validation_source = build(spec.validation_cls, spec.validation) if spec.validation else None
-    objective = build_objective(spec)
-    loader = tokenizer = None
-    if spec.tokenizer_cls is None:  # a pretrained backbone brings its tokenizer
-        loader = build(spec.backbone_cls, spec.backbone)
-        loader.check()
-    else:
-        tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
-    train_source.check()
-    if validation_source is not None:
-        validation_source.check()
-    callbacks = [build(cls, section) for cls, section in spec.callbacks]
-
-    import keras
-
-    # The strategy comes first: a multi-worker strategy must exist before any TensorFlow op runs.
-    strategy = strategy_for(trainer.strategy)
-    write = is_chief(strategy)
-    check_batch_size(trainer.batch_size, trainer.gradient_accumulation_steps, strategy)
-    run_dir = spec.run_dir
-    config_text, resuming = start_run(run_dir, overwrite, spec.resolved(), write=write)
-    keras.utils.set_random_seed(spec.seed)
-
-    # --- tokenizer: given, or learned from the training data, or the interrupted run's ---------
-    if resuming and loader is None:
-        tokenizer = runs.load_tokenizer(run_dir)
-    elif (tokenizer is not None and tokenizer.tokens is None
-          and hasattr(train_source, "tokenizer_dir")):  # prepared shards bring their tokenizer
-        from kplm.plugins import get_registry
-        tokenizer = get_registry().get("tokenizer", train_source.manifest["tokenizer"]["name"]) \
-            .load(train_source.tokenizer_dir)
-    elif tokenizer is not None and tokenizer.tokens is None:
-        if echo:
-            echo(f"learning a {spec.tokenizer['name']} vocabulary from data.train")
-        tokenizer.train(train_source.texts(), progress=progress,
-                        total_bytes=getattr(train_source, "size_bytes", lambda: None)())
-
-    for source in (train_source, validation_source):  # shards hold ids of one tokenizer
-        if source is not None and hasattr(source, "check_tokenizer") and tokenizer is not None:
-            source.check_tokenizer(tokenizer)
-
-    # --- model, optimizer, compile, under the distribution strategy ---------------------------
-    if trainer.mixed_precision:
-        keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
-    with strategy.scope():
-        if loader is not None:
-            backbone, tokenizer = loader.load()
-        else:
-            backbone = build(spec.backbone_cls, {**spec.backbone,
-                                                  "vocabulary_size": len(tokenizer.tokens)})
-        if write and not resuming:
-            tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
-        model = objective.build_model(backbone)
-        from kplm.training.optimizer import build_optimizer
-        optimizer = build_optimizer(trainer)
-        if trainer.mixed_precision == "float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        model.compile(optimizer=optimizer, jit_compile=trainer.jit_compile)
-    install_train_step(model, trainer)
-
-    # --- data: tokenized, packed and masked in tf.data ----------------------------------------
-    sequence_length = backbone.sequence_length
-    try:
-        train_ds = objective.dataset(train_source.build(), tokenizer,
-                                     batch_size=trainer.batch_size,
-                                     sequence_length=sequence_length, seed=spec.seed,
-                                     training=True)
-    except DataError as e:
-        raise DataError(f"data.train: {e}") from None
-    validation_ds = None
-    if validation_source is not None:
-        validation_ds = objective.dataset(validation_source.build(), tokenizer,
-                                          batch_size=trainer.batch_size,
-                                          sequence_length=sequence_length, seed=spec.seed,
-                                          training=False)
-        if trainer.validation_steps:
-            validation_ds = validation_ds.take(trainer.validation_steps)
-        validation_ds = validation_ds.cache()
-
-    # --- callbacks and the training loop --------------------------------------------------------
-    from kplm.training.logging import TrainingMonitor, flops_per_token, peak_flops
-    from kplm.training.loop import train
-    tokens_per_row = objective.tokens_per_row(sequence_length)
-    monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD),
-                              trainer.batch_size * tokens_per_row, trainer.batch_size,
-                              trainer.log_every, trainer.steps, config_text=config_text,
-                              echo=echo, flops_per_token=flops_per_token(model, backbone),
-                              peak_flops=peak_flops(trainer, strategy), write=write)
-    if echo:
-        echo(f"pretraining {spec.backbone['name']} ({backbone.count_params():,} parameters, "
-             f"vocabulary {len(tokenizer.tokens):,}) with {' + '.join(spec.objective_names)} for "
-             f"{trainer.steps} steps of {trainer.batch_size} x {sequence_length} tokens "
-             f"on {strategy.num_replicas_in_sync} replica(s)")
-    start = time.perf_counter()
-    try:
-        result = train(model, train_ds, steps=trainer.steps, eval_every=trainer.eval_every,
-                       checkpoint_dir=os.path.join(run_dir, runs.CHECKPOINTS),
-                       checkpoint_every=trainer.checkpoint_every, keep=trainer.keep_checkpoints,
-                       validation_data=validation_ds, callbacks=[monitor, *callbacks],
-                       strategy=strategy, max_loss=trainer.max_loss,
-                       max_recoveries=trainer.max_recoveries,
-                       max_skipped_steps=trainer.max_skipped_steps, resume=resuming, write=write,
-                       echo=echo)
-    finally:
-        monitor.close()
-    wall = time.perf_counter() - start
-    history = result.history
-
-    # --- save what fine-tuning needs ----------------------------------------------------------
-    metrics = {
-        "steps": result.step,
-        "train": {k: float(v[-1]) for k, v in history.items() if not k.startswith("val_")},
-        "validation": {k[4:]: float(v[-1]) for k, v in history.items()
-                       if k.startswith("val_")},
-        "resumed_from_step": result.resumed_from,
-        "restore_seconds": result.restore_seconds,
-        "recoveries": [list(r) for r in result.recoveries],
-        "skipped_steps": result.skipped_steps,
-        "first_logged_loss": monitor.history[0][1]["loss"] if monitor.history else None,
-        "tokens_per_second": monitor.last_throughput,
-        "wall_seconds": wall,
-        "parameters": int(backbone.count_params()),
-        "vocabulary_size": len(tokenizer.tokens),
-    }
-    if write:
-        runs.save_backbone(backbone, run_dir)
-        runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
-    if echo:
-        echo(f"done in {wall:.0f} s; run directory {run_dir}")
-    return metrics
+    return run(PretrainJob(config), overwrite=overwrite, echo=echo, progress=progress)

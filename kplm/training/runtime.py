@@ -12,6 +12,12 @@ def build(cls, section):
     return cls(**{k: v for k, v in section.items() if k != "name"})
 
 
+def is_pretrained(backbone_cls):
+    """True for backbones read from a checkpoint with their tokenizer (``hf``, ``keras_hub``)."""
+    from kplm.components import PretrainedBackbone
+    return isinstance(backbone_cls, type) and issubclass(backbone_cls, PretrainedBackbone)
+
+
 def strategy_for(name):
     """The tf.distribute strategy a ``trainer.strategy`` setting names."""
     from kplm.training.distribute import strategy_for as pick
@@ -22,13 +28,6 @@ def is_chief(strategy):
     """Whether this process writes the run's files (always, except on multi-worker non-chiefs)."""
     from kplm.training.distribute import is_chief as chief
     return chief(strategy)
-
-
-def install_train_step(model, trainer):
-    """kplm's train step on a compiled model: the loss normalised by the global number of target
-    tokens (across replicas and micro-batches), ``trainer.gradient_accumulation_steps``."""
-    from kplm.training.step import install
-    install(model, accumulation_steps=trainer.gradient_accumulation_steps)
 
 
 def prepare_run_dir(run_dir, overwrite, config_text, inputs=()):
@@ -65,7 +64,7 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=()):
         refuse(f"run_dir {shown} holds an unfinished run with a different config "
                f"({_first_difference(previous, config_text)}); use the same config to resume "
                "it, or another run_dir, or --overwrite")
-    if CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).complete():
+    if CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).checkpoints():
         return "resume"
     # stopped before its first checkpoint: started again, if nothing else is in the directory
     outputs.check_output(run_dir, overwrite=True, **check)
@@ -77,7 +76,7 @@ def run_started(run_dir):
     from kplm import runs
     from kplm.training.checkpoints import CheckpointDirectory
     return bool(os.path.exists(os.path.join(run_dir, runs.METRICS))
-                or CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).complete())
+                or CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).checkpoints())
 
 
 def _first_difference(previous_text, text):
@@ -110,14 +109,12 @@ def start_run(run_dir, overwrite, resolved, write=True):
 
     from kplm import outputs, runs
     from kplm.training.checkpoints import CheckpointDirectory
-    # Expected: a pooler gets no gradient from a token-level objective, and a finite validation
-    # set "runs out" at the end of every evaluation.
+    # Expected: a pooler gets no gradient from a token-level objective.
     warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
-    warnings.filterwarnings("ignore", message="Your input ran out of data")
     config_text = yaml.safe_dump(resolved, sort_keys=False)
     if not write:
         return config_text, bool(
-            CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).complete())
+            CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).checkpoints())
     outputs.clean_stale(run_dir, started=run_started, names=outputs.RUN_NAMES)
     plan = prepare_run_dir(run_dir, overwrite, config_text, outputs.config_inputs(resolved))
     if plan != "resume":

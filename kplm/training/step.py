@@ -1,256 +1,396 @@
-"""Token-count-normalised losses across replicas and micro-batches (gradient accumulation).
+"""One training step, as kplm runs it: forward, losses normalised by the global target count,
+accumulation, one all-reduce, clipping, the non-finite gate, apply.
 
 A language-model loss is a mean over target tokens, and batches hold different numbers of
-them. Keras averages what each replica computes, so under ``MirroredStrategy`` each replica
-dividing by its own token count gives a mean of means, not the mean (measured: 7.038 against
-6.990 after 20 steps on 2 replicas); accumulating micro-batch means has the same flaw.
+them. Under ``MirroredStrategy`` each replica dividing by its own token count gives a mean of
+means, not the mean (measured: 7.038 against 6.990 after 20 steps on 2 replicas);
+accumulating micro-batch means has the same flaw. So the step, not the loss, normalises.
 
-The fix lives in the loss, not in each model: ``global_mean(total, count)`` divides a summed
-loss by the count summed over every replica (one all-reduce) and, inside an accumulated step,
-over every micro-batch. ``kplm.models.token_loss.TokenLoss`` (every kplm language model's
-default loss) and the models that compute their own losses (``Pretrainer``, ELECTRA) call it,
-so the models need no train step of their own: with one micro-batch Keras' ``train_step``
-is exact on any strategy. Counts in the loss rather than re-weighted gradients after the
-fact, because the count is known before the forward pass (it is the sum of the sample
-weights, read from the data) while gradients of several outputs with different counts
-(masked LM + NSP) cannot be re-weighted once summed.
+The models keep plain Keras losses. A model says what its loss is made of through two
+optional methods (both public, both pure functions of their arguments):
 
-``install(model, accumulation_steps=k)`` (k > 1) sets the model's ``train_step`` to one that
-splits each replica's batch into k micro-batches, first sums every output's sample weights
-over the whole batch and all replicas, then adds up the k micro-batches' gradients and
-applies them once: k micro-batches of b rows give the same loss, metrics and update as one
-batch of k*b rows. Keras' own ``Optimizer(gradient_accumulation_steps=...)`` averages the
-micro-steps' means instead, and logs one step per micro-batch. Under ``mixed_float16`` each
-micro-batch's loss is scaled by the ``LossScaleOptimizer`` and the summed gradients are
-unscaled (and checked for overflow) once, by ``apply_gradients``.
+* ``loss_terms(x, y, y_pred, sample_weight) -> {name: (weight, mean)}``: each term's mean over
+  this batch's own targets, and its weight in the total (``Pretrainer``: one term per objective;
+  ELECTRA: generator and discriminator);
+* ``target_counts(x, y, sample_weight) -> {name: count}``: the number of targets each term's
+  mean is over, known before the forward pass (it comes from the data).
+
+A model without ``loss_terms`` has one term: its compiled loss. When that loss averages over
+the sample weights (``reduction="mean_with_sample_weight"``, as kplm's ``TokenLoss``), the
+count is the sum of the sample weights; otherwise the term is Keras' own mean over rows.
+
+The step sums the counts over the micro-batches and replicas (one all-reduce, before the
+forward pass), and each micro-batch's term contributes ``mean * count / global_count``: the
+contributions of all micro-batches and replicas add up to the mean over the global batch,
+exactly. k micro-batches of b rows give the same loss, gradients and update as one batch of
+k*b rows, and two replicas give what one device gives.
+
+Then the step's losses and squared gradient norms go through one all-reduce; with
+``clip_norm`` the norm of the gradients summed over the replicas is computed (one more
+all-reduce, on several replicas) and each replica's gradients are scaled by the same factor;
+and the non-finite gate decides. The optimizer sums the replicas' gradients as Keras does.
+Sparse gradients (embedding lookups) are made dense first, so Adam sees each row's summed
+gradient whatever the number of replicas and micro-batches. When the norm or the loss is NaN or infinite, the update is skipped in the cross-replica
+context (``merge_call`` + ``tf.cond``: an optimizer's update may not run inside a replica-context
+``cond``), so weights, optimizer slots and ``iterations`` (Adam's bias correction, the
+learning-rate schedule) stay as they were. Every replica reaches the same decision because it
+reads the same all-reduced values. Under a ``LossScaleOptimizer`` (``mixed_float16``) the loss
+scaler's own skip-and-rescale applies instead.
+
+``TrainStep(model, ...).run(batches, n)`` runs ``n`` such steps in one ``tf.function`` call and
+returns each step's own loss, terms, gradient norm and whether it was skipped.
 """
-import threading
-
-_state = threading.local()  # MirroredStrategy traces each replica in a thread of its own
-
-
-def global_mean(total, count, key=None):
-    """``total`` (a loss summed over this replica's targets) divided by the number of targets
-    in the global batch, as this replica's share: the shares of all replicas add up to the
-    mean (what Keras expects of a loss under ``tf.distribute``).
-
-    ``count`` is this replica's number of targets (the sum of its sample weights). Inside a
-    step ``install`` made, the global count comes from the step (all micro-batches), looked up
-    by ``key`` (the output's name, for models with several; ``target(key)`` sets it around a
-    loss call); otherwise it is ``count`` summed over the replicas.
-
-    Example:
-    >>> float(global_mean(6.0, 3.0))  # one replica: the mean
-    2.0
-    """
-    from keras import ops
-    total = ops.cast(total, "float32")
-    step = getattr(_state, "step", None)
-    key = key if key is not None else getattr(_state, "key", None)
-    if step is not None and key in step.counts:
-        return ops.divide_no_nan(total * step.micro_batches, step.counts[key])
-    return ops.divide_no_nan(total, all_reduce_sum(ops.cast(count, "float32")))
+import keras
+import numpy as np
+import tensorflow as tf
 
 
-class target:
-    """``with target("masked_lm"): loss = loss_fn(y, y_pred, weight)``: the loss is the one of
-    that output (its count is the sum of ``sample_weight["masked_lm"]``)."""
+class StepResult:
+    """What ``TrainStep.run`` returns for its ``n`` steps, as numpy arrays of length ``n``:
+    ``loss`` (each step's global mean loss), ``skipped`` (True where the gate kept the weights),
+    ``grad_norm`` (the global gradient norm, before clipping) and ``terms`` ({name: means})."""
 
-    def __init__(self, key):
-        self.key = key
+    def __init__(self, loss, skipped, grad_norm, terms):
+        self.loss, self.skipped, self.grad_norm, self.terms = loss, skipped, grad_norm, terms
 
-    def __enter__(self):
-        self.previous = getattr(_state, "key", None)
-        _state.key = self.key
+    def __len__(self):
+        return len(self.loss)
 
-    def __exit__(self, *exc):
-        _state.key = self.previous
+
+def replica_slice(batch):
+    """This replica's rows of a global batch (inside ``strategy.run``): replica ``i`` of ``R``
+    gets rows ``[i*b, (i+1)*b)``, ``b = ceil(rows / R)``; the last ones may get fewer (or none,
+    for a short final validation batch). Outside a multi-replica context: the batch itself."""
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    if replicas == 1:
+        return batch
+    index = tf.cast(context.replica_id_in_sync_group, "int32")
+
+    def part(t):
+        if t is None:
+            return None
+        rows = tf.shape(t)[0]
+        size = (rows + replicas - 1) // replicas
+        start = tf.minimum(index * size, rows)
+        return t[start:tf.minimum(start + size, rows)]
+
+    return tf.nest.map_structure(part, batch)
 
 
 def all_reduce_sum(value):
-    """``value`` summed over the replicas in sync (itself with one replica, or outside a
-    replica context)."""
-    import tensorflow as tf
+    """``value`` (a nested structure) summed over the replicas in sync; itself with one."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+def _replicas():
+    context = tf.distribute.get_replica_context()
+    return context.num_replicas_in_sync if context is not None else 1
+
+
+def _compiled_single_loss(model):
+    """The model's compiled loss when it is one Keras ``Loss`` object computed by Keras' own
+    ``compute_loss``, else None."""
+    loss = getattr(model, "loss", None)
+    if not isinstance(loss, keras.losses.Loss) or not hasattr(loss, "call"):
+        return None
+    if type(model).compute_loss is not keras.Model.compute_loss:
+        return None
+    return loss
+
+
 def target_counts(model, x, y, sample_weight):
-    """This replica's number of targets per output: ``model.target_counts(x, y, sample_weight)``
-    when the model defines it, else the sum of each output's sample weights (key None for a
-    single output). Outputs without sample weights are averaged over rows, which Keras already
-    does right."""
-    import tensorflow as tf
+    """This replica's number of targets of each loss term (see the module docstring): the
+    model's ``target_counts`` when it has one; the sum of the sample weights for a compiled
+    loss that averages over them; else none (terms averaged over rows)."""
     if hasattr(model, "target_counts"):
-        return dict(model.target_counts(x, y, sample_weight))
-    if sample_weight is None:
-        return {}
-    if isinstance(sample_weight, dict):
-        return {k: tf.reduce_sum(tf.cast(v, "float32"))
-                for k, v in sample_weight.items() if v is not None}
-    if isinstance(sample_weight, (list, tuple)):
-        return {}
-    return {None: tf.reduce_sum(tf.cast(sample_weight, "float32"))}
+        return {k: tf.cast(v, "float32") for k, v in model.target_counts(x, y, sample_weight)
+                .items()}
+    loss = _compiled_single_loss(model)
+    if (loss is not None and getattr(loss, "reduction", None) == "mean_with_sample_weight"
+            and sample_weight is not None and not isinstance(sample_weight, (dict, list, tuple))
+            and not isinstance(y, (dict, list, tuple))):
+        from kplm.models.token_loss import weighted_count
+        return {"loss": weighted_count(sample_weight, y)}
+    return {}
 
 
-class _Step:
-    def __init__(self, counts, micro_batches):
-        self.counts, self.micro_batches = counts, micro_batches
+def loss_terms(model, x, y, y_pred, sample_weight):
+    """``{name: (weight, mean)}``: each term of the model's loss as a mean over this replica's
+    own targets (not divided by the number of replicas)."""
+    if hasattr(model, "loss_terms"):
+        return dict(model.loss_terms(x, y, y_pred, sample_weight))
+    loss = _compiled_single_loss(model)
+    if loss is not None and "loss" in target_counts(model, x, y, sample_weight):
+        from kplm.models.token_loss import weighted_mean
+        return {"loss": (1.0, weighted_mean(loss, y, y_pred, sample_weight))}  # as counted
+    if loss is not None:
+        value = tf.cast(loss(y, y_pred, sample_weight), "float32")
+        return {"loss": (1.0, value * _replicas())}  # Keras' losses divide by the replicas
+    value = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                               training=True)
+    return {"loss": (1.0, tf.cast(value, "float32") * _replicas())}
 
 
-#: Keys the kplm train step adds to the logs Keras hands callbacks after each step: the step's
-#: own loss (the global mean over all replicas and micro-batches, not Keras' running mean) and
-#: 1.0 when the non-finite gate skipped the update (else 0.0).
-STEP_LOSS, SKIPPED = "step_loss", "skipped_step"
+def _regularization(model):
+    extra = [tf.cast(v, "float32") for v in model.losses]
+    if not extra or not (hasattr(model, "loss_terms") or _compiled_single_loss(model)):
+        return None  # compute_loss already added them
+    return tf.add_n(extra)
 
 
-def install(model, accumulation_steps=1):
-    """Train ``model`` (compiled) with kplm's train step: ``accumulation_steps`` micro-batches
-    per optimizer step, and a non-finite gate on the update.
+class TrainStep:
+    """kplm's train step for a compiled ``model`` under ``strategy``.
 
-    The gate: when the step's gradients or loss hold a NaN or an infinity on any replica, the
-    update is skipped: weights, optimizer slots and the step counter (so Adam's bias
-    correction and the learning-rate schedule) stay as they were, and the step's loss stays out
-    of the loss's running mean. Every replica takes the same decision (one all-reduce of the
-    squared gradient norm and the loss). The logs of each step say so (``skipped_step``) and
-    carry the step's own loss (``step_loss``). Under a ``LossScaleOptimizer`` (``mixed_float16``)
-    the loss scaler's own skip-and-rescale is left as it is.
-
-    Call after ``compile`` and before ``fit``; each replica's batch (global batch / replicas)
-    must split evenly (``kplm.training.distribute.check_batch_size``). Returns the model.
+    Args:
+        model: a compiled Keras model (its optimizer, loss or ``loss_terms``, metrics).
+        strategy: the ``tf.distribute`` strategy the model's variables were created under.
+        accumulation_steps: int. Micro-batches per step; each replica's rows must split evenly.
+        clip_norm: float or None. Clip the global gradient to this norm.
+        jit_compile: bool. Compile the per-replica step with XLA.
 
     Example:
-    >>> import keras, numpy as np
+    >>> import keras, numpy as np, tensorflow as tf
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     >>> model.compile(optimizer="sgd", loss="mse")
-    >>> model = install(model, accumulation_steps=2)
-    >>> history = model.fit(np.ones((4, 3)), np.zeros((4, 2)), batch_size=4, verbose=0)
-    >>> int(model.optimizer.iterations)  # one update for the 2 micro-batches
-    1
-    >>> y = np.zeros((4, 2)); y[0, 0] = np.nan  # a NaN target: non-finite loss and gradients
-    >>> history = model.fit(np.ones((4, 3)), y, batch_size=4, verbose=0)
-    >>> int(model.optimizer.iterations), history.history["skipped_step"]  # skipped
-    (1, [1.0])
-    >>> bool(np.isfinite(model.layers[0].kernel.numpy()).all())
-    True
+    >>> step = TrainStep(model, tf.distribute.get_strategy(), accumulation_steps=2)
+    >>> ds = tf.data.Dataset.from_tensors((np.ones((4, 3), "float32"), np.zeros((4, 2),
+    ...                                    "float32"))).repeat()
+    >>> step.build(ds)
+    >>> result = step.run(iter(ds), 3)
+    >>> int(model.optimizer.iterations), len(result), bool(result.skipped.any())
+    (3, 3, False)
+    >>> nan = tf.data.Dataset.from_tensors((np.ones((4, 3), "float32"),
+    ...                                     np.full((4, 2), np.nan, "float32"))).repeat()
+    >>> result = step.run(iter(nan), 1)  # a NaN target: the update is skipped
+    >>> int(model.optimizer.iterations), bool(result.skipped[0])
+    (3, True)
     """
-    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) \
-            or accumulation_steps < 1:
-        raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
-    model.train_step = lambda data: train_step(model, data, accumulation_steps)
-    model.train_function = None  # rebuilt around the new step
-    model._kplm_train_step = True
-    return model
 
+    def __init__(self, model, strategy, accumulation_steps=1, clip_norm=None, jit_compile=False):
+        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) \
+                or accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be an integer >= 1, "
+                             f"got {accumulation_steps!r}")
+        self.model, self.strategy = model, strategy
+        self.k, self.clip_norm, self.jit_compile = accumulation_steps, clip_norm, jit_compile
+        self.term_names, self.term_weights = None, {}
+        self._function = self._evaluate = None
 
-def is_installed(model):
-    """Whether ``install`` gave ``model`` kplm's train step."""
-    return bool(getattr(model, "_kplm_train_step", False))
+    # --- building ------------------------------------------------------------------------------
+    def build(self, dataset):
+        """Create the optimizer's slots and the metrics' variables before the first step, in
+        the strategy's scope (from the first batch of ``dataset``, read by an iterator of its
+        own: the run's position does not move), and learn the names of the loss terms."""
+        model = self.model
+        found = {}
+        sample = next(iter(dataset.take(1)))
 
+        def trace(batch):  # in a graph, as fit() builds: some layers only autocast there
+            x, y, w = keras.utils.unpack_x_y_sample_weight(batch)
+            y_pred = model(x, training=False)
+            if y is not None:
+                found.update(loss_terms(model, x, y, y_pred, w))
+                model.compute_metrics(x, y, y_pred, w)
+            return tf.constant(0)
 
-def train_step(model, data, k):
-    """One optimizer step over ``k`` micro-batches of ``data`` (runs in the replica context):
-    forward and backward per micro-batch, gradients summed, then the gate and the update."""
-    import tensorflow as tf
-    from keras.src import tree
-    from keras.src.losses.loss import unscale_loss_for_distribution
-    from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
+        with self.strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+            tf.function(trace)(sample)
+        self.term_names = sorted(found)
+        self.term_weights = {n: float(weight) for n, (weight, _) in found.items()}
+        model.reset_metrics()
 
-    x, y, sample_weight = unpack_x_y_sample_weight(data)
-    counts = target_counts(model, x, y, sample_weight) if k > 1 else {}
-    if counts:
-        keys = list(counts)
-        total = all_reduce_sum(tf.stack([tf.cast(counts[key], "float32") for key in keys]))
-        counts = {key: total[i] for i, key in enumerate(keys)}
-    rows = tf.shape(next(t for t in tree.flatten(x) if t is not None))[0]
-    if k > 1:
-        tf.debugging.assert_equal(rows % k, 0, message=(
-            "gradient accumulation: each replica's batch must split into micro-batches evenly"))
-    size = rows // k
-    weights = model.trainable_weights
-    gradients = [None] * len(weights)
-    step_loss = tf.constant(0.0)  # this replica's share of the step's mean loss
-    previous = getattr(_state, "step", None)
-    if k > 1:  # one micro-batch: the losses divide by the global count themselves
-        _state.step = _Step(counts, k)
-    try:
-        for i in range(k):
-            # Wait for the previous micro-batch's gradients: otherwise TF may run the k
-            # forward passes at once, and the memory accumulation saves is spent anyway.
+    # --- one step on one replica -----------------------------------------------------------------
+    def _replica_step(self, batch):
+        model, k = self.model, self.k
+        optimizer = model.optimizer
+        x, y, w = keras.utils.unpack_x_y_sample_weight(replica_slice(batch))
+        rows = tf.shape(tf.nest.flatten(x)[0])[0]
+        if k > 1:
+            tf.debugging.assert_equal(rows % k, 0, message=(
+                "gradient accumulation: each replica's batch must split into micro-batches "
+                "evenly"))
+        size = rows // k
+
+        def micro(i):
+            if k == 1:
+                return x, y, w
+            return tf.nest.map_structure(lambda t: None if t is None else t[i * size:(i + 1) * size],
+                                         (x, y, w))
+
+        parts = [micro(i) for i in range(k)]
+        counts = [target_counts(model, *part) for part in parts]
+        names = sorted(counts[0])
+        global_counts = {}
+        if names:  # one all-reduce of every term's count over micro-batches and replicas
+            total = all_reduce_sum(tf.stack([tf.add_n([c[n] for c in counts]) for n in names]))
+            global_counts = {n: total[j] for j, n in enumerate(names)}
+        replicas = _replicas()
+        weights = model.trainable_weights
+        gradients = [None] * len(weights)
+        step_loss = tf.constant(0.0)
+        shares = {}
+        for i, (xm, ym, wm) in enumerate(parts):
+            # the previous micro-batch's gradients first: k forward passes at once would spend
+            # the memory accumulation saves
             with tf.control_dependencies([getattr(g, "values", g) for g in gradients
                                           if g is not None]):
-                part = (x, y, sample_weight) if k == 1 else tree.map_structure(
-                    lambda t: None if t is None else tf.identity(t[i * size:(i + 1) * size]),
-                    (x, y, sample_weight))
-            xm, ym, wm = part
+                xm, ym, wm = tf.nest.map_structure(
+                    lambda t: None if t is None else tf.identity(t), (xm, ym, wm))
             with tf.GradientTape() as tape:
-                y_pred = model(xm, training=True) if model._call_has_training_arg else model(xm)
-                loss = model._compute_loss(x=xm, y=ym, y_pred=y_pred, sample_weight=wm,
-                                           training=True)
-                # Each micro-batch's loss is a mean-like value; the step's loss is their mean.
-                scaled = model.optimizer.scale_loss(loss / k)
+                y_pred = model(xm, training=True)
+                loss = tf.constant(0.0)
+                for name, (weight, mean) in loss_terms(model, xm, ym, y_pred, wm).items():
+                    mean = tf.cast(mean, "float32")
+                    if name in global_counts:
+                        share = tf.math.divide_no_nan(mean * counts[i][name], global_counts[name])
+                    else:
+                        share = mean / (replicas * k)
+                    shares[name] = shares.get(name, 0.0) + share
+                    loss += tf.cast(weight, "float32") * share
+                extra = _regularization(model)
+                if extra is not None:
+                    loss += extra / (replicas * k)
+                scaled = optimizer.scale_loss(loss)
             gradients = [add_gradients(a, g)
                          for a, g in zip(gradients, tape.gradient(scaled, weights))]
-            step_loss += tf.cast(loss, "float32") / k
-            # Metrics are per-replica state (no collective): a micro-batch whose own loss is
-            # non-finite stays out of them.
-            tf.cond(tf.math.is_finite(tf.cast(loss, "float32")),
-                    lambda: _update_metrics(model, xm, ym, y_pred, wm), lambda: tf.constant(False))
-    finally:
-        _state.step = previous
-    gated = not isinstance(model.optimizer, keras_loss_scale_optimizer())
-    squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(getattr(g, "values", g), "float32")))
-                        for g in gradients if g is not None] or [tf.constant(0.0)])
-    # one all-reduce: every replica sees the same global loss and decides the same
-    squares, global_loss = tf.unstack(all_reduce_sum(tf.stack([squares, step_loss])))
-    finite = tf.math.logical_and(tf.math.is_finite(squares), tf.math.is_finite(global_loss))
-    if not gated:  # the loss scaler skips (and rescales) on its own
-        finite = tf.constant(True)
-    tf.cond(finite, lambda: _track_loss(model, unscale_loss_for_distribution(step_loss), rows),
-            lambda: tf.constant(False))
-    if gated:
-        apply_if_finite(model.optimizer, gradients, weights, finite)
-    else:
-        model.optimizer.apply(gradients, weights)
-    logs = dict(model.get_metrics_result())
-    logs[STEP_LOSS] = global_loss
-    logs[SKIPPED] = 1.0 - tf.cast(finite, "float32")
-    return logs
+            step_loss += loss
+            # metrics are per-replica state; a micro-batch whose loss is not finite stays out
+            tf.cond(tf.math.is_finite(loss),
+                    lambda: _true(model.compute_metrics(xm, ym, y_pred, wm)),
+                    lambda: tf.constant(True))
+        # The global norm as Keras and TensorFlow define it (``clip_by_global_norm``): a sparse
+        # gradient (an embedding lookup's IndexedSlices) counts the squares of its slices, so the
+        # parts of several micro-batches and replicas simply add up.
+        sparse_squares = tf.add_n(
+            [tf.reduce_sum(tf.square(tf.cast(g.values, "float32"))) for g in gradients
+             if isinstance(g, tf.IndexedSlices)] or [tf.constant(0.0)])
+        # Then sparse gradients become dense: Adam's moments see each row's summed gradient, as
+        # Keras' clipping has them (a sparse update would square each duplicate slice on its own
+        # and leave the other rows' moments alone).
+        dense = [not isinstance(g, tf.IndexedSlices) for g in gradients]
+        pairs = [(tf.convert_to_tensor(g), v, d) for g, v, d in zip(gradients, weights, dense)
+                 if g is not None]
+        gradients, variables = [g for g, _, _ in pairs], [v for _, v, _ in pairs]
+        dense_parts = [g for g, _, d in pairs if d]
+        names = sorted(shares)
+        local_squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, "float32")))
+                                  for g in gradients] or [tf.constant(0.0)])
+        # one all-reduce of the scalars: the step's loss, its terms, the squared norms
+        scalars = all_reduce_sum(tf.stack([step_loss, local_squares, sparse_squares]
+                                          + [shares[n] for n in names]))
+        global_loss, squares, sparse_squares = scalars[0], scalars[1], scalars[2]
+        terms = {n: scalars[j + 3] for j, n in enumerate(names)}
+
+        def dense_squares(parts):
+            return tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, "float32"))) for g in parts]
+                            or [tf.constant(0.0)])
+
+        if replicas == 1:
+            norm = tf.sqrt(dense_squares(dense_parts) + sparse_squares)
+        elif self.clip_norm:  # the dense gradients summed over the replicas: clipping needs it
+            norm = tf.sqrt(dense_squares(all_reduce_sum(dense_parts)) + sparse_squares)
+        else:  # not computed (it costs an all-reduce of the gradients); the gate reads squares
+            norm = tf.constant(-1.0)
+        scale = getattr(optimizer, "dynamic_scale", None)
+        unscale = 1.0 if scale is None else tf.cast(scale, "float32")
+        norm_true = tf.where(norm >= 0, norm / unscale, norm)
+        finite = tf.logical_and(tf.math.is_finite(squares), tf.math.is_finite(global_loss))
+        if self.clip_norm:
+            # each replica scales its own gradients: Keras' optimizer sums them
+            factor = tf.where(tf.logical_and(finite, norm_true > self.clip_norm),
+                              self.clip_norm / tf.maximum(norm_true, 1e-30), 1.0)
+            gradients = [_multiply(g, factor) for g in gradients]
+        if scale is not None:
+            optimizer.apply(gradients, variables)
+            skipped = tf.constant(False)  # the loss scaler skips and rescales on its own
+        else:
+            _apply_in_cross_replica(optimizer, gradients, variables, finite)
+            skipped = tf.logical_not(finite)
+        return {"loss": global_loss, "skipped": skipped, "grad_norm": norm_true, "terms": terms}
+
+    # --- n steps in one call -------------------------------------------------------------------
+    def _make_function(self):
+        replica_step = self._replica_step
+        if self.jit_compile:
+            replica_step = tf.function(replica_step, jit_compile=True)
+        strategy = self.strategy
+
+        def one(batch):
+            out = strategy.run(replica_step, args=(batch,))
+            return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], out)
+
+        def run(iterator, n):
+            losses = tf.TensorArray(tf.float32, size=n)
+            skipped = tf.TensorArray(tf.bool, size=n)
+            norms = tf.TensorArray(tf.float32, size=n)
+            terms = {name: tf.TensorArray(tf.float32, size=n) for name in self.term_names or ()}
+            for i in tf.range(n):
+                out = one(next(iterator))
+                losses = losses.write(i, out["loss"])
+                skipped = skipped.write(i, out["skipped"])
+                norms = norms.write(i, out["grad_norm"])
+                terms = {name: ta.write(i, out["terms"][name]) for name, ta in terms.items()}
+            return (losses.stack(), skipped.stack(), norms.stack(),
+                    {name: ta.stack() for name, ta in terms.items()})
+
+        return tf.function(run)
+
+    def evaluate(self, dataset):
+        """The loss (exact mean over every target of ``dataset``), each term's mean and the
+        compiled metrics over a finite dataset of global batches: ``(loss, terms, metrics)``."""
+        model, strategy = self.model, self.strategy
+        if self._evaluate is None:
+            weights = self.term_weights
+
+            def one(batch):
+                out = strategy.run(evaluation_sums, args=(model, batch, weights))
+                return tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0], out)
+
+            self._evaluate = tf.function(one, reduce_retracing=True)
+        model.reset_metrics()
+        totals = {}
+        for batch in dataset:
+            for name, value in self._evaluate(batch).items():
+                value = value.numpy().astype("float64")
+                totals[name] = totals.get(name, 0.0) + value
+        loss, terms = loss_of(totals, self.term_weights)
+        metrics = metric_values(model)
+        model.reset_metrics()
+        return loss, terms, metrics
+
+    def run(self, iterator, n):
+        """Run ``n`` steps reading ``iterator`` (global batches; a distributed iterator under a
+        TPU strategy); returns a ``StepResult``."""
+        if self._function is None:
+            self._function = self._make_function()
+        losses, skipped, norms, terms = self._function(iterator, tf.constant(n, "int32"))
+        return StepResult(losses.numpy(), skipped.numpy(), norms.numpy(),
+                          {k: v.numpy() for k, v in terms.items()})
 
 
-def _update_metrics(model, x, y, y_pred, sample_weight):
-    model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-    return tf_true()
+def _multiply(gradient, factor):
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(gradient.values * tf.cast(factor, gradient.values.dtype),
+                                gradient.indices, gradient.dense_shape)
+    return gradient * tf.cast(factor, gradient.dtype)
 
 
-def _track_loss(model, loss, rows):
-    model._loss_tracker.update_state(loss, sample_weight=rows)
-    return tf_true()
-
-
-def tf_true():
-    import tensorflow as tf
+def _true(_):
     return tf.constant(True)
 
 
-def keras_loss_scale_optimizer():
-    import keras
-    return keras.optimizers.LossScaleOptimizer
-
-
-def apply_if_finite(optimizer, gradients, variables, finite):
-    """``optimizer.apply(gradients, variables)`` when ``finite`` (a boolean every replica
-    agrees on), else nothing: the weights, the optimizer's slots and its step counter stay as
-    they are. Runs in the replica context; the decision is taken in the cross-replica context,
-    since an optimizer's update calls ``merge_call``, which a ``tf.cond`` branch in the replica
-    context may not."""
-    import tensorflow as tf
-
-    def skip():
-        return tf.constant(False)
-
+def _apply_in_cross_replica(optimizer, gradients, variables, finite):
+    """``optimizer.apply(gradients, variables)`` on every replica when ``finite`` (a boolean
+    every replica agrees on), else nothing. The decision is taken in the cross-replica context
+    (``merge_call``): an optimizer's update calls ``merge_call`` itself, which a ``tf.cond``
+    branch in the replica context may not. Keras' optimizers sum the replicas' gradients, so
+    ``gradients`` are each replica's share."""
     def decide(distribution, gradients, finite):
         flag = distribution.experimental_local_results(finite)[0]
 
@@ -259,21 +399,24 @@ def apply_if_finite(optimizer, gradients, variables, finite):
                                                         args=(gradients, variables))
             return tf.constant(True)
 
-        return tf.cond(flag, update, skip)
+        return tf.cond(flag, update, lambda: tf.constant(False))
 
     context = tf.distribute.get_replica_context()
     if context is None:
-        raise RuntimeError("apply_if_finite runs in a replica context (inside strategy.run)")
-    pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
-    gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
+        raise RuntimeError("the update runs in a replica context (inside strategy.run)")
     return context.merge_call(decide, args=(gradients, finite))
 
 
 def add_gradients(total, gradient):
     """``total + gradient``, where sparse gradients (``IndexedSlices``, from embedding lookups)
     are concatenated: exactly the slices one big batch gives, which optimizers treat row by
-    row (Adam squares each slice before summing them)."""
-    import tensorflow as tf
+    row (Adam squares each slice before summing them).
+
+    Example:
+    >>> import tensorflow as tf
+    >>> float(add_gradients(tf.constant(1.0), tf.constant(2.0)))
+    3.0
+    """
     if total is None or gradient is None:
         return gradient if total is None else total
     if isinstance(total, tf.IndexedSlices) and isinstance(gradient, tf.IndexedSlices):
@@ -283,4 +426,37 @@ def add_gradients(total, gradient):
     return tf.convert_to_tensor(total) + tf.convert_to_tensor(gradient)
 
 
-install_train_step = install  # the name ``kplm`` exports
+def evaluation_sums(model, batch, weights):
+    """One validation batch on this replica: ``{name: [sum, count]}`` of each loss term summed
+    over the replicas (``count``: its targets; rows for a term averaged over rows), each term's
+    weight put in ``weights`` (a dict), and the metrics updated. Runs inside ``strategy.run``."""
+    x, y, w = keras.utils.unpack_x_y_sample_weight(replica_slice(batch))
+    rows = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], "float32")
+    counts = target_counts(model, x, y, w)
+    y_pred = model(x, training=False)
+    out = {}
+    for name, (weight, mean) in loss_terms(model, x, y, y_pred, w).items():
+        count = counts.get(name, rows)
+        weights[name] = weight
+        out[name] = tf.stack([tf.math.multiply_no_nan(tf.cast(mean, "float32"), count), count])
+    model.compute_metrics(x, y, y_pred, w)
+    return all_reduce_sum(out)
+
+
+def loss_of(sums, weights):
+    """The mean loss from accumulated ``{name: (sum, count)}`` and the terms' ``weights``, and
+    each term's mean.
+
+    Example:
+    >>> loss_of({"a": (6.0, 3.0), "b": (2.0, 1.0)}, {"a": 1.0, "b": 0.5})
+    (3.0, {'a': 2.0, 'b': 2.0})
+    """
+    means = {n: (float(s) / float(c) if c else 0.0) for n, (s, c) in sums.items()}
+    return float(sum(float(weights[n]) * means[n] for n in sums)), means
+
+
+def metric_values(model):
+    """The model's compiled metrics' current values (``get_metrics_result``), without the
+    loss trackers Keras keeps (kplm's step computes the losses itself)."""
+    return {k: float(v) for k, v in model.get_metrics_result().items()
+            if k != "loss" and not k.endswith("_loss")}

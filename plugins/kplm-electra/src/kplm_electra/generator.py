@@ -1,7 +1,8 @@
 """The ELECTRA generator: a small Transformer encoder that reads the discriminator's embeddings."""
 import keras
-import keras_hub
 from keras_hub.layers import TransformerEncoder
+
+from kplm.models.activations import feedforward_activation
 
 
 def _initializer():
@@ -54,9 +55,7 @@ class ElectraGenerator(keras.layers.Layer):
             self.projection = keras.layers.Dense(
                 hidden_dim, kernel_initializer=_initializer(), dtype=self.dtype_policy,
                 name="embeddings_projection")
-        act = activation
-        if activation == "gelu_approximate":
-            act = keras_hub.src.utils.keras_utils.gelu_approximate  # as kplm's Encoder
+        act = feedforward_activation(activation)  # as kplm's Encoder
         self.transformer_layers = [
             TransformerEncoder(
                 num_heads=num_heads, intermediate_dim=intermediate_dim, activation=act,

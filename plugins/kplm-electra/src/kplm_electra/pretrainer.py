@@ -196,38 +196,44 @@ class ElectraPretrainer(keras_hub.models.Task):
         return ops.max(where * ops.cast(replaced, where.dtype)[..., None], axis=1)
 
     def target_counts(self, x, y, sample_weight):
-        """The number of targets of each loss in this batch (``kplm.global_mean`` keys)."""
+        """The targets of each loss term in this batch (kplm's train step averages each term
+        over the targets of the whole global batch): masked slots for the generator, real
+        tokens for the discriminator."""
         return {"generator": ops.sum(ops.cast(sample_weight, "float32")),
                 "discriminator": ops.sum(ops.cast(x["padding_mask"], "float32"))}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        from kplm import global_mean
+    def loss_terms(self, x, y, y_pred, sample_weight):
+        """``{name: (weight, mean)}``: the generator's MLM loss over the masked slots and the
+        discriminator's replaced-token loss over the real tokens, each over this batch."""
         slot_weights = ops.cast(sample_weight, "float32")
         per_slot = keras.losses.sparse_categorical_crossentropy(
             y, ops.cast(y_pred["generator_logits"], "float32"), from_logits=True)
-        generator_sum = ops.sum(per_slot * slot_weights)
-        generator_loss = ops.divide_no_nan(generator_sum, ops.sum(slot_weights))
+        generator_loss = ops.divide_no_nan(ops.sum(per_slot * slot_weights),
+                                           ops.sum(slot_weights))
         token_weights = ops.cast(x["padding_mask"], "float32")
         per_token = keras.losses.binary_crossentropy(
             self.replaced_labels(x, y, y_pred)[..., None],
             y_pred["discriminator_logits"][..., None], from_logits=True)
-        discriminator_sum = ops.sum(per_token * token_weights)
-        discriminator_loss = ops.divide_no_nan(discriminator_sum, ops.sum(token_weights))
+        discriminator_loss = ops.divide_no_nan(ops.sum(per_token * token_weights),
+                                               ops.sum(token_weights))
+        return {"generator": (self.generator_weight, generator_loss),
+                "discriminator": (self.discriminator_weight, discriminator_loss)}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """What ``fit`` trains on: the weighted sum of ``loss_terms`` plus regularizers, as this
+        replica's share (Keras sums the replicas' gradients)."""
+        terms = self.loss_terms(x, y, y_pred, sample_weight)
+        counts = self.target_counts(x, y, sample_weight)
         # Weighted by a count read from the batch: an unweighted update of a constant count would
-        # also run on the step that finds a finite dataset exhausted (TF runs it without waiting
-        # for the data), diluting validation means by one phantom step.
-        self.generator_loss_tracker.update_state(generator_loss, ops.sum(slot_weights))
-        self.discriminator_loss_tracker.update_state(discriminator_loss, ops.sum(token_weights))
-        # This replica's share of the global means (over all replicas and micro-batches):
-        # gradients are summed over replicas, and replicas hold different numbers of targets.
-        total = (self.generator_weight
-                 * global_mean(generator_sum, ops.sum(slot_weights), key="generator")
-                 + self.discriminator_weight
-                 * global_mean(discriminator_sum, ops.sum(token_weights), key="discriminator"))
+        # also run on the step that finds a finite dataset exhausted, diluting validation means.
+        self.generator_loss_tracker.update_state(terms["generator"][1], counts["generator"])
+        self.discriminator_loss_tracker.update_state(terms["discriminator"][1],
+                                                     counts["discriminator"])
+        total = sum(weight * mean for weight, mean in terms.values())
+        for extra in self.losses:  # regularizers, add_loss
+            total = total + ops.cast(extra, total.dtype)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        for extra in self.losses:  # regularizers, add_loss: each replica's counts 1 / replicas
-            total = total + ops.cast(extra, total.dtype) / replicas
-        return total
+        return total / replicas
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels = self.replaced_labels(x, y, y_pred)

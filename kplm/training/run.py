@@ -1,0 +1,157 @@
+"""One training run, from a checked config to saved results: the steps pretraining and
+fine-tuning share.
+
+``run(job)`` does, in this order: check everything (``job.check``) before touching the disk;
+pick the strategy; create or resume the run directory; seed; the tokenizer
+(``job.prepare``); the model, optimizer and compile under the strategy (``job.build``); the
+datasets (``job.datasets``); the monitor; ``kplm.training.loop.train``; what the run leaves
+behind (``job.finish``) and ``metrics.json``. A ``Job`` says only what differs:
+``kplm.training.pretrain.PretrainJob`` and ``kplm.training.finetune.FinetuneJob``.
+"""
+import os
+import time
+
+from kplm import runs
+from kplm.training.runtime import restoring_precision_policy, start_run, strategy_for
+
+
+class Job:
+    """What one kind of run adds to ``run``. Attributes set by ``check``: ``spec`` (with
+    ``run_dir`` and ``seed``) and ``trainer`` (a ``TrainerConfig``); by ``build``:
+    ``backbone`` and ``tokenizer``.
+    """
+
+    kind = "run"
+    backbone = tokenizer = None
+
+    def check(self):
+        """Check the config and every input; nothing is written yet."""
+        raise NotImplementedError
+
+    def resolved(self):
+        """The config with every default filled in (``run_dir/config.yaml``)."""
+        raise NotImplementedError
+
+    def prepare(self, run_dir, resuming, write, echo, progress):
+        """Before the model: the tokenizer (given, learned, a checkpoint's, or the run's)."""
+
+    def build(self, run_dir, resuming, write):
+        """The compiled-to-be model (under the strategy's scope); sets ``backbone`` and
+        ``tokenizer``."""
+        raise NotImplementedError
+
+    def optimizer(self):
+        """The optimizer (under the strategy's scope)."""
+        from kplm.training.optimizer import build_optimizer
+        return build_optimizer(self.trainer)
+
+    def datasets(self):
+        """``(train, validation or None)``: an endless and a finite dataset of global batches."""
+        raise NotImplementedError
+
+    def tokens_per_row(self):
+        """Tokens one training row holds (for tokens/s)."""
+        return self.backbone.sequence_length
+
+    def describe(self, model, strategy):
+        """The line printed when training starts."""
+        return f"{self.kind} for {self.trainer.steps} steps"
+
+    def loop_options(self, model, run_dir, write):
+        """Extra ``train`` arguments: ``best``, ``patience``, ``callbacks``."""
+        return {}
+
+    def finish(self, model, result, monitor, wall, run_dir, write):
+        """Save what the run leaves and return its metrics (written to ``metrics.json``)."""
+        raise NotImplementedError
+
+    def after_metrics(self, run_dir):
+        """Once ``metrics.json`` is written (the run is finished): remove what only a resume
+        needed."""
+
+
+def run(job, *, overwrite=False, echo=print, progress=True):
+    """Run ``job`` (a ``Job``); returns its metrics. A run that fails before its first
+    checkpoint leaves ``run_dir`` as it was (``kplm.outputs.in_place_outputs``)."""
+    from kplm.outputs import in_place_outputs
+    with restoring_precision_policy(), in_place_outputs():
+        return _run(job, overwrite=overwrite, echo=echo, progress=progress)
+
+
+def _run(job, *, overwrite, echo, progress):
+    # --- check everything before touching the disk --------------------------------------------
+    job.check()
+    trainer, run_dir = job.trainer, job.spec.run_dir
+
+    import keras
+
+    from kplm.training.distribute import check_batch_size, is_chief
+
+    # The strategy comes first: a multi-worker strategy must exist before any TensorFlow op runs.
+    strategy = strategy_for(trainer.strategy)
+    write = is_chief(strategy)
+    check_batch_size(trainer.batch_size, trainer.gradient_accumulation_steps, strategy)
+    config_text, resuming = start_run(run_dir, overwrite, job.resolved(), write=write)
+    keras.utils.set_random_seed(job.spec.seed)
+    job.prepare(run_dir, resuming, write, echo, progress)
+
+    # --- model, optimizer, compile, under the distribution strategy ---------------------------
+    if trainer.mixed_precision:
+        keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
+    with strategy.scope():
+        model = job.build(run_dir, resuming, write)
+        optimizer = job.optimizer()
+        if trainer.mixed_precision == "float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer)
+    train_ds, validation_ds = job.datasets()
+    if validation_ds is not None:
+        if trainer.validation_steps:
+            validation_ds = validation_ds.take(trainer.validation_steps)
+        validation_ds = validation_ds.cache()
+
+    # --- the loop ------------------------------------------------------------------------------
+    from kplm.training.loop import train
+    from kplm.training.monitor import TrainingMonitor, flops_per_token, peak_flops
+    monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD),
+                              trainer.batch_size * job.tokens_per_row(), trainer.batch_size,
+                              trainer.log_every, trainer.steps, config_text=config_text,
+                              echo=echo, flops_per_token=flops_per_token(model, job.backbone),
+                              peak_flops=peak_flops(trainer, strategy), write=write)
+    options = job.loop_options(model, run_dir, write)
+    callbacks = list(options.pop("callbacks", []))
+    if echo:
+        echo(job.describe(model, strategy))
+    start = time.perf_counter()
+    try:
+        result = train(model, train_ds, steps=trainer.steps, eval_every=trainer.eval_every,
+                       checkpoint_dir=os.path.join(run_dir, runs.CHECKPOINTS),
+                       checkpoint_every=trainer.checkpoint_every, keep=trainer.keep_checkpoints,
+                       validation_data=validation_ds, callbacks=callbacks, strategy=strategy,
+                       accumulation_steps=trainer.gradient_accumulation_steps,
+                       clip_norm=trainer.clip_norm, jit_compile=trainer.jit_compile,
+                       steps_per_execution=trainer.steps_per_execution, monitor=monitor,
+                       max_loss=trainer.max_loss, max_recoveries=trainer.max_recoveries,
+                       max_skipped_steps=trainer.max_skipped_steps, resume=resuming,
+                       write=write, echo=echo, **options)
+    finally:
+        monitor.close()
+    wall = time.perf_counter() - start
+
+    # --- what the run leaves ---------------------------------------------------------------------
+    metrics = job.finish(model, result, monitor, wall, run_dir, write)
+    if write:
+        runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
+        job.after_metrics(run_dir)
+    if echo:
+        echo(f"done in {wall:.0f} s; run directory {run_dir}")
+    return metrics
+
+
+def common_metrics(result, wall):
+    """The metrics every run reports about its loop."""
+    return {"resumed_from_step": result.resumed_from,
+            "restore_seconds": result.restore_seconds,
+            "recoveries": [list(r) for r in result.recoveries],
+            "skipped_steps": result.skipped_steps,
+            "wall_seconds": wall}
