@@ -29,7 +29,7 @@ test: $(STAMP)
 # The oldest Keras and keras-hub pyproject.toml allows, laid over the main virtualenv (same
 # TensorFlow): the training tests (resume, accumulation, strategies, the non-finite gate).
 OLDEST := .venv-oldest
-OLDEST_PINS := keras==3.15.0 keras-hub==0.30.0
+OLDEST_PINS := keras==3.15.0 keras-hub==0.32.0
 $(OLDEST)/.installed: Makefile
 	rm -rf $(OLDEST)
 	$(PY) -m pip install --quiet --no-deps --target $(OLDEST) $(OLDEST_PINS)
