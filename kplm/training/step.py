@@ -29,8 +29,8 @@ Then the step's losses and squared gradient norms go through one all-reduce; wit
 ``clip_norm`` the norm of the gradients summed over the replicas is computed (one more
 all-reduce, on several replicas) and each replica's gradients are scaled by the same factor;
 and the non-finite gate decides. The optimizer sums the replicas' gradients as Keras does.
-Sparse gradients (embedding lookups) are made dense first, so Adam sees each row's summed
-gradient whatever the number of replicas and micro-batches. When the norm or the loss is NaN or infinite, the update is skipped in the cross-replica
+With clipping, sparse gradients (embedding lookups) are made dense first, as Keras' own
+clipping makes them; without, they stay sparse. When the norm or the loss is NaN or infinite, the update is skipped in the cross-replica
 context (``merge_call`` + ``tf.cond``: an optimizer's update may not run inside a replica-context
 ``cond``), so weights, optimizer slots and ``iterations`` (Adam's bias correction, the
 learning-rate schedule) stay as they were. Every replica reaches the same decision because it
@@ -269,16 +269,19 @@ class TrainStep:
         sparse_squares = tf.add_n(
             [tf.reduce_sum(tf.square(tf.cast(g.values, "float32"))) for g in gradients
              if isinstance(g, tf.IndexedSlices)] or [tf.constant(0.0)])
-        # Then sparse gradients become dense: Adam's moments see each row's summed gradient, as
-        # Keras' clipping has them (a sparse update would square each duplicate slice on its own
-        # and leave the other rows' moments alone).
+        # With clipping, sparse gradients become dense, as Keras' own clipping makes them:
+        # Adam's moments then see each row's summed gradient and every row's moments decay.
+        # Without, they stay sparse (Adam updates the rows seen: much less work for a large
+        # vocabulary), as in Keras.
         dense = [not isinstance(g, tf.IndexedSlices) for g in gradients]
-        pairs = [(tf.convert_to_tensor(g), v, d) for g, v, d in zip(gradients, weights, dense)
+        densify = tf.convert_to_tensor if self.clip_norm else (lambda g: g)
+        pairs = [(densify(g), v, d) for g, v, d in zip(gradients, weights, dense)
                  if g is not None]
         gradients, variables = [g for g, _, _ in pairs], [v for _, v, _ in pairs]
         dense_parts = [g for g, _, d in pairs if d]
         names = sorted(shares)
-        local_squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, "float32")))
+        local_squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(getattr(g, "values", g),
+                                                                  "float32")))
                                   for g in gradients] or [tf.constant(0.0)])
         # one all-reduce of the scalars: the step's loss, its terms, the squared norms
         scalars = all_reduce_sum(tf.stack([step_loss, local_squares, sparse_squares]
