@@ -197,9 +197,12 @@ def _timed_fit(model, ds, *, window_s, windows, warmup_steps, warmup_s, loop=Fal
             self.done = []
             self.warmup = None
 
+        def count(self):  # steps so far: one per batch hook under fit
+            return self.steps + 1
+
         def on_train_batch_end(self, batch, logs=None):
             t = time.perf_counter()
-            self.steps += 1
+            self.steps = self.count()
             if self.first is None:
                 self.first = t
                 return
@@ -213,27 +216,10 @@ def _timed_fit(model, ds, *, window_s, windows, warmup_steps, warmup_s, loop=Fal
                 self.start, self.start_step = t, self.steps
                 if len(self.done) >= windows:
                     self.model.stop_training = True
-
-        def step(self):  # optimizer steps so far (several per batch hook in kplm's loop)
-            return int(self.model.optimizer.iterations.numpy())
 
     class LoopTimer(Timer):
-        def on_train_batch_end(self, batch, logs=None):
-            t = time.perf_counter()
-            self.steps = self.step()
-            if self.first is None:
-                self.first = t
-                return
-            if self.start is None:
-                if self.steps - 1 >= warmup_steps and t - self.first >= warmup_s:
-                    self.start, self.start_step = t, self.steps
-                    self.warmup = t - self.first
-                return
-            if t - self.start >= window_s:
-                self.done.append((self.steps - self.start_step, t - self.start))
-                self.start, self.start_step = t, self.steps
-                if len(self.done) >= windows:
-                    self.model.stop_training = True
+        def count(self):  # optimizer steps (kplm's loop: several per batch hook)
+            return int(self.model.optimizer.iterations.numpy())
 
     if loop:
         from kplm.training.loop import train
