@@ -62,8 +62,9 @@ PIPELINE_VOCAB = 8000
 MATMUL_N = 4096
 SYSTEMS = ("kplm", "kplm_loop", "keras_hub")
 #: kplm: kplm's model under Keras' fit; kplm_loop: the same model trained by kplm's own loop
-#: (kplm.training.loop.train: the step of kplm runs, several steps per call).
-STEPS_PER_EXECUTION = 10
+#: (kplm.training.loop.train: the step of kplm runs, several steps per call;
+#: KPLM_BENCH_STEPS_PER_EXECUTION sets how many).
+STEPS_PER_EXECUTION = int(os.environ.get("KPLM_BENCH_STEPS_PER_EXECUTION", "10"))
 
 
 def flops_per_token(L, H, F, V, S=SEQ, n_mask=N_MASK):
