@@ -73,7 +73,10 @@ class TrainingMonitor:
         if not self.write:
             return
         self.close()  # the writers' files are rewritten: opened again by begin()
-        for path in sorted(glob.glob(os.path.join(self.log_dir, "*", "events.out.tfevents.*"))):
+        # only the two folders this monitor writes: other event files are not kplm's to touch
+        paths = [p for split in ("train", "validation") for p in
+                 glob.glob(os.path.join(self.log_dir, split, "events.out.tfevents.*"))]
+        for path in sorted(paths):
             if ".tmp-" in os.path.basename(path):
                 continue
             keep, dropped = [], 0

@@ -41,7 +41,6 @@ scaler's own skip-and-rescale applies instead.
 returns each step's own loss, terms, gradient norm and whether it was skipped.
 """
 import keras
-import numpy as np
 import tensorflow as tf
 
 
