@@ -202,7 +202,8 @@ def _plain_model(seed=0):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="relu"),
                               keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.AdamW(1e-2, global_clipnorm=1.0), loss="mse")
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2, global_clipnorm=1.0), loss="mse",
+                  metrics=["mae"])
     return model
 
 
@@ -231,6 +232,9 @@ def test_non_finite_gradients_skip_the_update_and_equal_a_run_without_the_batch(
                   accumulation_steps=accumulation_steps)
     assert clean.skipped_steps == [] and "step_loss" not in result.history
     _assert_same_finite_weights(model, reference)
+    # the skipped batch stays out of the train metrics too (its metric update is undone)
+    assert np.all(np.isfinite(result.history["mae"]))
+    np.testing.assert_allclose(result.history["mae"], clean.history["mae"], rtol=1e-5)
 
 
 def test_too_many_skipped_steps_in_a_row_restore_the_last_good_checkpoint(tmp_path):
