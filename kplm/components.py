@@ -173,6 +173,9 @@ class Head(Component):
       ``(fn, input_signature)``, a function of ``[batch]`` raw-string tensors returning a dict of
       named output tensors, computed in graph ops (tokenization included); see
       ``kplm.serving``.
+    - ``length_bucketing``: True when the head's batches may be cut to their bucket length
+      (``kplm.data.bucketing``): ``x`` has a ``padding_mask``, and every tensor of a batch whose
+      second dimension is ``sequence_length`` is per token, padding at its end. Default: False.
     - ``tokens_per_row(sequence_length)``: tokens one example trains on (for tokens/s).
       Default: ``sequence_length``.
     - ``validation_callback(model, source, tokenizer, *, batch_size, sequence_length)``: a Keras
@@ -184,6 +187,8 @@ class Head(Component):
     metric_mode = "min"
     #: Module whose import registers the task model's Keras class, so saved runs reload.
     model_module = None
+    #: Batches may be cut to their bucket length (see the contract above).
+    length_bucketing = False
 
     def prepare(self, source):
         """Learn what the data fixes (label sets, ...). Default: nothing."""

@@ -77,8 +77,8 @@ class RegressionHead(SequenceClassificationHead):
     def _scores(self, model, source, tokenizer, batch_size, sequence_length):
         import numpy as np
         gold, predicted = [], []
-        for x, y in self.dataset(source.build(), tokenizer, batch_size=batch_size,
-                                 sequence_length=sequence_length, training=False):
+        for x, y in self.batches(source.build(), tokenizer, batch_size=batch_size,
+                                 sequence_length=sequence_length):
             predicted.append(np.asarray(model.predict_on_batch(x)).reshape(-1))
             gold.append(np.asarray(y).reshape(-1))
         return np.concatenate(gold), np.concatenate(predicted)

@@ -33,6 +33,7 @@ class SequenceClassificationHead(Head):
 
     metric = "accuracy"
     metric_mode = "max"
+    length_bucketing = True
     model_module = "kplm.models.classifier"
     #: The backbone families it fine-tunes (a config pairing it with another is refused).
     families = ("encoder",)
@@ -98,6 +99,16 @@ class SequenceClassificationHead(Head):
         ds = ds.batch(batch_size, drop_remainder=training)
         return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
+    def batches(self, source_ds, tokenizer, *, batch_size, sequence_length, with_labels=True):
+        """Evaluation batches in the source's order, each cut to its bucket length (the
+        row order is kept: predictions come back in input order)."""
+        from kplm.data.bucketing import bucket_by_length
+        return bucket_by_length(
+            self.dataset(source_ds, tokenizer, batch_size=batch_size,
+                         sequence_length=sequence_length, training=False,
+                         with_labels=with_labels),
+            sequence_length=sequence_length, batch_size=batch_size, group=False)
+
     def _label_encoder(self):
         """Label strings -> int32 ids (a lookup table built inside the tf.data graph)."""
         import tensorflow as tf
@@ -119,8 +130,8 @@ class SequenceClassificationHead(Head):
         from kplm.metrics import classification_metrics
         self.prepare(source)
         labels, predictions = [], []
-        for x, y in self.dataset(source.build(), tokenizer, batch_size=batch_size,
-                                 sequence_length=sequence_length, training=False):
+        for x, y in self.batches(source.build(), tokenizer, batch_size=batch_size,
+                                 sequence_length=sequence_length):
             predictions.append(np.argmax(model.predict_on_batch(x), axis=-1))
             labels.append(np.asarray(y))
         return classification_metrics(np.concatenate(labels), np.concatenate(predictions),
@@ -134,9 +145,9 @@ class SequenceClassificationHead(Head):
             return []
         fields = [self.text_field] + ([self.pair_field] if self.pair_field else [])
         columns = {f: [ex[f] for ex in examples] for f in fields}
-        ds = self.dataset(tf.data.Dataset.from_tensor_slices(columns), tokenizer,
+        ds = self.batches(tf.data.Dataset.from_tensor_slices(columns), tokenizer,
                           batch_size=batch_size, sequence_length=sequence_length,
-                          training=False, with_labels=False)
+                          with_labels=False)
         return self.postprocess(np.concatenate([model.predict_on_batch(x) for x in ds]))
 
     def baseline(self, train_source, eval_source):

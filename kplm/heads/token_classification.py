@@ -37,6 +37,7 @@ class TokenClassificationHead(Head):
     """
 
     metric = "accuracy"
+    length_bucketing = True
     metric_mode = "max"
     model_module = "kplm.models.token_classifier"
     #: The backbone families it fine-tunes (a config pairing it with another is refused).
@@ -168,8 +169,10 @@ class TokenClassificationHead(Head):
     def _predict_tags(self, model, batches):
         """Per sentence, the predicted tag of every word (``O`` for words truncated away)."""
         import numpy as np
+        from kplm.data.bucketing import cut_to_bucket
         out = []
         for batch in batches:
+            batch = cut_to_bucket(batch, sequence_length=batch["token_ids"].shape[1])
             x = {k: batch[k] for k in ("token_ids", "segment_ids", "padding_mask")}
             predicted = np.argmax(model.predict_on_batch(x), axis=-1)
             out.extend(self.postprocess(predicted, batch["word_ids"], batch["num_words"]))

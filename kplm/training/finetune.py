@@ -164,10 +164,16 @@ class FinetuneJob(Job):
                                self.options.backbone_learning_rate_scale)
 
     def _data(self, split, training):
-        return self.head.dataset(self.sources[split].build(), self.tokenizer,
-                                 batch_size=self.trainer.batch_size,
-                                 sequence_length=self.sequence_length, seed=self.spec.seed,
-                                 training=training)
+        batches = self.head.dataset(self.sources[split].build(), self.tokenizer,
+                                    batch_size=self.trainer.batch_size,
+                                    sequence_length=self.sequence_length, seed=self.spec.seed,
+                                    training=training)
+        if not (self.options.length_bucketing and self.head.length_bucketing):
+            return batches
+        from kplm.data.bucketing import bucket_by_length
+        return bucket_by_length(batches, sequence_length=self.sequence_length,
+                                batch_size=self.trainer.batch_size,
+                                width=self.options.bucket_width, training=training)
 
     def datasets(self):
         validation = self._data("validation", False) if "validation" in self.sources else None

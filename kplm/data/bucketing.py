@@ -1,0 +1,91 @@
+"""Length bucketing: batches padded to the smallest of a few lengths, not to ``sequence_length``.
+
+A head's dataset pads every row to ``sequence_length``. Sentences are mostly much shorter
+(SST-2's training sentences average ~21 tokens against a padded 64), and an encoder's cost
+grows with the padded length (attention quadratically). ``bucket_by_length`` takes a head's
+batches and:
+
+1. **groups rows of similar length** (training, evaluation): each row of the (shuffled) stream
+   joins the queue of its bucket, and a queue that holds ``batch_size`` rows is a batch
+   (``tf.data``'s ``group_by_window``, as in ``bucket_by_sequence_length``). The order stays
+   random and a pure function of the seed and the position: the iterator's state, queues
+   included, is checkpointed like any ``tf.data`` iterator's. Unlike sorting a window of
+   several batches (transformers' ``group_by_length``), no batch fills up with copies of one
+   row when the window is larger than a small, repeated data set;
+2. **cuts each batch to its bucket**: the longest row's length rounded up to a multiple of
+   ``width`` (16: XLA compiles at most ``sequence_length / 16`` shapes). Only padding is cut:
+   every tensor whose second dimension is ``sequence_length`` (inputs, per-token labels and
+   weights) loses trailing columns that are padding in every row.
+
+A row's length is the number of ones in ``x["padding_mask"]``. Trailing padding changes
+nothing a Transformer computes for the real tokens (attention masks it out, positions start at
+0), so predictions match the unbucketed run up to float rounding.
+
+Example:
+>>> import numpy as np, tensorflow as tf
+>>> mask = np.zeros((4, 64), "int32"); mask[:, :5] = 1; mask[0, :20] = 1
+>>> ds = tf.data.Dataset.from_tensors(({"token_ids": mask, "padding_mask": mask},
+...                                    np.arange(4))).repeat(2)
+>>> [tuple(x["token_ids"].shape) for x, y in bucket_by_length(ds, sequence_length=64,
+...                                                         batch_size=3)]
+[(3, 16), (3, 16), (2, 32)]
+"""
+
+def _lengths(batch):
+    import tensorflow as tf
+    x = batch[0] if isinstance(batch, tuple) else batch
+    mask = x["padding_mask"]
+    return tf.reduce_sum(tf.cast(tf.cast(mask, "bool"), "int32"), axis=1)
+
+
+def _is_sequence(t, sequence_length):
+    return t is not None and len(t.shape) >= 2 and t.shape[1] == sequence_length
+
+
+def cut_to_bucket(batch, *, sequence_length, width=16):
+    """``batch`` (``x`` or a tuple ``(x, y[, w])`` of tensors) with every sequence tensor cut
+    to the longest row's length rounded up to a multiple of ``width``."""
+    import tensorflow as tf
+    longest = tf.reduce_max(_lengths(batch))
+    bucket = tf.minimum(tf.maximum((longest + width - 1) // width, 1) * width, sequence_length)
+    return tf.nest.map_structure(
+        lambda t: t[:, :bucket] if _is_sequence(t, sequence_length) else t, batch)
+
+
+def _row_bucket(width, sequence_length):
+    import tensorflow as tf
+
+    def key(*row):
+        x = row[0]
+        length = tf.reduce_sum(tf.cast(tf.cast(x["padding_mask"], "bool"), "int64"))
+        return tf.minimum(tf.maximum(length - 1, 0) // width, (sequence_length - 1) // width)
+    return key
+
+
+def bucket_by_length(batches, *, sequence_length, batch_size, width=16, training=False,
+                     group=True):
+    """Length-bucketed batches from a head's ``batches`` (see the module docstring).
+
+    Args:
+        batches: a ``tf.data.Dataset`` of batches whose ``x`` has a ``padding_mask``, padded
+            to ``sequence_length``.
+        sequence_length: int. The length the head padded to.
+        batch_size: int. Rows per batch (the last batch of each bucket of a finite dataset may
+            have fewer).
+        width: int. Bucket lengths are multiples of it. Defaults to 16.
+        training: bool. Drop short batches (an endless training set has none but at the end).
+        group: bool. Group rows by bucket (False: only cut each batch, keeping the row order,
+            for predictions returned in input order). Defaults to True.
+    """
+    import tensorflow as tf
+
+    def cut(*b):
+        return cut_to_bucket(b if len(b) > 1 else b[0], sequence_length=sequence_length,
+                             width=width)
+
+    if group:
+        batches = batches.unbatch().group_by_window(
+            key_func=_row_bucket(width, sequence_length),
+            reduce_func=lambda _, rows: rows.batch(batch_size, drop_remainder=training),
+            window_size=batch_size)
+    return batches.map(cut, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
