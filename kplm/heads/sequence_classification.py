@@ -99,15 +99,16 @@ class SequenceClassificationHead(Head):
         ds = ds.batch(batch_size, drop_remainder=training)
         return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    def batches(self, source_ds, tokenizer, *, batch_size, sequence_length, with_labels=True):
-        """Evaluation batches in the source's order, each cut to its bucket length (the
-        row order is kept: predictions come back in input order)."""
+    def batches(self, source_ds, tokenizer, *, batch_size, sequence_length, with_labels=True,
+                group=True):
+        """Evaluation batches, each cut to its bucket length: rows grouped by bucket (labels
+        travel with their rows), or in the source's order when ``group`` is False."""
         from kplm.data.bucketing import bucket_by_length
         return bucket_by_length(
             self.dataset(source_ds, tokenizer, batch_size=batch_size,
                          sequence_length=sequence_length, training=False,
                          with_labels=with_labels),
-            sequence_length=sequence_length, batch_size=batch_size, group=False)
+            sequence_length=sequence_length, batch_size=batch_size, group=group)
 
     def _label_encoder(self):
         """Label strings -> int32 ids (a lookup table built inside the tf.data graph)."""
@@ -144,11 +145,18 @@ class SequenceClassificationHead(Head):
         if not examples:
             return []
         fields = [self.text_field] + ([self.pair_field] if self.pair_field else [])
-        columns = {f: [ex[f] for ex in examples] for f in fields}
+        # Shortest texts first, so that each batch holds rows of similar length and is cut
+        # short (characters stand in for tokens); the outputs go back to the input order.
+        order = sorted(range(len(examples)),
+                       key=lambda i: sum(len(str(examples[i][f])) for f in fields))
+        columns = {f: [examples[i][f] for i in order] for f in fields}
         ds = self.batches(tf.data.Dataset.from_tensor_slices(columns), tokenizer,
                           batch_size=batch_size, sequence_length=sequence_length,
-                          with_labels=False)
-        return self.postprocess(np.concatenate([model.predict_on_batch(x) for x in ds]))
+                          with_labels=False, group=False)
+        outputs = np.concatenate([model.predict_on_batch(x) for x in ds])
+        unsorted = np.empty_like(outputs)
+        unsorted[order] = outputs
+        return self.postprocess(unsorted)
 
     def baseline(self, train_source, eval_source):
         """Accuracy of always predicting the most frequent training label."""

@@ -224,12 +224,17 @@ class TokenClassificationHead(Head):
         import tensorflow as tf
         if not examples:
             return []
-        words = [self.words(ex[self.text_field])[0] for ex in examples]
+        # Shortest lines first, so that each batch is cut short; results in input order.
+        order = sorted(range(len(examples)), key=lambda i: len(str(examples[i][self.text_field])))
+        words = [self.words(examples[i][self.text_field])[0] for i in order]
         ds = tf.data.Dataset.from_tensor_slices(
             {self.tokens_field: tf.ragged.constant(words, dtype=tf.string, ragged_rank=1)})
-        tags = self._predict_tags(model, self.encode(
+        sorted_tags = self._predict_tags(model, self.encode(
             ds, tokenizer, batch_size=batch_size, sequence_length=sequence_length,
             with_labels=False))
+        tags = [None] * len(examples)
+        for i, t in zip(order, sorted_tags):
+            tags[i] = t
         return [{"entities": self.entities(ex[self.text_field], t), "tags": t}
                 for ex, t in zip(examples, tags)]
 
