@@ -50,6 +50,7 @@ TRAIN = os.path.join(REPO, "data", "sst2", "train.tsv")
 DEV = os.path.join(REPO, "data", "sst2", "dev.tsv")
 SEQ, BATCH, LR, PREDICT_EXTRA = 64, 32, 5e-5, 2000
 SYSTEMS = ("kplm", "kplm_padded", "keras_hub")
+LABELS = ["negative", "positive"]
 
 
 def log(msg, t0=[time.perf_counter()]):  # noqa: B006  (start time of the run)
@@ -165,7 +166,7 @@ def run_keras_hub(steps, jit):
 
     def dataset(rows, training):
         texts = tf.constant([t for t, _ in rows])
-        labels = tf.constant([int(y) for _, y in rows])
+        labels = tf.constant([LABELS.index(y) for _, y in rows])  # as kplm: sorted
         ds = tf.data.Dataset.from_tensor_slices((texts, labels))
         if training:
             ds = ds.shuffle(10_000, seed=0).repeat()

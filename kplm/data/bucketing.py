@@ -89,3 +89,46 @@ def bucket_by_length(batches, *, sequence_length, batch_size, width=16, training
             reduce_func=lambda _, rows: rows.batch(batch_size, drop_remainder=training),
             window_size=batch_size)
     return batches.map(cut, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def sorted_by_length(batches, *, sequence_length, batch_size, width=8, chunk_rows=8192):
+    """For inference: ``(rows, batch)`` pairs over the rows of ``batches``, sorted by length.
+
+    ``batches`` yields dicts of tensors in input order (``x`` with a ``padding_mask``, padded to
+    ``sequence_length``, plus any per-row extras). Up to ``chunk_rows`` rows at a time are sorted
+    by their length (the number of ones in ``padding_mask``; memory stays flat in the input
+    size), batched by ``batch_size``, and each batch is cut to its longest row rounded up to
+    ``width`` (8: inference is not compiled per shape). ``rows`` holds the input positions of a
+    batch's rows, so that the caller puts each output back in input order.
+
+    Example:
+    >>> import numpy as np, tensorflow as tf
+    >>> mask = np.zeros((4, 64), "int32"); mask[[0, 2], :40] = 1; mask[[1, 3], :3] = 1
+    >>> ds = tf.data.Dataset.from_tensors({"padding_mask": mask})
+    >>> [(rows.tolist(), b["padding_mask"].shape) for rows, b in
+    ...  sorted_by_length(ds, sequence_length=64, batch_size=2)]
+    [([1, 3], (2, 8)), ([0, 2], (2, 40))]
+    """
+    import numpy as np
+
+    def emit(chunk, start):
+        merged = {k: np.concatenate([c[k] for c in chunk]) for k in chunk[0]}
+        lengths = (merged["padding_mask"] != 0).sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        for s in range(0, len(order), batch_size):
+            rows = order[s:s + batch_size]
+            longest = max(int(lengths[rows].max()), 1)
+            bucket = min(-(-longest // width) * width, sequence_length)
+            yield start + rows, {
+                k: v[rows][:, :bucket] if v.ndim >= 2 and v.shape[1] == sequence_length
+                else v[rows] for k, v in merged.items()}
+
+    chunk, size, start = [], 0, 0
+    for batch in batches.as_numpy_iterator():
+        chunk.append(batch)
+        size += len(batch["padding_mask"])
+        if size >= chunk_rows:
+            yield from emit(chunk, start)
+            chunk, start, size = [], start + size, 0
+    if chunk:
+        yield from emit(chunk, start)

@@ -145,17 +145,20 @@ class SequenceClassificationHead(Head):
         if not examples:
             return []
         fields = [self.text_field] + ([self.pair_field] if self.pair_field else [])
-        # Shortest texts first, so that each batch holds rows of similar length and is cut
-        # short (characters stand in for tokens); the outputs go back to the input order.
-        order = sorted(range(len(examples)),
-                       key=lambda i: sum(len(str(examples[i][f])) for f in fields))
-        columns = {f: [examples[i][f] for i in order] for f in fields}
-        ds = self.batches(tf.data.Dataset.from_tensor_slices(columns), tokenizer,
+        columns = {f: [ex[f] for ex in examples] for f in fields}
+        ds = self.dataset(tf.data.Dataset.from_tensor_slices(columns), tokenizer,
                           batch_size=batch_size, sequence_length=sequence_length,
-                          with_labels=False, group=False)
-        outputs = np.concatenate([model.predict_on_batch(x) for x in ds])
-        unsorted = np.empty_like(outputs)
-        unsorted[order] = outputs
+                          training=False, with_labels=False)
+        # Rows sorted by token count and batches cut to their longest row; outputs are put
+        # back in input order.
+        from kplm.data.bucketing import sorted_by_length
+        unsorted = None
+        for rows, x in sorted_by_length(ds, sequence_length=sequence_length,
+                                        batch_size=batch_size):
+            out = np.asarray(model.predict_on_batch(x))
+            if unsorted is None:
+                unsorted = np.empty((len(examples),) + out.shape[1:], out.dtype)
+            unsorted[rows] = out
         return self.postprocess(unsorted)
 
     def baseline(self, train_source, eval_source):

@@ -166,17 +166,20 @@ class TokenClassificationHead(Head):
         from kplm.models.token_classifier import TokenClassifier
         return TokenClassifier(backbone, num_labels=len(self.labels), dropout=self.dropout)
 
-    def _predict_tags(self, model, batches):
-        """Per sentence, the predicted tag of every word (``O`` for words truncated away)."""
+    def _predict_tags(self, model, batches, sequence_length, batch_size):
+        """Per sentence, in input order, the predicted tag of every word (``O`` for words
+        truncated away). Rows are run sorted by token count, batches cut to their longest."""
         import numpy as np
-        from kplm.data.bucketing import cut_to_bucket
-        out = []
-        for batch in batches:
-            batch = cut_to_bucket(batch, sequence_length=batch["token_ids"].shape[1])
+
+        from kplm.data.bucketing import sorted_by_length
+        out = {}
+        for rows, batch in sorted_by_length(batches, sequence_length=sequence_length,
+                                            batch_size=batch_size):
             x = {k: batch[k] for k in ("token_ids", "segment_ids", "padding_mask")}
             predicted = np.argmax(model.predict_on_batch(x), axis=-1)
-            out.extend(self.postprocess(predicted, batch["word_ids"], batch["num_words"]))
-        return out
+            out.update(zip(rows.tolist(), self.postprocess(predicted, batch["word_ids"],
+                                                           batch["num_words"])))
+        return [out[i] for i in range(len(out))]
 
     def postprocess(self, predicted, word_ids, num_words):
         """Tag ids per piece ``[n, length]`` -> a list of word tags per sentence."""
@@ -198,7 +201,7 @@ class TokenClassificationHead(Head):
         gold = list(self._tag_sequences(source))
         predicted = self._predict_tags(model, self.encode(
             source.build(), tokenizer, batch_size=batch_size, sequence_length=sequence_length,
-            with_labels=False))
+            with_labels=False), sequence_length, batch_size)
         scores = entity_scores(gold, predicted)
         return {k: scores[k] for k in ("precision", "recall", "f1", "accuracy", "entities",
                                        "predicted_entities")} | {"per_type": scores["per_type"]}
@@ -224,17 +227,12 @@ class TokenClassificationHead(Head):
         import tensorflow as tf
         if not examples:
             return []
-        # Shortest lines first, so that each batch is cut short; results in input order.
-        order = sorted(range(len(examples)), key=lambda i: len(str(examples[i][self.text_field])))
-        words = [self.words(examples[i][self.text_field])[0] for i in order]
+        words = [self.words(ex[self.text_field])[0] for ex in examples]
         ds = tf.data.Dataset.from_tensor_slices(
             {self.tokens_field: tf.ragged.constant(words, dtype=tf.string, ragged_rank=1)})
-        sorted_tags = self._predict_tags(model, self.encode(
+        tags = self._predict_tags(model, self.encode(
             ds, tokenizer, batch_size=batch_size, sequence_length=sequence_length,
-            with_labels=False))
-        tags = [None] * len(examples)
-        for i, t in zip(order, sorted_tags):
-            tags[i] = t
+            with_labels=False), sequence_length, batch_size)
         return [{"entities": self.entities(ex[self.text_field], t), "tags": t}
                 for ex, t in zip(examples, tags)]
 
