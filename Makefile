@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-oldest bench bench-clm venv clean
+.PHONY: demo test test-oldest bench bench-mlm bench-clm bench-finetune venv clean
 
 $(STAMP): pyproject.toml plugins/kplm-text-extras/pyproject.toml plugins/kplm-electra/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,11 +40,22 @@ test-oldest: $(STAMP) $(OLDEST)/.installed
 	PYTHONPATH=$(abspath $(OLDEST)) $(PY) -m pytest -q -x -n 2 --dist loadfile \
 		tests/test_resume.py tests/test_accumulation.py tests/test_distribute.py
 
-bench: $(STAMP)
-	$(PY) benchmarks/bench_mlm.py
+# Every benchmark, one after the other (~35 min on 2 cores); each prints its table and writes
+# JSON lines under benchmarks/results/.
+RESULTS := benchmarks/results
+TODAY := $(shell date +%Y-%m-%d)
+bench: bench-mlm bench-clm bench-finetune
+
+bench-mlm: $(STAMP)
+	mkdir -p $(RESULTS)
+	$(PY) benchmarks/bench_mlm.py --out $(RESULTS)/mlm-$(TODAY).jsonl
 
 bench-clm: $(STAMP)
-	$(PY) benchmarks/bench_clm.py
+	mkdir -p $(RESULTS)
+	$(PY) benchmarks/bench_clm.py --out $(RESULTS)/clm-$(TODAY).jsonl
+
+bench-finetune: $(STAMP)
+	$(PY) benchmarks/bench_finetune.py --out $(RESULTS)/finetune-$(TODAY).jsonl
 
 clean:
 	rm -rf runs .pytest_cache $(OLDEST)

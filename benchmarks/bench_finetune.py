@@ -91,7 +91,7 @@ def timed_predict(fn, texts):
     return first, len(texts) / (time.perf_counter() - start)
 
 
-def run_kplm(steps, jit, bucketing):
+def run_kplm(steps, jit, bucketing, precision):
     import kplm
     config = kplm.load_yaml(os.path.join(REPO, "configs", "minilm_sst2.yaml"))
     run_dir = tempfile.mkdtemp(prefix="bench-ft-")
@@ -100,7 +100,8 @@ def run_kplm(steps, jit, bucketing):
         f"data.train.paths=[{TRAIN}]", f"data.validation.paths=[{DEV}]",
         f"trainer.steps={steps}", f"trainer.eval_every={steps}", f"trainer.log_every={steps}",
         f"trainer.warmup_steps={max(steps // 10, 1)}", f"trainer.jit_compile={str(jit).lower()}",
-        f"finetune.length_bucketing={str(bucketing).lower()}"])
+        f"finetune.length_bucketing={str(bucketing).lower()}",
+        f"trainer.mixed_precision={precision or 'null'}"])
     step_times = []
     from kplm.training import loop
     original = loop.train
@@ -140,11 +141,13 @@ def step_seconds(marks):
     return (t1 - t0) / (s1 - s0) if s1 > s0 else None
 
 
-def run_keras_hub(steps, jit):
+def run_keras_hub(steps, jit, precision):
     import keras
     import keras_hub
     import tensorflow as tf
     keras.utils.set_random_seed(0)
+    if precision:
+        keras.mixed_precision.set_global_policy(f"mixed_{precision}")
     path = minilm_dir()
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
         path, sequence_length=SEQ)
@@ -187,15 +190,16 @@ def run_keras_hub(steps, jit):
             "predict_rows_per_s": rate}
 
 
-def worker(system, steps, jit):
+def worker(system, steps, jit, precision):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if system == "keras_hub":
-        result = run_keras_hub(steps, jit)
+        result = run_keras_hub(steps, jit, precision)
     else:
-        result = run_kplm(steps, jit, bucketing=system == "kplm")
+        result = run_kplm(steps, jit, bucketing=system == "kplm", precision=precision)
     result["step_seconds"] = step_seconds(result.pop("step_times"))
-    print(json.dumps({"system": system, "steps": steps, "jit": jit, **result}))
+    print(json.dumps({"system": system, "steps": steps, "jit": jit, "precision": precision,
+                      **result}))
 
 
 def main():
@@ -204,11 +208,13 @@ def main():
     parser.add_argument("--steps", type=int, default=216, help="216 = one epoch of SST-2")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--jit", action="store_true", help="XLA for every system")
+    parser.add_argument("--precision", choices=["bfloat16"], default=None,
+                        help="mixed precision for every system (kplm: trainer.mixed_precision)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.steps, args.jit)
+        return worker(args.worker, args.steps, args.jit, args.precision)
     systems = [s for s in args.systems.split(",") if s]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:
@@ -223,7 +229,9 @@ def main():
         for system in order:
             log(f"round {r + 1}: {system}")
             command = [sys.executable, __file__, "--worker", system, "--steps", str(args.steps)]
-            done = subprocess.run(command + (["--jit"] if args.jit else []),
+            extra = (["--jit"] if args.jit else []) + (
+                ["--precision", args.precision] if args.precision else [])
+            done = subprocess.run(command + extra,
                                   capture_output=True, text=True, cwd=REPO)
             lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
             if done.returncode != 0 or not lines:
@@ -251,7 +259,8 @@ def main():
                      f"{med(rows, 'dev_accuracy'):8.4f} {rate:15.1f} "
                      f"{med(peer, 'train_seconds') / train:10.2f} "
                      f"{rate / med(peer, 'predict_rows_per_s'):12.2f}")
-    sys.stderr.write("\n".join(lines) + f"\n(steps {args.steps}, jit {args.jit}; JSON: {out})\n")
+    sys.stderr.write("\n".join(lines) + f"\n(steps {args.steps}, jit {args.jit}, precision "
+                     f"{args.precision or 'float32'}; JSON: {out})\n")
 
 
 if __name__ == "__main__":

@@ -174,8 +174,12 @@ class Head(Component):
       named output tensors, computed in graph ops (tokenization included); see
       ``kplm.serving``.
     - ``length_bucketing``: True when the head's batches may be cut to their bucket length
-      (``kplm.data.bucketing``): ``x`` has a ``padding_mask``, and every tensor of a batch whose
-      second dimension is ``sequence_length`` is per token, padding at its end. Default: False.
+      (``kplm.data.bucketing``): ``x`` has a ``padding_mask`` (or one per stream, such as
+      ``encoder_padding_mask`` and ``decoder_padding_mask``), and every tensor of a batch whose
+      second dimension is its stream's padded length is per token, padding at its end.
+      Default: False.
+    - ``bucket_labels_follow``: the stream (mask prefix) that per-token labels and weights are
+      aligned with: ``""`` (``padding_mask``, the default) or e.g. ``"decoder_"``.
     - ``tokens_per_row(sequence_length)``: tokens one example trains on (for tokens/s).
       Default: ``sequence_length``.
     - ``validation_callback(model, source, tokenizer, *, batch_size, sequence_length)``: a Keras
@@ -189,6 +193,8 @@ class Head(Component):
     model_module = None
     #: Batches may be cut to their bucket length (see the contract above).
     length_bucketing = False
+    #: The stream per-token labels follow when cut (see the contract above).
+    bucket_labels_follow = ""
 
     def prepare(self, source):
         """Learn what the data fixes (label sets, ...). Default: nothing."""

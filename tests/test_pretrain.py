@@ -137,3 +137,51 @@ def test_mixed_precision_and_xla_switches_run_and_leave_no_global_state(tiny_con
     backbone = load_backbone(tiny_config["run_dir"])
     assert backbone.dtype_policy.name == "mixed_bfloat16"  # the run's choice is saved with it
     assert keras.mixed_precision.global_policy().name == "float32"  # and not left behind
+
+
+def test_mixed_precision_auto_follows_the_probe_and_records_its_choice(tiny_config, monkeypatch):
+    """``auto`` takes the probe's answer (here forced: the real one depends on the CPU), prints
+    it, saves the backbone with that policy and records it; config.yaml keeps ``auto``."""
+    import keras
+
+    from kplm.training import precision
+    monkeypatch.setattr(precision, "probe", lambda strategy=None, **_: (
+        "bfloat16", {"float32": 0.002, "bfloat16": 0.001}))
+    tiny_config["trainer"].update({"steps": 2, "eval_every": 2, "log_every": 1,
+                                   "warmup_steps": 1, "validation_steps": 1,
+                                   "mixed_precision": "auto"})
+    lines = []
+    pretrain(tiny_config, echo=lines.append, progress=False)
+    run_dir = tiny_config["run_dir"]
+    assert any(line.startswith("mixed_precision auto: bfloat16 (matmul probe: float32 2.0 ms, "
+                               "bfloat16 1.0 ms)") for line in lines), lines
+    assert load_backbone(run_dir).dtype_policy.name == "mixed_bfloat16"
+    recorded = json.load(open(os.path.join(run_dir, "precision.json")))
+    assert recorded["mixed_precision"] == "bfloat16"
+    saved = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
+    assert saved["trainer"]["mixed_precision"] == "auto"
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_mixed_precision_auto_resumes_with_the_recorded_choice(tmp_path, monkeypatch):
+    from kplm.training import precision
+
+    def probed_again(*args, **kwargs):
+        raise AssertionError("a resumed run must not probe again")
+    monkeypatch.setattr(precision, "probe", probed_again)
+    recorded = tmp_path / "precision.json"
+    recorded.write_text('{"mixed_precision": "bfloat16"}')
+    lines = []
+    assert precision.resolve("auto", None, str(tmp_path), resuming=True, write=True,
+                             echo=lines.append) == "bfloat16"
+    assert lines == ["mixed_precision auto: bfloat16 (chosen when the run started)"]
+    recorded.write_text('{"mixed_precision": "float32"}')
+    assert precision.resolve("auto", None, str(tmp_path), resuming=True, write=True,
+                             echo=None) is None
+    for bad in ('{"mixed_precision": "int8"}', "[1]", "{not json"):
+        recorded.write_text(bad)
+        with pytest.raises(KplmError) as error:
+            precision.resolve("auto", None, str(tmp_path), resuming=True, write=True, echo=None)
+        assert "precision.json" in str(error.value) and "\n" not in str(error.value)
+    assert precision.resolve("float16", None, str(tmp_path), resuming=True, write=True,
+                             echo=None) == "float16"

@@ -17,7 +17,9 @@ batches and:
    every tensor whose second dimension is ``sequence_length`` (inputs, per-token labels and
    weights) loses trailing columns that are padding in every row.
 
-A row's length is the number of ones in ``x["padding_mask"]``. Trailing padding changes
+A row's length is the number of ones in ``x["padding_mask"]``; a sequence-to-sequence batch has
+two streams, ``encoder_*`` and ``decoder_*``, each with its own mask and bucket (rows are grouped
+by the pair), and its labels follow the decoder's. Trailing padding changes
 nothing a Transformer computes for the real tokens (attention masks it out, positions start at
 0), so predictions match the unbucketed run up to float rounding.
 
@@ -31,61 +33,94 @@ Example:
 [(3, 16), (3, 16), (2, 32)]
 """
 
-def _lengths(batch):
+MASK = "padding_mask"
+
+
+def _streams(x):
+    """``{prefix: mask}`` for every ``<prefix>padding_mask`` of ``x`` (``""`` for an encoder's
+    ``padding_mask``; ``"encoder_"`` and ``"decoder_"`` for a sequence-to-sequence model's)."""
+    return {key[:-len(MASK)]: value for key, value in x.items() if key.endswith(MASK)}
+
+
+def _owner(key, prefixes):
+    """The stream a key of ``x`` belongs to: the longest stream prefix it starts with."""
+    return max((p for p in prefixes if key.startswith(p)), key=len, default=None)
+
+
+def _bucket(length, width, full):
     import tensorflow as tf
-    x = batch[0] if isinstance(batch, tuple) else batch
-    mask = x["padding_mask"]
-    return tf.reduce_sum(tf.cast(tf.cast(mask, "bool"), "int32"), axis=1)
+    return tf.minimum(tf.maximum((length + width - 1) // width, 1) * width, full)
 
 
-def _is_sequence(t, sequence_length):
-    return t is not None and len(t.shape) >= 2 and t.shape[1] == sequence_length
+def cut_to_bucket(batch, *, sequence_length=None, width=16, labels_follow=""):
+    """``batch`` (``x`` or a tuple ``(x, y[, w])`` of tensors) with its sequence tensors cut.
 
-
-def cut_to_bucket(batch, *, sequence_length, width=16):
-    """``batch`` (``x`` or a tuple ``(x, y[, w])`` of tensors) with every sequence tensor cut
-    to the longest row's length rounded up to a multiple of ``width``."""
+    Each stream of ``x`` (the tensors sharing the prefix of a ``<prefix>padding_mask``) is cut
+    to its longest row rounded up to a multiple of ``width``; a tensor is cut when its second
+    dimension is its mask's (or ``sequence_length`` where the mask's is unknown). ``y`` and
+    ``w`` follow the stream ``labels_follow`` (``"decoder_"`` for sequence-to-sequence labels).
+    """
     import tensorflow as tf
-    longest = tf.reduce_max(_lengths(batch))
-    bucket = tf.minimum(tf.maximum((longest + width - 1) // width, 1) * width, sequence_length)
-    return tf.nest.map_structure(
-        lambda t: t[:, :bucket] if _is_sequence(t, sequence_length) else t, batch)
+    x, rest = (batch[0], batch[1:]) if isinstance(batch, tuple) else (batch, ())
+    streams = _streams(x)
+    full, bucket = {}, {}
+    for prefix, mask in streams.items():
+        full[prefix] = mask.shape[1] if mask.shape[1] is not None else sequence_length
+        lengths = tf.reduce_sum(tf.cast(tf.cast(mask, "bool"), "int32"), axis=1)
+        bucket[prefix] = _bucket(tf.reduce_max(lengths), width, full[prefix])
+
+    def cut(t, prefix):
+        if prefix not in full or len(t.shape) < 2 or t.shape[1] != full[prefix]:
+            return t
+        return t[:, :bucket[prefix]]
+    x = {key: cut(value, _owner(key, streams)) for key, value in x.items()}
+    rest = tuple(tf.nest.map_structure(lambda t: cut(t, labels_follow), r) for r in rest)
+    return (x, *rest) if isinstance(batch, tuple) else x
 
 
-def _row_bucket(width, sequence_length):
+def _row_bucket(width):
+    """A row's group: the bucket of each of its streams, combined into one integer."""
     import tensorflow as tf
 
     def key(*row):
         x = row[0]
-        length = tf.reduce_sum(tf.cast(tf.cast(x["padding_mask"], "bool"), "int64"))
-        return tf.minimum(tf.maximum(length - 1, 0) // width, (sequence_length - 1) // width)
+        group = tf.constant(0, "int64")
+        for prefix, mask in sorted(_streams(x).items()):
+            full = mask.shape[0]
+            count = (full + width - 1) // width
+            length = tf.reduce_sum(tf.cast(tf.cast(mask, "bool"), "int64"))
+            group = group * count + tf.minimum(tf.maximum(length - 1, 0) // width, count - 1)
+        return group
     return key
 
 
 def bucket_by_length(batches, *, sequence_length, batch_size, width=16, training=False,
-                     group=True):
+                     group=True, labels_follow=""):
     """Length-bucketed batches from a head's ``batches`` (see the module docstring).
 
     Args:
-        batches: a ``tf.data.Dataset`` of batches whose ``x`` has a ``padding_mask``, padded
-            to ``sequence_length``.
-        sequence_length: int. The length the head padded to.
+        batches: a ``tf.data.Dataset`` of batches whose ``x`` has a ``padding_mask`` (or
+            several: ``encoder_padding_mask``, ``decoder_padding_mask``), padded to fixed
+            lengths.
+        sequence_length: int. The length the head padded to (where a mask's is unknown).
         batch_size: int. Rows per batch (the last batch of each bucket of a finite dataset may
             have fewer).
         width: int. Bucket lengths are multiples of it. Defaults to 16.
         training: bool. Drop short batches (an endless training set has none but at the end).
         group: bool. Group rows by bucket (False: only cut each batch, keeping the row order,
             for predictions returned in input order). Defaults to True.
+        labels_follow: str. The stream (mask prefix) that ``y`` and ``w`` are aligned with.
+            Defaults to ``""`` (``padding_mask``).
     """
     import tensorflow as tf
 
     def cut(*b):
         return cut_to_bucket(b if len(b) > 1 else b[0], sequence_length=sequence_length,
-                             width=width)
+                             width=width, labels_follow=labels_follow)
 
     if group:
         batches = batches.unbatch().group_by_window(
-            key_func=_row_bucket(width, sequence_length),
+            key_func=_row_bucket(width),
             reduce_func=lambda _, rows: rows.batch(batch_size, drop_remainder=training),
             window_size=batch_size)
     return batches.map(cut, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

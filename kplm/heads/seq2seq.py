@@ -45,6 +45,10 @@ class Seq2SeqHead(Head):
     #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
     limits = {"target_sequence_length": ">= 2", "num_beams": ">= 1", "shuffle_buffer": ">= 0"}
     pair_field = None
+    #: Batches are cut per stream: sources to the longest source, targets (decoder inputs,
+    #: labels, weights) to the longest target (``kplm.data.bucketing``).
+    length_bucketing = True
+    bucket_labels_follow = "decoder_"
 
     def __init__(self, source_field: str = "source", target_field: str = "target",
                  target_sequence_length: Optional[int] = None, num_beams: int = 1,

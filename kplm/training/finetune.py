@@ -173,7 +173,8 @@ class FinetuneJob(Job):
         from kplm.data.bucketing import bucket_by_length
         return bucket_by_length(batches, sequence_length=self.sequence_length,
                                 batch_size=self.trainer.batch_size,
-                                width=self.options.bucket_width, training=training)
+                                width=self.options.bucket_width, training=training,
+                                labels_follow=self.head.bucket_labels_follow)
 
     def datasets(self):
         validation = self._data("validation", False) if "validation" in self.sources else None

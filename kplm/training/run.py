@@ -96,6 +96,9 @@ def _run(job, *, overwrite, echo, progress):
     job.prepare(run_dir, resuming, write, echo, progress)
 
     # --- model, optimizer, compile, under the distribution strategy ---------------------------
+    from kplm.training.precision import resolve
+    trainer.mixed_precision = resolve(trainer.mixed_precision, strategy, run_dir,
+                                      resuming=resuming, write=write, echo=echo)
     if trainer.mixed_precision:
         keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
     with strategy.scope():

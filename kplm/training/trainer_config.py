@@ -41,8 +41,9 @@ class TrainerConfig:
         strategy: ``"auto"``, ``"default"``, ``"mirrored"``, ``"multi_worker"`` or ``"tpu"``.
             ``auto`` picks multi_worker when ``TF_CONFIG`` is set, tpu when one is found,
             mirrored with more than one GPU, default otherwise. Defaults to ``"auto"``.
-        mixed_precision: None, ``"bfloat16"`` or ``"float16"`` (with dynamic loss scaling);
-            logits and losses stay float32. Defaults to None.
+        mixed_precision: None, ``"bfloat16"``, ``"float16"`` (with dynamic loss scaling) or
+            ``"auto"`` (bfloat16 where a short probe at start-up finds it faster, see
+            ``kplm.training.precision``); logits and losses stay float32. Defaults to None.
         jit_compile: bool. Compile train steps with XLA. Defaults to False (slower start on CPU).
         steps_per_execution: int. Steps run by one call into TensorFlow when nothing (a log, a
             validation, a checkpoint) is due in between: fewer round trips from Python, which
@@ -89,7 +90,7 @@ class TrainerConfig:
         max_skipped_steps: int = 10,
         peak_tflops: Optional[float] = None,
         strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto",
-        mixed_precision: Optional[Literal["bfloat16", "float16"]] = None,
+        mixed_precision: Optional[Literal["auto", "bfloat16", "float16"]] = None,
         jit_compile: bool = False,
         steps_per_execution: int = 10,
     ):
