@@ -185,3 +185,17 @@ def test_mixed_precision_auto_resumes_with_the_recorded_choice(tmp_path, monkeyp
         assert "precision.json" in str(error.value) and "\n" not in str(error.value)
     assert precision.resolve("float16", None, str(tmp_path), resuming=True, write=True,
                              echo=None) == "float16"
+
+
+def test_mixed_precision_auto_decides_on_the_default_strategy(tmp_path):
+    """The real probe, on the strategy a single-device run gets (it has no device list)."""
+    import tensorflow as tf
+
+    from kplm.training import precision
+    lines = []
+    choice = precision.resolve("auto", tf.distribute.get_strategy(), str(tmp_path),
+                               resuming=False, write=True, echo=lines.append)
+    assert choice in (None, "bfloat16")
+    recorded = json.load(open(tmp_path / "precision.json"))
+    assert recorded["mixed_precision"] == (choice or "float32")
+    assert lines and lines[0].startswith(f"mixed_precision auto: {choice or 'float32'} (")

@@ -78,7 +78,7 @@ def cut_to_bucket(batch, *, sequence_length=None, width=16, labels_follow=""):
     return (x, *rest) if isinstance(batch, tuple) else x
 
 
-def _row_bucket(width):
+def _row_bucket(width, sequence_length):
     """A row's group: the bucket of each of its streams, combined into one integer."""
     import tensorflow as tf
 
@@ -86,7 +86,7 @@ def _row_bucket(width):
         x = row[0]
         group = tf.constant(0, "int64")
         for prefix, mask in sorted(_streams(x).items()):
-            full = mask.shape[0]
+            full = mask.shape[0] if mask.shape[0] is not None else sequence_length
             count = (full + width - 1) // width
             length = tf.reduce_sum(tf.cast(tf.cast(mask, "bool"), "int64"))
             group = group * count + tf.minimum(tf.maximum(length - 1, 0) // width, count - 1)
@@ -120,21 +120,23 @@ def bucket_by_length(batches, *, sequence_length, batch_size, width=16, training
 
     if group:
         batches = batches.unbatch().group_by_window(
-            key_func=_row_bucket(width),
+            key_func=_row_bucket(width, sequence_length),
             reduce_func=lambda _, rows: rows.batch(batch_size, drop_remainder=training),
             window_size=batch_size)
     return batches.map(cut, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def sorted_by_length(batches, *, sequence_length, batch_size, width=8, chunk_rows=8192):
+def sorted_by_length(batches, *, sequence_length, batch_size, width=None, chunk_rows=8192):
     """For inference: ``(rows, batch)`` pairs over the rows of ``batches``, sorted by length.
 
     ``batches`` yields dicts of tensors in input order (``x`` with a ``padding_mask``, padded to
     ``sequence_length``, plus any per-row extras). Up to ``chunk_rows`` rows at a time are sorted
     by their length (the number of ones in ``padding_mask``; memory stays flat in the input
     size), batched by ``batch_size``, and each batch is cut to its longest row rounded up to
-    ``width`` (8: inference is not compiled per shape). ``rows`` holds the input positions of a
-    batch's rows, so that the caller puts each output back in input order.
+    ``width``: by default ``sequence_length / 16``, at least 8, so that a model compiled with
+    XLA (Keras' default for ``predict`` on a GPU) sees at most 16 lengths. ``rows`` holds the
+    input positions of a batch's rows, so that the caller puts each output back in input
+    order.
 
     Example:
     >>> import numpy as np, tensorflow as tf
@@ -145,6 +147,7 @@ def sorted_by_length(batches, *, sequence_length, batch_size, width=8, chunk_row
     [([1, 3], (2, 8)), ([0, 2], (2, 40))]
     """
     import numpy as np
+    width = width or max(8, -(-sequence_length // 16))
 
     def emit(chunk, start):
         merged = {k: np.concatenate([c[k] for c in chunk]) for k in chunk[0]}

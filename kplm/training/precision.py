@@ -3,23 +3,23 @@
 Machines that look alike differ here: on one 2-core cloud CPU bfloat16 matmuls ran at half the
 float32 speed (``../shared/bench``: 160 against 309 GFLOP/s), another has ``avx512_bf16`` or AMX,
 and recent GPUs and TPUs run bfloat16 several times faster. So ``auto`` measures instead of
-guessing: a short probe (a few 1024 x 1024 matmul chains in each precision on the strategy's
-first device, ~0.1-0.3 s on a CPU) picks bfloat16 when it is at least 20 % faster, float32
-otherwise.
+guessing on CPUs: a short probe (a few 1024 x 1024 matmul chains in each precision, ~0.4 s)
+picks bfloat16 when it is at least 20 % faster, float32 otherwise. On GPUs and TPUs a probe that
+short would time call overheads (and float32 matmuls already run as TF32 or bfloat16 passes
+there), so the device kind decides: bfloat16 on TPUs and on GPUs of compute capability 8.0 or
+newer (Ampere on), float32 on older GPUs.
 
 The choice is printed and written to ``RUN_DIR/precision.json`` with the probe's timings; a
 resumed run reads it back instead of probing again, so that a run never changes precision half
 way (and a resumed run equals an uninterrupted one). ``config.yaml`` keeps ``auto``: it is the
 config the user gave, and resuming compares against it. Under a multi-worker strategy every
-worker must agree without talking, so ``auto`` does not time anything there: bfloat16 on TPUs
-and on GPUs of compute capability 8.0 or newer, float32 otherwise.
+worker must agree without talking, so nothing is timed there either: the device kind decides.
 
 Example:
 >>> choice, timings = probe(strategy=None, size=256, repeats=2)
 >>> choice in (None, "bfloat16") and set(timings) == {"float32", "bfloat16"}
 True
 """
-import json
 import os
 import time
 
@@ -34,7 +34,7 @@ def probe(strategy=None, size=1024, repeats=5, chain=4):
     or None (float32)."""
     import tensorflow as tf
 
-    device = strategy.extended.worker_devices[0] if strategy is not None else None
+    device = _first_device(strategy)
     timings = {}
     with tf.device(device):
         for dtype in ("float32", "bfloat16"):
@@ -59,12 +59,30 @@ def probe(strategy=None, size=1024, repeats=5, chain=4):
     return choice, timings
 
 
-def by_device(strategy):
-    """The choice without timing (multi-worker): bfloat16 on TPUs and on GPUs of compute
-    capability >= 8.0, else None."""
+def _first_device(strategy):
+    """The strategy's first device, or None (the default strategy has no device list)."""
+    try:
+        return strategy.extended.worker_devices[0]
+    except (AttributeError, RuntimeError, IndexError):
+        return None
+
+
+def accelerator(strategy):
+    """``"TPU"``, ``"GPU"`` or None: what the run computes on."""
     import tensorflow as tf
-    kind = strategy.extended.worker_devices[0].upper()
-    if "TPU" in kind:
+    device = (_first_device(strategy) or "").upper()
+    if "TPU" in device or isinstance(strategy, tf.distribute.TPUStrategy):
+        return "TPU"
+    if "GPU" in device or (device == "" and tf.config.list_logical_devices("GPU")):
+        return "GPU"
+    return None
+
+
+def by_device(strategy):
+    """The choice without timing: bfloat16 on TPUs and on GPUs of compute capability >= 8.0,
+    else None."""
+    import tensorflow as tf
+    if accelerator(strategy) == "TPU":
         return "bfloat16"
     for gpu in tf.config.list_physical_devices("GPU"):
         capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
@@ -78,14 +96,22 @@ def resolve(setting, strategy, run_dir, *, resuming, write, echo):
     if setting != "auto":
         return setting
     path = os.path.join(run_dir, PRECISION_FILE)
+    if resuming and not os.path.exists(path):
+        import warnings
+
+        from kplm.errors import KplmWarning
+        warnings.warn(f"{path} is missing: mixed_precision auto is decided again, and may "
+                      "differ from the precision the run started with", KplmWarning,
+                      stacklevel=2)
     if resuming and os.path.exists(path):
         from kplm.runs import read_json
         recorded = read_json(path, "the precision chosen by mixed_precision: auto")
         choice = recorded.get("mixed_precision") if isinstance(recorded, dict) else None
         if choice not in ("float32", "bfloat16"):
             from kplm.errors import KplmError
+            from kplm.errors import shown
             raise KplmError(f"{path}: mixed_precision must be float32 or bfloat16, got "
-                            f"{choice!r}; delete the file to probe again")
+                            f"{shown(choice)}; delete the file to decide again")
         choice = None if choice == "float32" else choice
         if echo:
             echo(f"mixed_precision auto: {choice or 'float32'} (chosen when the run started)")
@@ -93,6 +119,9 @@ def resolve(setting, strategy, run_dir, *, resuming, write, echo):
     import tensorflow as tf
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         choice, timings, how = by_device(strategy), None, "by device kind, multi-worker"
+    elif accelerator(strategy):
+        choice, timings = by_device(strategy), None
+        how = f"by device kind, {accelerator(strategy)}"
     else:
         choice, timings = probe(strategy)
         how = (f"matmul probe: float32 {timings['float32'] * 1e3:.1f} ms, bfloat16 "
