@@ -27,7 +27,8 @@ test: $(STAMP)
 	$(MAKE) test-oldest
 
 # The oldest Keras and keras-hub pyproject.toml allows, laid over the main virtualenv (same
-# TensorFlow): the training tests (resume, accumulation, strategies, the non-finite gate).
+# TensorFlow): the training tests (resume, accumulation, strategies, the non-finite gate), in
+# process; the end-to-end runs in subprocesses (marked slow) run against the newest only.
 OLDEST := .venv-oldest
 OLDEST_PINS := keras==3.15.0 keras-hub==0.32.0
 $(OLDEST)/.installed: Makefile
@@ -37,7 +38,7 @@ $(OLDEST)/.installed: Makefile
 
 test-oldest: $(STAMP) $(OLDEST)/.installed
 	PYTHONPATH=$(abspath $(OLDEST)) $(PY) -c "import keras, keras_hub; print('oldest allowed:', 'keras', keras.__version__, 'keras-hub', keras_hub.__version__)"
-	PYTHONPATH=$(abspath $(OLDEST)) $(PY) -m pytest -q -x -n 2 --dist loadfile \
+	PYTHONPATH=$(abspath $(OLDEST)) $(PY) -m pytest -q -x -n 2 --dist loadfile -m "not slow" \
 		tests/test_resume.py tests/test_accumulation.py tests/test_distribute.py
 
 # Every benchmark, one after the other (~35 min on 2 cores); each prints its table and writes
