@@ -22,7 +22,10 @@ Systems (each in its own fresh process, interleaved over ``--rounds``):
 Measured per system: the training time (the loop or ``fit``: tracing, the steps, one pass over
 the dev set), seconds per step after the first 10 % of the steps (a Keras callback notes the
 time and the optimizer's step count at each batch end), the dev accuracy, and prediction rows/s
-(the second of two identical calls; the first one traces).
+(the second of two identical calls; the first one traces). A first process counts the real
+tokens per row (WordPiece + [CLS]/[SEP], cut at 64) and measures the fp32 matmul peak, so the
+table also gives real tokens trained per second and MFU (matmul FLOPs of the real tokens,
+training = 3 x forward, against that peak).
 
 Usage::
 
@@ -190,9 +193,48 @@ def run_keras_hub(steps, jit, precision):
             "predict_rows_per_s": rate}
 
 
+#: all-MiniLM-L6-v2: layers, hidden, FFN (for the FLOPs per token)
+MINILM = (6, 384, 1536)
+
+
+def flops_per_token(mean_length, training=True):
+    """Matmul FLOPs per real token of MiniLM: the layers' projections and the attention scores
+    over a row of ``mean_length`` tokens; training = 3 x forward."""
+    L, H, F = MINILM
+    forward = 2 * L * (4 * H * H + 2 * H * F) + 4 * L * mean_length * H
+    return 3 * forward if training else forward
+
+
+def run_stats():
+    """The real tokens per row (WordPiece + [CLS]/[SEP], cut at SEQ) of the training and the
+    predicted sentences, and the fp32 4096 x 4096 matmul peak of this machine (best of 7)."""
+    import keras_hub
+    import tensorflow as tf
+    tokenizer = keras_hub.models.BertTokenizer.from_preset(minilm_dir())
+
+    def mean_length(texts):
+        ids = tokenizer(tf.constant(texts))
+        ids = ids.to_list() if hasattr(ids, "to_list") else ids  # a ragged tensor or lists
+        lengths = [min(len(row) + 2, SEQ) for row in ids]
+        return sum(lengths) / len(lengths)
+    x = tf.random.normal((4096, 4096))
+    tf.linalg.matmul(x, x).numpy()
+    best = float("inf")
+    for _ in range(7):
+        start = time.perf_counter()
+        tf.linalg.matmul(x, x).numpy()
+        best = min(best, time.perf_counter() - start)
+    return {"train_tokens_per_row": mean_length([t for t, _ in read_tsv(TRAIN)]),
+            "predict_tokens_per_row": mean_length(predict_texts()),
+            "matmul_peak_gflops": 2 * 4096 ** 3 / best / 1e9}
+
+
 def worker(system, steps, jit, precision):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if system == "stats":
+        print(json.dumps({"system": "stats", **run_stats()}))
+        return
     if system == "keras_hub":
         result = run_keras_hub(steps, jit, precision)
     else:
@@ -224,6 +266,16 @@ def main():
         HERE, "results", f"finetune-{datetime.date.today().isoformat()}.jsonl")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     results = {s: [] for s in systems}
+    log("token counts and the matmul peak")
+    done = subprocess.run([sys.executable, __file__, "--worker", "stats"], capture_output=True,
+                          text=True, cwd=REPO)
+    lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
+    if done.returncode != 0 or not lines:
+        sys.exit(f"the stats worker failed:\n{done.stderr[-3000:]}")
+    stats = json.loads(lines[-1])
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(json.dumps(stats) + "\n")
+    log(f"  {json.dumps(stats)}")
     for r in range(args.rounds):
         order = systems if r % 2 == 0 else systems[::-1]
         for system in order:
@@ -248,19 +300,44 @@ def main():
     def med(rows, key):
         values = [row[key] for row in rows if row.get(key) is not None]
         return statistics.median(values) if values else float("nan")
-    header = (f"{'system':<12} {'train s':>8} {'s/step':>7} {'dev acc':>8} {'predict rows/s':>15}"
-              f" {'train x kh':>10} {'predict x kh':>12}")
+    train_len, predict_len = stats["train_tokens_per_row"], stats["predict_tokens_per_row"]
+    peak = stats["matmul_peak_gflops"]
+
+    def tokens_per_s(rows):  # real (unpadded) tokens trained per second
+        return BATCH * train_len / med(rows, "step_seconds")
+
+    def mfu(tok_s, training):
+        return tok_s * flops_per_token(train_len if training else predict_len, training) \
+            / (peak * 1e9)
+    header = (f"{'system':<12} {'train s':>8} {'s/step':>7} {'tok/s':>7} {'MFU':>6} "
+              f"{'dev acc':>8} {'predict rows/s':>15} {'pred MFU':>8} {'train x kh':>10} "
+              f"{'step x kh':>9} {'predict x kh':>12}")
     lines = [header, "-" * len(header)]
+    summary = {"kind": "summary", "steps": args.steps, "jit": args.jit,
+               "precision": args.precision or "float32", **stats, "systems": {}}
     for system, rows in results.items():
         if not rows:
             continue
         train, rate = med(rows, "train_seconds"), med(rows, "predict_rows_per_s")
-        lines.append(f"{system:<12} {train:8.1f} {med(rows, 'step_seconds'):7.3f} "
-                     f"{med(rows, 'dev_accuracy'):8.4f} {rate:15.1f} "
-                     f"{med(peer, 'train_seconds') / train:10.2f} "
-                     f"{rate / med(peer, 'predict_rows_per_s'):12.2f}")
+        tok_s = tokens_per_s(rows)
+        row = {"train_seconds": train, "step_seconds": med(rows, "step_seconds"),
+               "tokens_per_s": tok_s, "mfu": mfu(tok_s, True),
+               "dev_accuracy": med(rows, "dev_accuracy"), "predict_rows_per_s": rate,
+               "predict_mfu": mfu(rate * predict_len, False),
+               "train_x_keras_hub": med(peer, "train_seconds") / train,
+               "step_x_keras_hub": med(peer, "step_seconds") / med(rows, "step_seconds"),
+               "predict_x_keras_hub": rate / med(peer, "predict_rows_per_s")}
+        summary["systems"][system] = row
+        lines.append(f"{system:<12} {train:8.1f} {row['step_seconds']:7.3f} {tok_s:7.0f} "
+                     f"{row['mfu']:6.1%} {row['dev_accuracy']:8.4f} {rate:15.1f} "
+                     f"{row['predict_mfu']:8.1%} {row['train_x_keras_hub']:10.2f} "
+                     f"{row['step_x_keras_hub']:9.2f} {row['predict_x_keras_hub']:12.2f}")
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(json.dumps(summary) + "\n")
     sys.stderr.write("\n".join(lines) + f"\n(steps {args.steps}, jit {args.jit}, precision "
-                     f"{args.precision or 'float32'}; JSON: {out})\n")
+                     f"{args.precision or 'float32'}; tok/s: real tokens, {train_len:.1f} per "
+                     f"training row; MFU against the {peak:.0f} GFLOP/s fp32 matmul peak; "
+                     f"JSON: {out})\n")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ N_MASK = 20  # ceil(0.15 * 128), kplm's default max_predictions
 VOCAB = 30522  # BERT's vocabulary, as in the peer baselines
 MASK_ID = 103  # [MASK] in BERT's vocabulary
 N_BATCHES = 32  # distinct pre-made batches, cycled
+MEMORY_COPIES = (1, 8)  # the corpus repeated this many times for the pipeline-memory rows
+BATCHES_PER_COPY = 60  # ~ one pass of wikitext2 train.txt at batch 32 x 128
 PIPELINE_VOCAB = 8000
 MATMUL_N = 4096
 SYSTEMS = ("kplm", "kplm_loop", "keras_hub")
@@ -314,8 +316,52 @@ def worker_pipeline(a):
     return _train_result(a, model, wins, first_s, warm_s, B, L, H, NH, F, V, extra)
 
 
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def worker_memory(a):
+    """The real-text training pipeline (as ``feed=pipeline``) on the corpus repeated
+    ``--copies`` times, read for about one pass (``copies`` x the batches one copy fills):
+    resident memory after the first batch and at its highest while reading. Flat in corpus
+    size means the peak does not grow with ``copies``."""
+    _setup_env()
+    import tensorflow as tf  # noqa: F401  (imported before the baseline reading)
+    from kplm.data.text_files import TextFiles
+    from kplm.objectives.masked_lm import MaskedLMObjective
+    from kplm.tokenizers.wordpiece import WordPiece
+
+    B = SHAPES["tiny"][-1]
+    tok = WordPiece.load(a.vocab_dir)
+    scratch = tempfile.mkdtemp(prefix="kplm-bench-mem-")
+    try:
+        corpus = os.path.join(scratch, "corpus.txt")
+        with open(CORPUS, "rb") as f:
+            text = f.read()
+        with open(corpus, "wb") as f:
+            for _ in range(a.copies):
+                f.write(text)
+        pipe = MaskedLMObjective(mask_rate=0.15).dataset(
+            TextFiles(paths=[corpus]).build(), tok, batch_size=B, sequence_length=SEQ, seed=0,
+            training=True)
+        it = iter(pipe)
+        next(it)
+        first = peak = _rss_mb()
+        n, t0 = a.copies * a.batches_per_copy, time.perf_counter()
+        for _ in range(n):
+            next(it)
+            peak = max(peak, _rss_mb())
+        return {"kind": "memory", "copies": a.copies, "corpus_mb": len(text) * a.copies / 2 ** 20,
+                "batches": n, "seconds": time.perf_counter() - t0,
+                "rss_after_first_batch_mb": first, "rss_peak_mb": peak,
+                "growth_mb": peak - first}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 WORKERS = {"matmul": worker_matmul, "vocab": worker_vocab, "train": worker_train,
-           "pipeline": worker_pipeline}
+           "pipeline": worker_pipeline, "memory": worker_memory}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,6 +419,10 @@ class Driver:
                     f"median; 2048: {r['gflops_best_2048']:.0f} best")
         if r["kind"] == "vocab":
             return f"{r['tokens']} tokens in {r['train_s']:.1f} s"
+        if r["kind"] == "memory":
+            return (f"{r['corpus_mb']:.1f} MB corpus, {r['batches']} batches in "
+                    f"{r['seconds']:.0f} s: RSS {r['rss_after_first_batch_mb']:.0f} MB after the "
+                    f"first batch, peak {r['rss_peak_mb']:.0f} MB")
         w = ", ".join(f"{x / 1e3:.2f}k" for x in r["tokens_per_s_windows"])
         return f"{r['tokens_per_s'] / 1e3:.2f}k tok/s (windows {w}; first step {r['first_step_s']:.1f} s)"
 
@@ -384,7 +434,8 @@ class Driver:
                 sys.exit(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
         jits = [0, 1] if a.jit else [0]
         do_pipe = not a.no_pipeline
-        n_proc = a.rounds * (1 + len(shapes) * len(jits) * 2 + (2 if do_pipe else 0)) + 1
+        n_proc = (a.rounds * (1 + len(shapes) * len(jits) * len(SYSTEMS) + (2 if do_pipe else 0))
+                  + 1 + (len(MEMORY_COPIES) if do_pipe else 0))
         self.log(f"{n_proc + do_pipe} processes: shapes {shapes}, rounds {a.rounds}, "
                  f"{a.windows} x {a.seconds:g} s windows, jit {jits}, pipeline {do_pipe}")
         vocab_dir, own_vocab = a.vocab_cache, False
@@ -409,6 +460,10 @@ class Driver:
                         self.run("pipeline", f"round {r + 1} tiny  kplm feed={feed:8s}",
                                  system="kplm", shape="tiny", feed=feed, jit=0, round=r,
                                  vocab_dir=vocab_dir)
+            if do_pipe:
+                for copies in MEMORY_COPIES:
+                    self.run("memory", f"pipeline memory, corpus x{copies}", copies=copies,
+                             vocab_dir=vocab_dir)
             self.run("matmul", "final matmul", round=a.rounds)
         finally:
             if own_vocab:
@@ -488,6 +543,20 @@ class Driver:
                                 "throughput_loss_pct": (1 - pm / tm) * 100,
                                 "pipeline_alone_tokens_per_s": statistics.median(alone),
                                 "tensors_runs": t, "pipeline_runs": p})
+        memory = sorted((r for r in R if r["kind"] == "memory"), key=lambda r: r["copies"])
+        if memory:
+            lines += ["", "Pipeline memory (tiny, batch 32 x 128; the corpus repeated, read for "
+                          "about one pass):"]
+            for r in memory:
+                lines.append(f"  corpus x{r['copies']:<3d} {r['corpus_mb']:6.1f} MB "
+                             f"{r['batches']:5d} batches: peak RSS {r['rss_peak_mb']:6.0f} MB "
+                             f"(+{r['growth_mb']:.0f} MB after the first batch)")
+            small, large = memory[0], memory[-1]
+            summary.append({"kind": "summary", "part": "pipeline_memory",
+                            "copies": [r["copies"] for r in memory],
+                            "rss_peak_mb": [r["rss_peak_mb"] for r in memory],
+                            "peak_ratio_largest_over_smallest":
+                                large["rss_peak_mb"] / small["rss_peak_mb"]})
         errors = [r for r in R if r["kind"] == "error"]
         if errors:
             lines += ["", f"{len(errors)} measurement(s) FAILED; see the JSON lines."]
@@ -524,6 +593,9 @@ def parse_args(argv=None):
     p.add_argument("--feed", default="random", help=argparse.SUPPRESS)
     p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--vocab-dir", help=argparse.SUPPRESS)
+    p.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--batches-per-copy", type=int, default=BATCHES_PER_COPY,
+                   help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
         a.rounds = 1

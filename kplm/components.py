@@ -109,6 +109,18 @@ class PretrainedBackbone(Component):
     def load(self, dtype=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def row_length(self, backbone):
+        """The length of the rows pretraining packs for the loaded ``backbone``. Default: the
+        backbone's ``sequence_length``."""
+        return backbone.sequence_length
+
+    def initialize_heads(self, model):
+        """After pretraining built its task model around the loaded backbone: copy the heads
+        the checkpoint holds (a masked-LM head, say) into ``model``, so that continued
+        pretraining does not restart them. Returns a one-line note for the log, or None.
+        Default: nothing to copy."""
+        return None
+
 
 class Objective(Component):
     """A pretraining objective: turns raw text into (x, y, sample_weight) and builds the model.

@@ -66,12 +66,15 @@ def tiny_byte_bpe(size):
 
 
 def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=32,
-                             num_layers=2, num_heads=4, intermediate_size=64, max_positions=64):
+                             num_layers=2, num_heads=4, intermediate_size=64, max_positions=64,
+                             masked_lm_head=False):
     """Write a tiny random Hugging Face checkpoint (``config.json``, ``model.safetensors``,
     ``vocab.txt``, ``tokenizer_config.json``) of ``model_type`` ``bert``, ``roberta``,
     ``distilbert`` or ``gpt2`` (byte-level BPE ``vocab.json`` + ``merges.txt`` for the last two). The weights come from ``numpy.random.RandomState(seed)``, so the same
     arguments give the same bytes on every machine; ``tests/reference`` holds the reference
-    implementation's outputs for them. Returns the config dict.
+    implementation's outputs for them. With ``masked_lm_head`` (BERT, RoBERTa, DistilBERT) it
+    is the ``*ForMaskedLM`` checkpoint instead: the same encoder weights, no pooler or task
+    layer, plus a random masked-LM head. Returns the config dict.
 
     Example:
         write_tiny_hf_checkpoint("/tmp/tiny-bert")
@@ -170,6 +173,27 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
     else:
         raise ValueError("model_type must be bert, roberta, distilbert or gpt2, not "
                          f"{model_type!r}")
+    if masked_lm_head:
+        if model_type == "gpt2":
+            raise ValueError("masked_lm_head: GPT-2 has no masked-LM head")
+        # drawn after every other weight: the encoder's bytes are those of the plain checkpoint
+        state = {k: v for k, v in state.items()
+                 if not k.startswith(("pooler.", "roberta.pooler.", "classifier."))}
+        if model_type == "bert":
+            state = {"bert." + k: v for k, v in state.items()}
+            state.update(linear("cls.predictions.transform.dense.", h, h))
+            state.update(ln("cls.predictions.transform.LayerNorm."))
+            state["cls.predictions.bias"] = w(v, scale=0.1)
+        elif model_type == "roberta":
+            state.update(linear("lm_head.dense.", h, h))
+            state.update(ln("lm_head.layer_norm."))
+            state["lm_head.bias"] = w(v, scale=0.1)
+        else:
+            state.update(linear("vocab_transform.", h, h))
+            state.update(ln("vocab_layer_norm."))
+            state["vocab_projector.bias"] = w(v, scale=0.1)
+        config["architectures"] = [{"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
+                                    "distilbert": "DistilBertForMaskedLM"}[model_type]]
     os.makedirs(directory, exist_ok=True)
     save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:

@@ -87,11 +87,16 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
         load_yaml(str(path))
 
 
-def test_every_shipped_config_is_valid(pretrained_run):
+def test_every_shipped_config_is_valid(pretrained_run, tmp_path):
+    from kplm.testing import write_tiny_hf_checkpoint
     from kplm.training.finetune import FinetuneSpec
+    checkpoint = str(tmp_path / "hf")  # stands in for the checkpoints configs name
+    write_tiny_hf_checkpoint(checkpoint, "bert")
     configs = os.path.join(ROOT, "configs")
     for name in sorted(os.listdir(configs)):
         raw = load_yaml(os.path.join(configs, name))
+        if raw.get("backbone", {}).get("name") == "hf":
+            raw["backbone"]["path"] = checkpoint
         if "head" in raw:
             if raw.get("init_from"):
                 raw["init_from"] = pretrained_run["run_dir"]

@@ -364,6 +364,66 @@ def test_continued_pretraining_from_a_hugging_face_directory(tiny_dirs, tmp_path
     assert np.abs(start.weights[0].numpy() - trained.weights[0].numpy()).max() < 0.05
 
 
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta"])
+def test_masked_lm_head_is_imported_and_matches_transformers(tmp_path, model_type):
+    """A ``*ForMaskedLM`` checkpoint's head (BERT's ``cls.predictions.*``, RoBERTa's
+    ``lm_head.*``, DistilBERT's ``vocab_*``) lands in kplm's MaskedLM: its logits at every
+    position equal transformers' (stored in tests/reference/tiny_*_mlm.npz)."""
+    from kplm.models.masked_lm import MaskedLM
+    from kplm.pretrained.huggingface import initialize_masked_lm_head, load_encoder
+    ref = np.load(os.path.join(REFERENCE, f"tiny_{model_type}_mlm.npz"))
+    path = str(tmp_path / model_type)
+    write_tiny_hf_checkpoint(path, model_type, masked_lm_head=True)
+    digest = hashlib.sha256(open(os.path.join(path, "model.safetensors"), "rb").read()).hexdigest()
+    assert digest == str(ref["safetensors_sha256"]), "rerun make_hf_reference.py mlm"
+    model = MaskedLM(load_encoder(path))
+    note = initialize_masked_lm_head(path, model)
+    assert note.startswith("masked-LM head: imported"), note
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    positions = np.tile(np.arange(ids.shape[1], dtype="int32"), (ids.shape[0], 1))
+    logits = np.asarray(model({"token_ids": ids.astype("int32"),
+                               "segment_ids": ref["token_type_ids"].astype("int32"),
+                               "padding_mask": mask.astype("int32"),
+                               "mask_positions": positions}))
+    real = mask.astype(bool)
+    diff = np.abs(logits - ref["logits"])[real].max()
+    assert diff < 1e-4, diff
+    assert np.abs(ref["logits"][real]).max() > 0.5
+    # a BertModel checkpoint has no head: the head stays new, and says so
+    plain = str(tmp_path / "plain")
+    write_tiny_hf_checkpoint(plain, model_type)
+    assert initialize_masked_lm_head(plain, MaskedLM(load_encoder(plain))) == (
+        "masked-LM head: new (the checkpoint holds none)")
+
+
+def test_task_adaptive_pretraining_on_csv_text_keeps_the_checkpoint_head(tmp_path):
+    """Continued masked-LM pretraining (TAPT) on a task's own sentences: a CSV column as the
+    text, tokenizer and backbone from a Hugging Face BertForMaskedLM directory whose head is
+    imported (the log says so), then the run fine-tunes like any kplm run."""
+    from kplm.training.pretrain import pretrain
+    path = str(tmp_path / "bert_mlm")
+    write_tiny_hf_checkpoint(path, "bert", masked_lm_head=True)
+    lines = []
+    config = {"run_dir": str(tmp_path / "tapt"), "seed": 0,
+              "data": {"train": {"name": "csv", "paths": [SST_TRAIN],
+                                 "columns": {"text": "sentence"}}},
+              "backbone": {"name": "hf", "path": path, "sequence_length": 32},
+              "objective": {"name": "masked_lm"},
+              "trainer": {"steps": 4, "batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 1,
+                          "eval_every": 4, "log_every": 2}}
+    metrics = pretrain(config, echo=lines.append, progress=False)
+    assert metrics["steps"] == 4
+    assert any("masked-LM head: imported (cls.*)" in line and "4 x 32 tokens" in line
+               for line in lines), lines
+    # rows longer than the checkpoint's 64 positions are refused, naming the key, before a run
+    config["run_dir"] = str(tmp_path / "too_long")
+    config["backbone"]["sequence_length"] = 65
+    with pytest.raises(ConfigError, match=r"'backbone.sequence_length': 65 is longer than the "
+                                          r"checkpoint's 64 positions"):
+        pretrain(config, echo=None, progress=False)
+    assert not os.path.exists(config["run_dir"])
+
+
 def test_gpt2_matches_transformers_in_hidden_states_tokens_and_greedy_generation(tmp_path):
     """A tiny random GPT2LMHeadModel directory: kplm's Decoder gives transformers' hidden
     states, its CausalLM the same greedy continuation (cached and uncached), its byte-level

@@ -36,6 +36,7 @@ class MaskedLM(keras_hub.models.MaskedLM):
             vocabulary_size=backbone.vocabulary_size,
             token_embedding=backbone.token_embedding,
             intermediate_activation=keras.activations.gelu,
+            layer_norm_epsilon=getattr(backbone, "layer_norm_epsilon", 1e-5),
             kernel_initializer=kernel_initializer(),
             dtype=backbone.dtype_policy,
             name="mlm_head")

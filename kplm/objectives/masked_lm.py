@@ -172,6 +172,7 @@ class MaskedLMObjective(Objective):
         layer = MaskedLMHead(
             vocabulary_size=backbone.vocabulary_size, token_embedding=backbone.token_embedding,
             intermediate_activation=keras.activations.gelu,
+            layer_norm_epsilon=getattr(backbone, "layer_norm_epsilon", 1e-5),
             kernel_initializer=kernel_initializer(), dtype=backbone.dtype_policy,
             name="mlm_head")
         return lambda outputs, inputs: keras.ops.cast(

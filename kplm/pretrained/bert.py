@@ -170,6 +170,90 @@ def convert_encoder(family, config, path, dtype=None):
     return encoder
 
 
+# --- masked-LM head -------------------------------------------------------------------------
+#: family -> the Hugging Face names of its masked-LM head: the transform's dense layer, its layer
+#: norm, and the output bias (first name found wins); the decoder matrix is the tied embedding.
+MLM_HEAD_NAMES = {
+    "bert": ("cls.predictions.transform.dense.", "cls.predictions.transform.LayerNorm.",
+             ("cls.predictions.bias", "cls.predictions.decoder.bias")),
+    "roberta": ("lm_head.dense.", "lm_head.layer_norm.", ("lm_head.bias", "lm_head.decoder.bias")),
+    "distilbert": ("vocab_transform.", "vocab_layer_norm.", ("vocab_projector.bias",)),
+}
+
+
+def masked_lm_head_weights(family, config, state, path="."):
+    """``(weights, note)``: the checkpoint's masked-LM head as kplm's
+    ``keras_hub.layers.MaskedLMHead`` holds it (``{"intermediate_dense/kernel", ".../bias",
+    "intermediate_layer_norm/gamma", ".../beta", "output_bias": array}``), or ``None`` and why
+    not (a ``BertModel`` checkpoint has no head; a head whose activation is not the exact GELU
+    kplm's head computes is left out).
+
+    Example:
+    >>> import numpy as np
+    >>> state = {"cls.predictions.transform.dense.weight": np.eye(2, dtype="float32"),
+    ...          "cls.predictions.transform.dense.bias": np.zeros(2, "float32"),
+    ...          "cls.predictions.transform.LayerNorm.weight": np.ones(2, "float32"),
+    ...          "cls.predictions.transform.LayerNorm.bias": np.zeros(2, "float32"),
+    ...          "cls.predictions.bias": np.zeros(5, "float32")}
+    >>> weights, note = masked_lm_head_weights("bert", {"hidden_act": "gelu"}, state)
+    >>> note, weights["intermediate_dense/kernel"].shape, weights["output_bias"].shape
+    ('imported (cls.*)', (2, 2), (5,))
+    """
+    dense, norm, biases = MLM_HEAD_NAMES[family]
+    found = {}
+    for key, names in (("intermediate_dense/kernel", [dense + "weight"]),
+                       ("intermediate_dense/bias", [dense + "bias"]),
+                       ("intermediate_layer_norm/gamma", [norm + "weight", norm + "gamma"]),
+                       ("intermediate_layer_norm/beta", [norm + "bias", norm + "beta"]),
+                       ("output_bias", list(biases))):
+        name = next((n for n in names if n in state), None)
+        if name is not None:
+            found[key] = np.asarray(state[name], np.float32)
+    if not found:
+        return None, "new (the checkpoint holds none)"
+    if len(found) < 5:
+        raise DataError(f"{path}: the checkpoint's masked-LM head is incomplete: it has "
+                        f"{', '.join(sorted(found))} of the transform, layer norm and bias")
+    act_key = {"bert": "hidden_act", "distilbert": "activation"}.get(family)
+    act = config.get(act_key, "gelu") if act_key else "gelu"  # RoBERTa's lm_head: always gelu
+    if act != "gelu":
+        return None, (f"new (the checkpoint's head uses {act!r}; kplm's masked-LM head computes "
+                      "the exact GELU)")
+    found["intermediate_dense/kernel"] = found["intermediate_dense/kernel"].T
+    return found, f"imported ({dense.split('.')[0]}.*)" if family != "distilbert" else \
+        "imported (vocab_transform, vocab_layer_norm, vocab_projector.bias)"
+
+
+def assign_masked_lm_heads(model, weights, path="."):
+    """Copy ``weights`` (from ``masked_lm_head_weights``) into every ``MaskedLMHead`` of
+    ``model`` (a ``MaskedLM``, or a ``Pretrainer`` combining objectives); returns how many.
+    Shapes are checked before anything is assigned."""
+    from keras_hub.layers import MaskedLMHead
+    heads, seen, todo = [], set(), [model]
+    while todo:  # every layer, depth first, once
+        layer = todo.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, MaskedLMHead):
+            heads.append(layer)
+        todo.extend(getattr(layer, "layers", []) or [])
+        todo.extend(v for v in vars(layer).values() if isinstance(v, MaskedLMHead))
+    plan = []
+    for head in heads:
+        variables = {w.path.split(head.name + "/", 1)[-1]: w for w in head.weights}
+        for key, value in weights.items():
+            variable = variables.get(key)
+            if variable is None or tuple(variable.shape) != value.shape:
+                raise DataError(
+                    f"{path}: the masked-LM head weight for {key} has shape {value.shape}, which "
+                    f"does not fit the model's {tuple(variable.shape) if variable else 'none'}")
+            plan.append((variable, value))
+    for variable, value in plan:
+        variable.assign(value.astype(variable.dtype))
+    return len(heads)
+
+
 # --- tokenizer -------------------------------------------------------------------------------
 def load_tokenizer(family, path):
     """The tokenizer of the ``family`` checkpoint in ``path``: RoBERTa's byte-level BPE, else a

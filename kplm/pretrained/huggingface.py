@@ -30,7 +30,8 @@ from kplm.pretrained.hf_io import (WEIGHT_FILES, is_checkpoint, load_state_dict,
                                    read_config_json)
 
 __all__ = ["FAMILIES", "HF_EXPORT_NAMES", "WEIGHT_FILES", "backbone_arguments", "backbone_family",
-           "decoder_arguments", "encoder_arguments", "export_bert", "is_checkpoint",
+           "decoder_arguments", "encoder_arguments", "export_bert", "initialize_masked_lm_head",
+           "is_checkpoint",
            "load_backbone", "load_encoder", "load_state_dict", "load_tokenizer", "read_config"]
 
 #: ``model_type`` -> family: the converter (``bert``, ``roberta``, ``distilbert``: encoders, in
@@ -82,6 +83,20 @@ def load_backbone(path, dtype=None):
     if backbone_family(family) == "decoder":
         return gpt2.convert_decoder(config, path, dtype=dtype)
     return bert.convert_encoder(family, config, path, dtype=dtype)
+
+
+def initialize_masked_lm_head(path, model):
+    """Copy the masked-LM head of the BERT-family checkpoint in ``path`` (``cls.predictions.*``,
+    RoBERTa's ``lm_head.*``, DistilBERT's ``vocab_*``) into ``model``'s ``MaskedLMHead`` layers,
+    so that continued pretraining starts from the trained head; returns a one-line note of what
+    was done (the head stays new when the checkpoint has none, e.g. a ``BertModel``)."""
+    family, config = read_config(path)
+    if backbone_family(family) != "encoder":
+        return None
+    weights, note = bert.masked_lm_head_weights(family, config, load_state_dict(path), path)
+    if weights is not None and not bert.assign_masked_lm_heads(model, weights, path):
+        return None  # the model has no masked-LM head (another objective)
+    return f"masked-LM head: {note}"
 
 
 def load_tokenizer(path):

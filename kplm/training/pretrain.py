@@ -180,18 +180,24 @@ class PretrainJob(Job):
     def build(self, run_dir, resuming, write):
         if self.loader is not None:
             self.backbone, self.tokenizer = self.loader.load()
+            self.row_length = self.loader.row_length(self.backbone)
         else:
             self.backbone = build(self.spec.backbone_cls, {
                 **self.spec.backbone, "vocabulary_size": len(self.tokenizer.tokens)})
+            self.row_length = self.backbone.sequence_length
         if write and not resuming:
             self.tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
-        return self.objective.build_model(self.backbone)
+        model = self.objective.build_model(self.backbone)
+        self.head_note = None
+        if self.loader is not None and not resuming:  # a resumed run restores its own heads
+            self.head_note = self.loader.initialize_heads(model)
+        return model
 
     def datasets(self):
         """Tokenized, packed and masked in tf.data."""
         trainer, objective = self.trainer, self.objective
         options = dict(batch_size=trainer.batch_size,
-                       sequence_length=self.backbone.sequence_length, seed=self.spec.seed)
+                       sequence_length=self.row_length, seed=self.spec.seed)
         try:
             train_ds = objective.dataset(self.train_source.build(), self.tokenizer,
                                          training=True, **options)
@@ -204,15 +210,16 @@ class PretrainJob(Job):
         return train_ds, validation_ds
 
     def tokens_per_row(self):
-        return self.objective.tokens_per_row(self.backbone.sequence_length)
+        return self.objective.tokens_per_row(self.row_length)
 
     def describe(self, model, strategy):
         spec, trainer = self.spec, self.trainer
         return (f"pretraining {spec.backbone['name']} ({self.backbone.count_params():,} "
                 f"parameters, vocabulary {len(self.tokenizer.tokens):,}) with "
                 f"{' + '.join(spec.objective_names)} for {trainer.steps} steps of "
-                f"{trainer.batch_size} x {self.backbone.sequence_length} tokens on "
-                f"{strategy.num_replicas_in_sync} replica(s)")
+                f"{trainer.batch_size} x {self.row_length} tokens on "
+                f"{strategy.num_replicas_in_sync} replica(s)"
+                + (f"; {self.head_note}" if getattr(self, "head_note", None) else ""))
 
     def loop_options(self, model, run_dir, write):
         return {"callbacks": self.callbacks}

