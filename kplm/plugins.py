@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "kplm.data.conll",
     "kplm.data.parallel_text",
     "kplm.data.tfrecord",
+    "kplm.data.mixture",
     "kplm.tokenizers.wordpiece",
     "kplm.tokenizers.byte_bpe",
     "kplm.tokenizers.sentencepiece",

@@ -73,3 +73,48 @@ def test_jsonl_fields_for_fine_tuning(tmp_path):
     nested.write_text('{"review": "ok", "stars": [1, 2]}\n')
     with pytest.raises(DataError, match=rf"{nested}:1: field 'stars' must be a string or a number"):
         JsonLines(paths=[str(nested)], fields={"text": "review", "label": "stars"}).check()
+
+
+def test_mixture_reads_every_source_once_per_pass_interleaved_and_resolves_fields(tmp_path):
+    """``mixture``: each example of each source once per pass (``repeats`` more), in a seeded
+    random interleaving; labelled sources keep their labels, mixed kinds give text only."""
+    from kplm.data.mixture import Mixture
+    (tmp_path / "wiki.txt").write_text("".join(f"wiki {i}\n" for i in range(40)))
+    (tmp_path / "a.tsv").write_text("sentence\tlabel\n" + "".join(f"a {i}\t1\n" for i in range(20)))
+    (tmp_path / "b.tsv").write_text("label\ttext\n" + "".join(f"0\tb {i}\n" for i in range(5)))
+    wiki = {"name": "text_files", "paths": [str(tmp_path / "wiki.txt")]}
+    a = {"name": "csv", "paths": [str(tmp_path / "a.tsv")],
+         "columns": {"text": "sentence", "label": "label"}}
+    b = {"name": "csv", "paths": [str(tmp_path / "b.tsv")],
+         "columns": {"text": "text", "label": "label"}}
+    mix = Mixture(sources=[wiki, a], repeats=[1, 2], seed=3)
+    mix.check()
+    got = texts(mix)
+    assert sorted(got) == sorted([f"wiki {i}" for i in range(40)] + [f"a {i}" for i in range(20)] * 2)
+    first_half = got[:len(got) // 2]
+    assert any(t.startswith("a ") for t in first_half) and any(t.startswith("wiki") for t in first_half)
+    assert got == texts(Mixture(sources=[wiki, a], repeats=[1, 2], seed=3))  # seeded
+    assert got != texts(Mixture(sources=[wiki, a], repeats=[1, 2], seed=4))
+    assert list(next(iter(mix.build()))) == ["text"]  # text files + CSV: text only
+    labelled = list(Mixture(sources=[a, b]).build())
+    assert {tuple(sorted(x)) for x in labelled} == {("label", "text")} and len(labelled) == 25
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"name": "mixture", "sources": [{"name": "text_files", "paths": ["x.txt"]}]},
+     "'data.train.sources': expected a list of at least two data source sections"),
+    ({"name": "mixture", "sources": [{"name": "text_files", "paths": ["x.txt"]},
+                                     {"name": "csv", "paths": ["x.tsv"], "colums": {}}]},
+     "unknown config key 'data.train.sources[1].colums'"),
+    ({"name": "mixture", "sources": [{"name": "text_files", "paths": ["x.txt"]},
+                                     {"name": "text_files", "paths": ["y.txt"]}],
+      "repeats": [1, 0]},
+     "'data.train.repeats': expected one integer >= 1 per source (2), got [1, 0]"),
+])
+def test_mixture_config_errors_name_the_key(section, message):
+    from kplm.config import check_data
+    from kplm.errors import ConfigError
+    from kplm.plugins import get_registry
+    with pytest.raises(ConfigError) as e:
+        check_data({"data": {"train": section}}, ["train"], get_registry())
+    assert message in str(e.value)
