@@ -1,4 +1,4 @@
-"""``make demo``: pretrain the tiny BERT of ``configs/bert_tiny_mlm.yaml`` on the bundled
+"""``make demo``: pretrain the tiny BERT of ``configs/bert_tiny_demo.yaml`` on the bundled
 text, fine-tune it on the bundled SST-2 sentences, fine-tune the same shape from random
 initialisation the same way, and print both side by side."""
 import os
@@ -19,8 +19,9 @@ def main():
     os.chdir(ROOT)  # the configs' data paths are relative to the repository
     from kplm.training.finetune import finetune
     from kplm.training.pretrain import pretrain
-    pretrain_config = load_yaml("configs/bert_tiny_mlm.yaml")
+    pretrain_config = load_yaml("configs/bert_tiny_demo.yaml")
     classify_config = load_yaml("configs/sst2_classification.yaml")
+    classify_config["init_from"] = pretrain_config["run_dir"]
     scratch_config = from_scratch(classify_config, pretrain_config)
     try:
         metrics = pretrain(pretrain_config, overwrite=True)
@@ -39,7 +40,8 @@ def main():
     print("=" * 76)
     print(f"1. Pretrained a {backbone['num_layers']}-layer, {backbone['hidden_dim']}-wide BERT encoder "
           f"({metrics['parameters']:,} parameters) with masked LM")
-    print(f"   on data/wikitext2/train.txt: {metrics['vocabulary_size']:,} WordPieces learned on the "
+    print(f"   on data/wikitext2/train.txt + the SST-2 training sentences: "
+          f"{metrics['vocabulary_size']:,} WordPieces learned on the "
           f"fly, {metrics['steps']} steps in {metrics['wall_seconds']:.0f} s "
           f"({metrics['tokens_per_second'] / 1000:.1f}k tokens/s).")
     print(f"   train loss {metrics['first_logged_loss']:.3f} (first log) -> "
