@@ -225,9 +225,10 @@ def masked_lm_head_weights(family, config, state, path="."):
 
 
 def assign_masked_lm_heads(model, weights, path="."):
-    """Copy ``weights`` (from ``masked_lm_head_weights``) into every ``MaskedLMHead`` of
-    ``model`` (a ``MaskedLM``, or a ``Pretrainer`` combining objectives); returns how many.
-    Shapes are checked before anything is assigned."""
+    """Copy ``weights`` (from ``masked_lm_head_weights``) into the masked-LM heads of ``model``
+    (the ``MaskedLMHead`` named ``mlm_head`` of a ``MaskedLM``, or of the masked-LM objective in
+    a ``Pretrainer``; other heads, such as an ELECTRA generator's, are left alone); returns how
+    many. Shapes are checked before anything is assigned."""
     from keras_hub.layers import MaskedLMHead
     heads, seen, todo = [], set(), [model]
     while todo:  # every layer, depth first, once
@@ -235,7 +236,7 @@ def assign_masked_lm_heads(model, weights, path="."):
         if id(layer) in seen:
             continue
         seen.add(id(layer))
-        if isinstance(layer, MaskedLMHead):
+        if isinstance(layer, MaskedLMHead) and layer.name == "mlm_head":
             heads.append(layer)
         todo.extend(getattr(layer, "layers", []) or [])
         todo.extend(v for v in vars(layer).values() if isinstance(v, MaskedLMHead))
