@@ -98,6 +98,13 @@ def test_mixture_reads_every_source_once_per_pass_interleaved_and_resolves_field
     assert list(next(iter(mix.build()))) == ["text"]  # text files + CSV: text only
     labelled = list(Mixture(sources=[a, b]).build())
     assert {tuple(sorted(x)) for x in labelled} == {("label", "text")} and len(labelled) == 25
+    # sources sharing another text field keep it (a SQuAD head reads "context", say)
+    body = [{**a, "columns": {"body": "sentence", "label": "label"}},
+            {**b, "columns": {"body": "text", "label": "label"}}]
+    kept = Mixture(sources=body)
+    assert kept.text_field == "body"
+    assert {tuple(sorted(x)) for x in kept.build()} == {("body", "label")}
+    assert sorted(t.decode() for t in kept.texts().as_numpy_iterator())[:2] == ["a 0", "a 1"]
 
 
 @pytest.mark.parametrize("section, message", [

@@ -11,10 +11,13 @@ class Mixture(DataSource):
 
     One pass over a mixture reads each example of each source once (``repeats`` reads a source
     several times per pass, to weigh a small in-domain set up against a large general corpus).
-    The examples of every source are renamed to ``text`` (each source's own text field); when
-    all the sources then give the same fields (two labelled CSV files, say) the examples keep
-    them all, so a mixture fine-tunes too; otherwise they are ``{"text": string}``, which is
-    what pretraining and tokenizer training read. Sources of prepared token ids (``tfrecord``)
+    Each next example comes from a source chosen uniformly at random among those not yet
+    exhausted, so a pass mixes evenly until the smallest stream runs out and ends with the
+    rest of the larger ones (use ``repeats`` to bring streams to similar sizes).
+    When all the sources give the same fields (two labelled CSV files, two SQuAD files) the
+    examples are kept as they are, so a mixture fine-tunes too; otherwise each source's text
+    (its ``texts()``) becomes ``{"text": string}``, which is what pretraining and tokenizer
+    training read. Sources of prepared token ids (``tfrecord``)
     cannot be mixed.
 
     Args:
@@ -91,19 +94,31 @@ class Mixture(DataSource):
             return None
         return sum(size * n for size, n in zip(sizes, self.repeats))
 
+    @property
+    def text_field(self):
+        """The sources' own text field when they all share it (their examples are kept as
+        they are), else ``text``."""
+        fields = {source.text_field for source in self.sources}
+        return fields.pop() if len(fields) == 1 else "text"
+
     def build(self):
         import tensorflow as tf
 
+        field = self.text_field
         streams = []
-        for source, n in zip(self.sources, self.repeats):
-            field = source.text_field
-            ds = source.build().map(
-                lambda x, field=field: {("text" if k == field else k): v for k, v in x.items()
-                                        if not (k == "text" and field != "text")})
-            streams.append(ds.repeat(n) if n > 1 else ds)
+        for source in self.sources:
+            if source.text_field == field:
+                ds = source.build()
+            else:  # renamed to "text"; a same-named field of the source is dropped
+                own = source.text_field
+                ds = source.build().map(
+                    lambda x, own=own: {("text" if k == own else k): v for k, v in x.items()
+                                        if k != "text"})
+            streams.append(ds)
         specs = [s.element_spec for s in streams]
-        if any(spec != specs[0] for spec in specs[1:]):
-            streams = [s.map(lambda x: {"text": x["text"]}) for s in streams]
+        if any(spec != specs[0] for spec in specs[1:]):  # different fields: text only
+            streams = [source.texts().map(lambda t: {"text": t}) for source in self.sources]
+        streams = [ds.repeat(n) if n > 1 else ds for ds, n in zip(streams, self.repeats)]
         return tf.data.Dataset.sample_from_datasets(streams, seed=self.seed,
                                                     stop_on_empty_dataset=False)
 

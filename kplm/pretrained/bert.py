@@ -248,7 +248,8 @@ def assign_masked_lm_heads(model, weights, path="."):
             if variable is None or tuple(variable.shape) != value.shape:
                 raise DataError(
                     f"{path}: the masked-LM head weight for {key} has shape {value.shape}, which "
-                    f"does not fit the model's {tuple(variable.shape) if variable else 'none'}")
+                    f"does not fit the model's "
+                    f"{tuple(variable.shape) if variable is not None else 'none'}")
             plan.append((variable, value))
     for variable, value in plan:
         variable.assign(value.astype(variable.dtype))

@@ -45,7 +45,7 @@ class FinetuneSpec:
                 self.tokenizer_cls, self.tokenizer = check_section(
                     raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer",
                     registry)
-            elif self.backbone.get("sequence_length") is not None:
+            elif self.backbone.pop("sequence_length", None) is not None:
                 raise ConfigError("config key 'backbone.sequence_length': fine-tuning sets the "
                                   "length of its rows with finetune.sequence_length")
             elif raw.get("tokenizer") is not None:

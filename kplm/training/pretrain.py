@@ -41,6 +41,8 @@ class PretrainSpec:
         self.objective = (self.objectives[0][1] if "objectives" not in raw else
                           [{**section, "weight": weight} for _, section, weight in self.objectives])
         self.objective_names = [section["name"] for _, section, _ in self.objectives]
+        if is_pretrained(self.backbone_cls) and self.backbone.get("sequence_length") is None:
+            self.backbone.pop("sequence_length", None)  # unset: the section reads as before
         family = getattr(self.backbone_cls, "family", "encoder")
         if is_pretrained(self.backbone_cls):  # a checkpoint: its files say what it holds
             loader = self.backbone_cls(**{k: v for k, v in self.backbone.items() if k != "name"})
