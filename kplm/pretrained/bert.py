@@ -230,16 +230,8 @@ def assign_masked_lm_heads(model, weights, path="."):
     a ``Pretrainer``; other heads, such as an ELECTRA generator's, are left alone); returns how
     many. Shapes are checked before anything is assigned."""
     from keras_hub.layers import MaskedLMHead
-    heads, seen, todo = [], set(), [model]
-    while todo:  # every layer, depth first, once
-        layer = todo.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        if isinstance(layer, MaskedLMHead) and layer.name == "mlm_head":
-            heads.append(layer)
-        todo.extend(getattr(layer, "layers", []) or [])
-        todo.extend(v for v in vars(layer).values() if isinstance(v, MaskedLMHead))
+    heads = [layer for layer in model.layers
+             if isinstance(layer, MaskedLMHead) and layer.name == "mlm_head"]
     plan = []
     for head in heads:
         variables = {w.path.split(head.name + "/", 1)[-1]: w for w in head.weights}
