@@ -197,6 +197,11 @@ class Head(Component):
     - ``validation_callback(model, source, tokenizer, *, batch_size, sequence_length)``: a Keras
       callback adding validation metrics ``fit`` cannot compute (e.g. generation + BLEU) to the
       epoch logs, or None. Default: None.
+    - ``distillation``: what a fine-tuning config's ``distillation:`` section distils for this
+      head (``"classification"``, ``"regression"`` or ``"tokens"``: see
+      ``kplm.models.distiller``), or None when it cannot be distilled (the default); with
+      ``unlabelled``, the label string an unlabelled transfer row gets (one its label encoder
+      reads as "no gold label": ``""`` -> -1, ``"nan"`` -> NaN).
     """
 
     metric = "loss"
@@ -207,6 +212,8 @@ class Head(Component):
     length_bucketing = False
     #: The stream per-token labels follow when cut (see the contract above).
     bucket_labels_follow = ""
+    #: What ``distillation:`` distils for this head (see the contract above); None: refused.
+    distillation = None
 
     def prepare(self, source):
         """Learn what the data fixes (label sets, ...). Default: nothing."""

@@ -29,6 +29,8 @@ class RegressionHead(SequenceClassificationHead):
 
     metric = "pearson"
     metric_mode = "max"
+    distillation = "regression"
+    unlabelled = "nan"  # read as NaN: no gold score
 
     def __init__(self, text_field: str = "text", pair_field: Optional[str] = None,
                  label_field: str = "label", dropout: float = 0.1, shuffle_buffer: int = 10000,

@@ -34,6 +34,10 @@ class SequenceClassificationHead(Head):
     metric = "accuracy"
     metric_mode = "max"
     length_bucketing = True
+    #: What a ``distillation:`` section distils (``kplm.models.distiller``), and the label an
+    #: unlabelled transfer row gets (looked up as -1: no gold label).
+    distillation = "classification"
+    unlabelled = ""
     model_module = "kplm.models.classifier"
     #: The backbone families it fine-tunes (a config pairing it with another is refused).
     families = ("encoder",)

@@ -39,6 +39,7 @@ class TokenClassificationHead(Head):
     metric = "accuracy"
     length_bucketing = True
     metric_mode = "max"
+    distillation = "tokens"
     model_module = "kplm.models.token_classifier"
     #: The backbone families it fine-tunes (a config pairing it with another is refused).
     families = ("encoder",)

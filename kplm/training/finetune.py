@@ -15,7 +15,7 @@ from kplm.training.finetune_options import FinetuneOptions
 from kplm.training.trainer_config import TrainerConfig
 
 TOP_LEVEL_KEYS = ["run_dir", "seed", "init_from", "tokenizer", "data", "backbone", "head",
-                  "finetune", "trainer", "callbacks"]
+                  "finetune", "distillation", "trainer", "callbacks"]
 BEST_WEIGHTS = "best.weights.h5"
 
 
@@ -28,6 +28,15 @@ class FinetuneSpec:
         registry = get_registry()
         self.run_dir, self.seed = check_run_header(raw, TOP_LEVEL_KEYS)
         self.init_from = raw.get("init_from")
+        self.distillation = None
+        if raw.get("distillation") is not None:
+            from kplm.training.distillation import DistillationOptions
+            self.distillation = check_arguments(DistillationOptions, raw["distillation"],
+                                                "distillation")
+            if raw.get("tokenizer") is not None:
+                raise ConfigError("config key 'tokenizer': a distilled student reads the "
+                                  "teacher's token ids and takes its tokenizer "
+                                  f"({self.distillation['teacher']}); remove it")
         if self.init_from is not None:
             from kplm.pretrained import check_checkpoint
             check_checkpoint(self.init_from, "init_from")  # refuses what kplm cannot read
@@ -42,9 +51,10 @@ class FinetuneSpec:
                 provided=("vocabulary_size", "dtype"))
             self.tokenizer_cls = self.tokenizer = None
             if not is_pretrained(self.backbone_cls):
-                self.tokenizer_cls, self.tokenizer = check_section(
-                    raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer",
-                    registry)
+                if self.distillation is None:  # else the teacher's
+                    self.tokenizer_cls, self.tokenizer = check_section(
+                        raw.get("tokenizer", {"name": "wordpiece"}), "tokenizer", "tokenizer",
+                        registry)
             elif self.backbone.pop("sequence_length", None) is not None:
                 raise ConfigError("config key 'backbone.sequence_length': fine-tuning sets the "
                                   "length of its rows with finetune.sequence_length")
@@ -52,7 +62,11 @@ class FinetuneSpec:
                 raise ConfigError(f"config key 'tokenizer': comes from backbone "
                                   f"'{self.backbone['name']}' ({self.backbone.get('path')}); "
                                   "remove it")
-        self.sources = check_data(raw, ["train", "validation", "test"], registry)
+        self.sources = check_data(raw, ["train", "validation", "test", "transfer"], registry)
+        if "transfer" in self.sources and self.distillation is None:
+            raise ConfigError("config key 'data.transfer': unlabelled transfer text is read "
+                              "only when distilling; add a 'distillation:' section or remove "
+                              "it")
         if "head" not in raw:
             raise ConfigError(f"config key 'head' is required: which head to train "
                               f"({', '.join(registry.names('head'))})")
@@ -88,7 +102,9 @@ class FinetuneSpec:
         return {"run_dir": self.run_dir, "seed": self.seed, "init_from": self.init_from,
                 "tokenizer": self.tokenizer, "backbone": self.backbone,
                 "data": {split: section for split, (_, section) in self.sources.items()},
-                "head": self.head, "finetune": self.finetune, "trainer": self.trainer,
+                "head": self.head, "finetune": self.finetune,
+                **({"distillation": self.distillation} if self.distillation else {}),
+                "trainer": self.trainer,
                 "callbacks": [c for _, c in self.callbacks]}
 
 
@@ -109,11 +125,29 @@ class FinetuneJob(Job):
         for source in self.sources.values():
             source.check()
         self.head = build(spec.head_cls, spec.head)
+        self.distillation = None
+        if spec.distillation is not None:
+            from kplm.training.distillation import DistillationOptions, check_teacher
+            self.distillation = DistillationOptions(**spec.distillation)
+            check_teacher(self.distillation, spec.head["name"], self.head)
+        self.transfer = self.sources.pop("transfer", None)
         for split, source in self.sources.items():
             try:
                 self.head.prepare(source)
             except DataError as e:
                 raise DataError(f"data.{split}: {e}") from None
+        if self.transfer is not None:
+            if self.head.distillation == "tokens":
+                raise ConfigError("config key 'data.transfer': token classification distils on "
+                                  "its labelled data only (a transfer sentence has no words "
+                                  "to align); remove it")
+            from kplm.training.distillation import TransferMixture
+            self.train_source = TransferMixture(self.sources["train"], self.transfer, self.head,
+                                                self.distillation.transfer_repeats,
+                                                seed=spec.seed)
+            self.train_source.check()
+        else:
+            self.train_source = self.sources["train"]
         self.callbacks = [build(cls, section) for cls, section in spec.callbacks]
         if is_pretrained(spec.backbone_cls):
             build(spec.backbone_cls, spec.backbone).check()
@@ -135,6 +169,8 @@ class FinetuneJob(Job):
             self.loader = build(spec.backbone_cls, spec.backbone).load
         if self.loader is None and resuming:
             self.tokenizer = runs.load_tokenizer(run_dir)
+        elif self.loader is None and self.distillation is not None:
+            self.tokenizer = runs.load_tokenizer(self.distillation.teacher)
         elif self.loader is None:
             self.tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
             if self.tokenizer.tokens is None:
@@ -149,7 +185,9 @@ class FinetuneJob(Job):
         else:
             self.backbone = build(self.spec.backbone_cls, {
                 **self.spec.backbone, "vocabulary_size": len(self.tokenizer.tokens)})
-        model = self.head.build_model(self.backbone)
+        model = self.student = self.head.build_model(self.backbone)
+        if self.distillation is not None:
+            model = self._distiller(model)
         if write and not resuming:
             self.tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
         if self.options.freeze_backbone:
@@ -161,13 +199,30 @@ class FinetuneJob(Job):
                               f"({self.backbone.sequence_length})")
         return model
 
+    def _distiller(self, student):
+        """The student wrapped with the teacher (loaded, its tokenizer checked against the
+        student's) for training."""
+        from kplm.models.distiller import TaskDistiller
+        from kplm.training.distillation import load_teacher
+        options = self.distillation
+        teacher = load_teacher(options.teacher, self.tokenizer)
+        length = self.options.sequence_length or self.backbone.sequence_length
+        if teacher.model.backbone.sequence_length < length:
+            raise ConfigError(f"config key 'finetune.sequence_length': the student's rows "
+                              f"({length} tokens) are longer than the teacher reads "
+                              f"({teacher.model.backbone.sequence_length}); set "
+                              "finetune.sequence_length")
+        return TaskDistiller(student, teacher.model, kind=self.head.distillation,
+                             temperature=options.temperature, gold_weight=options.gold_weight)
+
     def optimizer(self):
         from kplm.training.optimizer import build_optimizer
         return build_optimizer(self.trainer, self.backbone.trainable_variables,
                                self.options.backbone_learning_rate_scale)
 
     def _data(self, split, training):
-        batches = self.head.dataset(self.sources[split].build(), self.tokenizer,
+        source = self.train_source if split == "train" else self.sources[split]
+        batches = self.head.dataset(source.build(), self.tokenizer,
                                     batch_size=self.trainer.batch_size,
                                     sequence_length=self.sequence_length, seed=self.spec.seed,
                                     training=training)
@@ -191,8 +246,14 @@ class FinetuneJob(Job):
         source = (f"init_from {spec.init_from}" if spec.init_from else
                   f"backbone {spec.backbone['name']} {spec.backbone['path']}" if is_pretrained(
                       spec.backbone_cls) else "random initialisation")
-        return (f"fine-tuning {spec.head['name']} from {source} for {self.trainer.steps} steps "
+        line = (f"fine-tuning {spec.head['name']} from {source} for {self.trainer.steps} steps "
                 f"of {self.trainer.batch_size} examples")
+        if self.distillation is not None:
+            line += (f", distilling {self.distillation.teacher} (temperature "
+                     f"{self.distillation.temperature:g}, gold weight "
+                     f"{self.distillation.gold_weight:g}"
+                     f"{', with transfer text' if self.transfer is not None else ''})")
+        return line
 
     def loop_options(self, model, run_dir, write):
         """The best weights by the validation metric, early stopping, and the head's own
@@ -202,7 +263,7 @@ class FinetuneJob(Job):
         self.best_path = os.path.join(run_dir, BEST_WEIGHTS)
         if "validation" in self.sources:
             head = self.head
-            extra = head.validation_callback(model, self.sources["validation"], self.tokenizer,
+            extra = head.validation_callback(self.student, self.sources["validation"], self.tokenizer,
                                              batch_size=self.trainer.batch_size,
                                              sequence_length=self.sequence_length)
             if extra is not None:
@@ -218,6 +279,7 @@ class FinetuneJob(Job):
         best_step = result.step
         if os.path.exists(self.best_path):
             best_step = BestWeights.load(model, self.best_path)
+        model = self.student  # a distiller's teacher is not part of the run's model
         if write:
             _save_model(model, run_dir)
         metrics = {"train_steps": result.step, "best_step": best_step,

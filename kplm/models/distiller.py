@@ -1,0 +1,129 @@
+"""Task-specific knowledge distillation: a student task model trained on a fine-tuned teacher's
+outputs (Hinton et al. 2015; Tang et al. 2019; Turc et al. 2019)."""
+import keras
+
+#: The kinds of task output a ``TaskDistiller`` distils.
+KINDS = ("classification", "regression", "tokens")
+
+
+class _Frozen:
+    """Holds the teacher out of Keras' tracking: its weights are neither trained, nor in the
+    student's checkpoints and best weights, nor in the saved model."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+class TaskDistiller(keras.Model):
+    """Trains ``student`` (a kplm task model) to match ``teacher`` (the same task, fine-tuned)
+    on the same inputs. The loss has two terms, each a mean over this batch's targets:
+
+    * ``distillation``: for classification and token classification, the KL divergence from
+      the teacher's to the student's class distribution, both softened at ``temperature``,
+      times ``temperature**2`` (so its gradients keep their scale as the temperature changes);
+      for regression, the squared difference between the two outputs;
+    * ``gold``: the student's own task loss on the gold labels (cross-entropy or squared
+      error), over the rows that have one. Unlabelled transfer rows carry label ``-1``
+      (classification) or NaN (regression) and count in the first term only.
+
+    weighted ``1 - gold_weight`` and ``gold_weight``. Calling the distiller calls the student;
+    the teacher runs in inference mode in the same step, on the same token ids (the two share a
+    tokenizer) and is never trained.
+
+    Args:
+        student: the kplm task model being trained.
+        teacher: a kplm task model with the same outputs.
+        kind: str. ``"classification"``, ``"regression"`` or ``"tokens"`` (token
+            classification, whose data gives a per-token sample weight).
+        temperature: float. Softmax temperature of both distributions. Defaults to 2.0.
+        gold_weight: float. Weight of the gold-label term, in [0, 1]. Defaults to 0.5.
+
+    Example:
+    >>> from kplm.models.encoder import Encoder
+    >>> from kplm.models.classifier import SequenceClassifier
+    >>> def tiny(width):
+    ...     return SequenceClassifier(Encoder(vocabulary_size=50, num_layers=1, hidden_dim=width,
+    ...                                       num_heads=2, intermediate_dim=32,
+    ...                                       sequence_length=8), num_classes=2)
+    >>> distiller = TaskDistiller(tiny(8), tiny(16), kind="classification")
+    >>> distiller.compile(optimizer="adam")
+    """
+
+    def __init__(self, student, teacher, kind, temperature=2.0, gold_weight=0.5, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        self.student = student
+        teacher.trainable = False
+        self._teacher = _Frozen(teacher)
+        self.kind, self.temperature, self.gold_weight = kind, float(temperature), float(gold_weight)
+
+    @property
+    def teacher(self):
+        return self._teacher.model
+
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    def compile(self, optimizer="auto", **kwargs):
+        """The student's metrics (over the labelled rows only); the loss is ``loss_terms``."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(5e-5)
+        if self.kind == "regression":
+            metrics = [keras.metrics.PearsonCorrelation(axis=0, name="pearson")]
+        else:
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        kwargs.pop("loss", None)
+        keras.Model.compile(self, optimizer=optimizer, weighted_metrics=metrics, **kwargs)
+
+    # --- the loss --------------------------------------------------------------------------------
+    def _gold_mask(self, y, sample_weight):
+        """1.0 where a row (or token) has a gold label, else 0.0."""
+        ops = keras.ops
+        if self.kind == "classification":
+            return ops.cast(ops.reshape(y, (-1,)) >= 0, "float32")
+        if self.kind == "regression":
+            return ops.cast(ops.isfinite(ops.reshape(y, (-1,))), "float32")
+        return ops.cast(sample_weight, "float32")
+
+    def loss_terms(self, x, y, y_pred, sample_weight):
+        """``{"distillation": (1 - gold_weight, mean), "gold": (gold_weight, mean)}``."""
+        ops = keras.ops
+        student = ops.cast(y_pred, "float32")
+        teacher = ops.stop_gradient(ops.cast(self.teacher(x, training=False), "float32"))
+        gold = self._gold_mask(y, sample_weight)
+        if self.kind == "regression":
+            soft_values = ops.mean(ops.square(student - teacher), axis=-1)  # [rows]
+            target = ops.where(gold[:, None] > 0, ops.cast(ops.reshape(y, (-1, 1)), "float32"),
+                               student)
+            soft = ops.mean(soft_values)
+            gold_mean = ops.divide_no_nan(
+                ops.sum(ops.mean(ops.square(student - target), axis=-1) * gold), ops.sum(gold))
+            return {"distillation": (1.0 - self.gold_weight, soft),
+                    "gold": (self.gold_weight, gold_mean)}
+        t = self.temperature
+        teacher_log_p = ops.log_softmax(teacher / t, axis=-1)
+        kl = ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - ops.log_softmax(student / t,
+                                                                              axis=-1)),
+                     axis=-1) * (t * t)
+        labels = ops.maximum(ops.cast(y, "int32"), 0)
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, student,
+                                                                     from_logits=True)
+        if self.kind == "classification":
+            soft = ops.mean(kl)
+        else:  # tokens: the labelled positions (words' first pieces) of both terms
+            soft = ops.divide_no_nan(ops.sum(kl * gold), ops.sum(gold))
+        cross_entropy = ops.reshape(cross_entropy, ops.shape(gold))
+        gold_mean = ops.divide_no_nan(ops.sum(cross_entropy * gold), ops.sum(gold))
+        return {"distillation": (1.0 - self.gold_weight, soft),
+                "gold": (self.gold_weight, gold_mean)}
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """The compiled metrics over the rows (tokens) with a gold label."""
+        ops = keras.ops
+        mask = self._gold_mask(y, sample_weight)
+        if self.kind == "regression":
+            y = ops.where(ops.reshape(mask, ops.shape(y)) > 0, y, ops.zeros_like(y))
+        elif self.kind == "classification":
+            y = ops.maximum(y, 0)
+        return super().compute_metrics(x, y, y_pred, mask)

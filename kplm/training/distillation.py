@@ -1,0 +1,141 @@
+"""The ``distillation:`` section of a fine-tuning config: train the student on a fine-tuned
+teacher's softened outputs (``kplm.models.distiller.TaskDistiller``), on the labelled training
+set plus optional unlabelled transfer text (``data.transfer``)."""
+import json
+import os
+
+from kplm.errors import ConfigError, DataError, shown
+
+
+class DistillationOptions:
+    """The ``distillation:`` section.
+
+    Args:
+        teacher: str. A fine-tuned kplm run directory (``kplm finetune``'s ``run_dir``) with
+            the same head (its name, labels and text fields). The student takes its tokenizer.
+        temperature: float. Softmax temperature of the teacher's and the student's
+            distributions (classification and token classification). Defaults to 2.0.
+        gold_weight: float. Weight of the gold-label loss; the distillation loss weighs
+            ``1 - gold_weight``. Defaults to 0.5.
+        transfer_repeats: int. How many times ``data.transfer`` is read per pass over
+            ``data.train`` (the two are interleaved at random). Defaults to 1.
+    """
+
+    limits = {"temperature": "> 0", "gold_weight": "[0, 1]", "transfer_repeats": ">= 1"}
+
+    def __init__(self, teacher: str, temperature: float = 2.0, gold_weight: float = 0.5,
+                 transfer_repeats: int = 1):
+        from kplm.checks import check_limits
+        check_limits(self.limits, locals(), "distillation")
+        self.teacher, self.temperature = teacher, temperature
+        self.gold_weight, self.transfer_repeats = gold_weight, transfer_repeats
+
+
+def check_teacher(options, head_name, head, key="distillation.teacher"):
+    """Refuse a teacher that is not a finished fine-tuned run of the same head, before anything
+    is written. Cheap: reads its ``head.json`` and checks its weights file. Returns the
+    teacher's head config; fills the student head's labels from it when they were not given."""
+    from kplm import runs
+    from kplm.pretrained import check_weights_file
+    path = options.teacher
+    if not isinstance(path, str) or not os.path.isdir(path):
+        raise ConfigError(f"config key '{key}': {shown(path)} is not a directory (expected a "
+                          "fine-tuned kplm run)")
+    head_file = os.path.join(path, runs.HEAD_CONFIG)
+    if not os.path.isfile(head_file):
+        hint = (" (a pretraining run: distil a pretrained model with the 'distillation' "
+                "pretraining objective)"
+                if os.path.exists(os.path.join(path, runs.BACKBONE_CONFIG)) else "")
+        raise ConfigError(f"config key '{key}': {path} is not a fine-tuned kplm run (no "
+                          f"{runs.HEAD_CONFIG}){hint}")
+    for name in (runs.MODEL_CONFIG, os.path.join(runs.TOKENIZER, "tokenizer.json")):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise ConfigError(f"config key '{key}': {path} has no {name}; the teacher's "
+                              "fine-tuning did not finish")
+    check_weights_file(os.path.join(path, runs.MODEL_WEIGHTS), key)
+    try:
+        with open(head_file, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"config key '{key}': cannot read {head_file}: {e}") from None
+    if not isinstance(saved, dict) or saved.get("name") != head_name:
+        raise ConfigError(f"config key '{key}': the teacher {path} fine-tuned head "
+                          f"{shown(saved.get('name') if isinstance(saved, dict) else saved)}, "
+                          f"the student head '{head_name}'; they must be the same task")
+    kind = getattr(head, "distillation", None)
+    if kind is None:
+        raise ConfigError(f"config key 'distillation': head '{head_name}' cannot be distilled "
+                          "(classification, pairs, regression and token classification can)")
+    for field in ("text_field", "pair_field", "tokens_field"):
+        if hasattr(head, field) and field in saved and (saved[field] is None) != (
+                getattr(head, field) is None):
+            raise ConfigError(f"config key 'head.{field}': the teacher {path} has "
+                              f"{shown(saved[field])}; a student reads the same inputs")
+    if "labels" in saved:
+        if head.labels is None:
+            head.labels = list(saved["labels"])
+        elif list(head.labels) != list(saved["labels"]):
+            raise ConfigError(f"config key 'head.labels': {head.labels} differ from the "
+                              f"teacher's {saved['labels']} ({path}); remove head.labels to "
+                              "take the teacher's")
+    return saved
+
+
+class TransferMixture:
+    """The training source for distillation: ``train`` (labelled) and ``transfer``
+    (unlabelled: its rows get ``head.unlabelled`` as their label) interleaved at random, each
+    read once (``transfer`` ``repeats`` times) per pass. For a single-text head the transfer
+    source's own text (``texts()``: a text file's lines, a CSV's text column) becomes the
+    head's text field; a pair head needs both of its fields in the transfer examples."""
+
+    def __init__(self, train, transfer, head, repeats=1, seed=0):
+        self.train, self.transfer, self.head = train, transfer, head
+        self.repeats, self.seed = repeats, seed
+
+    def fields(self):
+        return [f for f in (getattr(self.head, "text_field", None),
+                            getattr(self.head, "pair_field", None)) if f]
+
+    def check(self):
+        """A pair head's transfer source gives both text fields (a single-text head reads any
+        text source: its ``texts()``)."""
+        if len(self.fields()) == 1:
+            self.transfer.check()
+            return
+        example = next(iter(self.transfer.build().take(1).as_numpy_iterator()), None)
+        if example is None:
+            raise DataError("data.transfer: no examples")
+        missing = [f for f in self.fields() if f not in example]
+        if missing:
+            raise DataError(f"data.transfer: the data has no field '{missing[0]}' (fields: "
+                            f"{', '.join(example)}); the head reads {', '.join(self.fields())}")
+
+    def build(self):
+        import tensorflow as tf
+        head = self.head
+        label_field, fields = head.label_field, self.fields()
+        train = self.train.build().map(
+            lambda ex: {**{f: ex[f] for f in fields}, label_field: ex[label_field]})
+        if len(fields) == 1:
+            transfer = self.transfer.texts().map(
+                lambda text: {fields[0]: text, label_field: tf.constant(head.unlabelled)})
+        else:
+            transfer = self.transfer.build().map(
+                lambda ex: {**{f: ex[f] for f in fields},
+                            label_field: tf.constant(head.unlabelled)})
+        if self.repeats > 1:
+            transfer = transfer.repeat(self.repeats)
+        return tf.data.Dataset.sample_from_datasets([train, transfer], seed=self.seed,
+                                                    stop_on_empty_dataset=False)
+
+
+def load_teacher(path, tokenizer):
+    """The teacher's task model; refuses a student tokenizer other than the teacher's."""
+    from kplm.runs import FinetunedRun
+    teacher = FinetunedRun(path)
+    if list(teacher.tokenizer.tokens) != list(tokenizer.tokens):
+        raise ConfigError(f"config key 'distillation.teacher': the student's tokenizer differs "
+                          f"from the teacher's ({path}/tokenizer): the teacher reads the "
+                          "student's token ids; leave out 'tokenizer' (the student takes the "
+                          "teacher's)")
+    return teacher

@@ -1,0 +1,154 @@
+"""Task-specific distillation: the loss by hand, a student that learns its teacher's answers on
+real SST-2 text (with unlabelled transfer text), and bad configs refused before anything is
+written."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kplm.errors import ConfigError
+
+from conftest import ROOT, VALIDATION, run_kplm
+
+SST = {split: {"name": "csv", "paths": [os.path.join(ROOT, "data", "sst2", f"{split}.tsv")],
+               "columns": {"text": "sentence", "label": "label"}}
+       for split in ("train", "dev")}
+DATA = {"train": SST["train"], "validation": SST["dev"]}
+SMALL = {"name": "encoder", "num_layers": 1, "num_heads": 2, "hidden_dim": 32,
+         "intermediate_dim": 64, "sequence_length": 48, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from kplm.training.finetune import finetune
+    run_dir = str(tmp_path_factory.mktemp("teacher") / "run")
+    finetune({"run_dir": run_dir, "seed": 0,
+              "tokenizer": {"name": "wordpiece", "vocabulary_size": 3000},
+              "backbone": {**SMALL, "hidden_dim": 64, "intermediate_dim": 128},
+              "data": DATA, "head": {"name": "sequence_classification", "pooling": "mean"},
+              "trainer": {"steps": 200, "batch_size": 32, "learning_rate": 1e-3,
+                          "warmup_steps": 20, "eval_every": 100, "log_every": 100}},
+             echo=None, progress=False)
+    return run_dir
+
+
+def student_config(run_dir, teacher, **extra):
+    config = {"run_dir": run_dir, "seed": 0, "backbone": dict(SMALL), "data": dict(DATA),
+              "head": {"name": "sequence_classification", "pooling": "mean"},
+              "distillation": {"teacher": teacher, "temperature": 2.0, "gold_weight": 0.0},
+              "trainer": {"steps": 150, "batch_size": 32, "learning_rate": 2e-3,
+                          "warmup_steps": 10, "eval_every": 150, "log_every": 50}}
+    config.update(extra)
+    return config
+
+
+def test_loss_terms_match_hand_computed_values():
+    import keras
+
+    from kplm.models.distiller import TaskDistiller
+
+    class Fixed(keras.Model):  # a "teacher" that returns given logits
+        def __init__(self, out):
+            super().__init__()
+            self.out = keras.ops.convert_to_tensor(out, "float32")
+
+        def call(self, x, training=False):
+            return self.out
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    t_logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], "float32")
+    s_logits = np.array([[0.5, 0.5], [1.0, -1.0], [0.0, 2.0]], "float32")
+    labels = np.array([0, 1, -1], "int32")  # the third row: unlabelled transfer text
+    distiller = TaskDistiller(Fixed(s_logits), Fixed(t_logits), kind="classification",
+                              temperature=2.0, gold_weight=0.3)
+    terms = distiller.loss_terms({}, labels, s_logits, None)
+    p, q = softmax(t_logits / 2), softmax(s_logits / 2)
+    kl = (p * (np.log(p) - np.log(q))).sum(-1) * 4
+    ce = -np.log(softmax(s_logits)[[0, 1], [0, 1]])
+    assert terms["distillation"][0] == pytest.approx(0.7)
+    assert float(terms["distillation"][1]) == pytest.approx(kl.mean(), rel=1e-5)
+    assert terms["gold"][0] == pytest.approx(0.3)
+    assert float(terms["gold"][1]) == pytest.approx(ce.mean(), rel=1e-5)  # rows 0 and 1 only
+
+    scores_t = np.array([[1.0], [3.0]], "float32")
+    scores_s = np.array([[2.0], [2.5]], "float32")
+    regression = TaskDistiller(Fixed(scores_s), Fixed(scores_t), kind="regression")
+    terms = regression.loss_terms({}, np.array([[4.0], [np.nan]], "float32"), scores_s, None)
+    assert float(terms["distillation"][1]) == pytest.approx((1.0 + 0.25) / 2)
+    assert float(terms["gold"][1]) == pytest.approx(4.0)  # (2 - 4)^2, the NaN row left out
+
+    t_tok = np.array([[[3.0, 0.0], [0.0, 0.0], [1.0, 2.0]]], "float32")
+    s_tok = np.array([[[0.0, 0.0], [5.0, 0.0], [0.0, 0.0]]], "float32")
+    weight = np.array([[1.0, 0.0, 1.0]], "float32")  # the middle piece is not a word's first
+    tokens = TaskDistiller(Fixed(s_tok), Fixed(t_tok), kind="tokens", temperature=1.0)
+    terms = tokens.loss_terms({}, np.array([[0, 0, 1]], "int32"), s_tok, weight)
+    p, q = softmax(t_tok[0]), softmax(s_tok[0])
+    kl = (p * (np.log(p) - np.log(q))).sum(-1)
+    assert float(terms["distillation"][1]) == pytest.approx((kl[0] + kl[2]) / 2, rel=1e-5)
+    assert float(terms["gold"][1]) == pytest.approx(np.log(2.0), rel=1e-5)
+
+
+def test_student_learns_the_teachers_answers(teacher, tmp_path):
+    """A smaller student trained on the teacher's outputs alone (gold weight 0) on SST-2 plus
+    unlabelled WikiText-2 lines agrees with the teacher on most dev sentences, far more than a
+    fresh student does; the saved student is an ordinary fine-tuned run (evaluate, predict)."""
+    from kplm.runs import FinetunedRun
+    from kplm.training.finetune import finetune
+    run_dir = str(tmp_path / "student")
+    config = student_config(run_dir, teacher)
+    config["data"]["transfer"] = {"name": "text_files", "paths": [VALIDATION]}
+    metrics = finetune(config, echo=None, progress=False)
+    assert not os.path.exists(os.path.join(run_dir, "best.weights.h5"))
+    student, master = FinetunedRun(run_dir), FinetunedRun(teacher)
+    assert student.model.backbone.hidden_dim == 32  # the student, not the teacher, was saved
+    assert json.load(open(os.path.join(run_dir, "head.json")))["labels"] == ["negative",
+                                                                              "positive"]
+    sentences = [{"text": line.split("\t")[0]} for line in
+                 open(SST["dev"]["paths"][0], encoding="utf-8").read().splitlines()[1:201]]
+    ours = [p["label"] for p in student.predict(sentences)]
+    theirs = [p["label"] for p in master.predict(sentences)]
+    agreement = np.mean([a == b for a, b in zip(ours, theirs)])
+    assert agreement > 0.8, (agreement, metrics)
+    assert metrics["validation"]["accuracy"] > metrics["baseline"]["accuracy"] + 0.08, metrics
+    out = run_kplm("evaluate", run_dir, "--data", SST["dev"]["paths"][0])
+    assert out.returncode == 0, out.stderr
+    assert "accuracy" in out.stdout
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda c, t: c["distillation"].update(teacher=os.path.join(t, "nowhere")),
+     "distillation.teacher"),
+    (lambda c, t: c["distillation"].update(temperature=0), "distillation.temperature"),
+    (lambda c, t: c["distillation"].update(gold_weight=1.5), "distillation.gold_weight"),
+    (lambda c, t: c.update(tokenizer={"name": "wordpiece"}), "'tokenizer'"),
+    (lambda c, t: c.update(head={"name": "regression"}), "distillation.teacher"),
+    (lambda c, t: c["head"].update(labels=["a", "b"]), "head.labels"),
+    (lambda c, t: c.update(distillation=None, data={**DATA, "transfer": DATA["train"]}),
+     "data.transfer"),
+    (lambda c, t: c.update(head={"name": "sequence_classification", "pair_field": "x"}),
+     "head.pair_field"),
+])
+def test_bad_distillation_configs_are_refused_before_anything_is_written(teacher, tmp_path,
+                                                                         change, key):
+    from kplm.errors import DataError
+    from kplm.training.finetune import finetune
+    run_dir = str(tmp_path / "student")
+    config = student_config(run_dir, teacher)
+    change(config, teacher)
+    with pytest.raises((ConfigError, DataError)) as error:
+        finetune(config, echo=None, progress=False)
+    message = str(error.value)
+    assert key in message and "\n" not in message, message
+    assert not os.path.exists(run_dir)
+
+
+def test_a_pretraining_run_is_not_a_task_teacher(pretrained_run, tmp_path):
+    from kplm.training.finetune import finetune
+    run_dir = str(tmp_path / "student")
+    with pytest.raises(ConfigError, match="not a fine-tuned kplm run .*pretraining"):
+        finetune(student_config(run_dir, pretrained_run["run_dir"]), echo=None, progress=False)
+    assert not os.path.exists(run_dir)
