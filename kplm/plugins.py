@@ -43,6 +43,7 @@ DEFAULT_PLUGINS = (
     "kplm.objectives.causal_lm",
     "kplm.objectives.span_corruption",
     "kplm.objectives.denoising",
+    "kplm.objectives.distillation",
     "kplm.heads.sequence_classification",
     "kplm.heads.question_answering",
     "kplm.heads.token_classification",

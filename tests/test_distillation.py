@@ -152,3 +152,107 @@ def test_a_pretraining_run_is_not_a_task_teacher(pretrained_run, tmp_path):
     with pytest.raises(ConfigError, match="not a fine-tuned kplm run .*pretraining"):
         finetune(student_config(run_dir, pretrained_run["run_dir"]), echo=None, progress=False)
     assert not os.path.exists(run_dir)
+
+
+# --- task-agnostic distillation (DistilBERT-style pretraining) -----------------------------------
+def logged(lines, name):
+    """The values of ``name`` in the training log lines, in order."""
+    import re
+    return [float(m.group(1)) for line in lines if line.startswith("step ")
+            for m in [re.search(rf"\b{name} ([0-9.e+-]+)", line)] if m]
+
+
+def test_select_layers_copies_the_chosen_blocks():
+    from kplm.models.encoder import Encoder
+    from kplm.models.select_layers import select_layers
+    teacher = Encoder(vocabulary_size=50, num_layers=4, hidden_dim=16, num_heads=2,
+                      intermediate_dim=32, sequence_length=8)
+    student = select_layers(teacher, [1, 3])
+    assert student.num_layers == 2
+    for mine, theirs in ((0, 1), (1, 3)):
+        for a, b in zip(student.get_layer(f"transformer_layer_{mine}").get_weights(),
+                        teacher.get_layer(f"transformer_layer_{theirs}").get_weights()):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(student.token_embedding.get_weights()[0],
+                                  teacher.token_embedding.get_weights()[0])
+    with pytest.raises(ConfigError, match=r"backbone.keep_layers': layer 4 does not exist; "
+                                          r"the checkpoint has 4 layers"):
+        select_layers(teacher, [0, 4])
+
+
+@pytest.fixture(scope="module")
+def mlm_teacher(tmp_path_factory):
+    from kplm.testing import write_tiny_hf_checkpoint
+    path = str(tmp_path_factory.mktemp("mlm_teacher"))
+    write_tiny_hf_checkpoint(path, num_layers=4, masked_lm_head=True)
+    return path
+
+
+def distil_config(run_dir, teacher, **objective):
+    return {"run_dir": run_dir, "seed": 0,
+            "backbone": {"name": "hf", "path": teacher, "keep_layers": [1, 3],
+                         "sequence_length": 32},
+            "data": {"train": {"name": "text_files", "paths": [VALIDATION]},
+                     "validation": {"name": "text_files", "paths": [VALIDATION]}},
+            "objective": {"name": "distillation", "teacher": teacher, **objective},
+            "trainer": {"steps": 60, "batch_size": 16, "learning_rate": 3e-3,
+                        "warmup_steps": 5, "eval_every": 60, "validation_steps": 2,
+                        "log_every": 10}}
+
+
+def test_distilbert_style_pretraining_learns_from_the_teacher(mlm_teacher, tmp_path):
+    """A 2-of-4-layer student of a masked-LM teacher: its soft and cosine terms fall, and the
+    run leaves an ordinary 2-layer backbone that fine-tuning reads."""
+    from kplm import runs
+    from kplm.training.pretrain import pretrain
+    run_dir = str(tmp_path / "student")
+    lines = []
+    metrics = pretrain(distil_config(run_dir, mlm_teacher), echo=lines.append, progress=False)
+    assert "masked-LM head: imported" in " ".join(lines), lines[:3]
+    soft, cosine = logged(lines, "soft_loss"), logged(lines, "cosine_loss")
+    assert len(soft) == 6 and len(cosine) == 6, lines
+    assert soft[-1] < 0.8 * soft[0] and cosine[-1] < 0.8 * cosine[0], (soft, cosine)
+    backbone = runs.load_backbone(run_dir)
+    assert backbone.num_layers == 2 and metrics["parameters"] == backbone.count_params()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c, t: c["backbone"].update(keep_layers=[3, 4]),
+     "backbone.keep_layers': layer 4 does not exist"),
+    (lambda c, t: c["backbone"].update(keep_layers=[2, 1]), "backbone.keep_layers"),
+    (lambda c, t: c["objective"].update(teacher=os.path.join(t, "nowhere")),
+     "objective.teacher"),
+    (lambda c, t: c["objective"].update(temperature=-1), "objective.temperature"),
+    (lambda c, t: c.update(backbone={"name": "encoder", "num_layers": 1, "hidden_dim": 32,
+                                     "num_heads": 4, "intermediate_dim": 64,
+                                     "sequence_length": 32},
+                           tokenizer={"name": "wordpiece", "vocabulary_size": 200}),
+     "objective.teacher': the teacher's vocabulary"),
+])
+def test_bad_distillation_objectives_are_refused(mlm_teacher, tmp_path, change, message):
+    from kplm.training.pretrain import pretrain
+    run_dir = str(tmp_path / "student")
+    config = distil_config(run_dir, mlm_teacher)
+    change(config, mlm_teacher)
+    with pytest.raises(ConfigError) as error:
+        pretrain(config, echo=None, progress=False)
+    assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert not os.path.exists(run_dir)
+
+
+def test_a_teacher_without_masked_lm_head_needs_soft_weight_0(tmp_path):
+    from kplm.testing import write_tiny_hf_checkpoint
+    from kplm.training.pretrain import pretrain
+    teacher = str(tmp_path / "bert_model")
+    write_tiny_hf_checkpoint(teacher, num_layers=2)
+    config = distil_config(str(tmp_path / "a"), teacher)
+    config["backbone"]["keep_layers"] = [1]
+    with pytest.raises(ConfigError, match="objective.soft_weight': the teacher .* has no "
+                                          "masked-LM head"):
+        pretrain(config, echo=None, progress=False)
+    config = distil_config(str(tmp_path / "b"), teacher, soft_weight=0)
+    config["backbone"]["keep_layers"] = [1]
+    config["trainer"]["steps"] = 10
+    lines = []
+    pretrain(config, echo=lines.append, progress=False)
+    assert logged(lines, "cosine_loss") and not logged(lines, "soft_loss")

@@ -154,17 +154,24 @@ class _CheckpointBackbone(PretrainedBackbone):
     format = None
     description = None
 
-    def __init__(self, path: str, sequence_length: Optional[int] = None):
+    def __init__(self, path: str, sequence_length: Optional[int] = None,
+                 keep_layers: Optional[list[int]] = None):
         self.path = path
         self.sequence_length = sequence_length
+        self.keep_layers = keep_layers
 
     def get_config(self):
         config = {"path": self.path}
         if self.sequence_length is not None:
             config["sequence_length"] = self.sequence_length
+        if self.keep_layers is not None:
+            config["keep_layers"] = self.keep_layers
         return config
 
     def check(self):
+        if self.keep_layers is not None:
+            from kplm.models.select_layers import check_keep_layers
+            check_keep_layers(self.keep_layers)
         length = self.sequence_length
         if length is not None and (isinstance(length, bool) or not isinstance(length, int)
                                    or length < 2):
@@ -187,7 +194,11 @@ class _CheckpointBackbone(PretrainedBackbone):
 
     def load(self, dtype=None):
         self.check()
-        return load_pretrained(self.path, dtype=dtype, key="backbone.path")
+        backbone, tokenizer = load_pretrained(self.path, dtype=dtype, key="backbone.path")
+        if self.keep_layers is not None:
+            from kplm.models.select_layers import select_layers
+            backbone = select_layers(backbone, self.keep_layers)
+        return backbone, tokenizer
 
 
 class HuggingFaceBackbone(_CheckpointBackbone):
@@ -199,6 +210,8 @@ class HuggingFaceBackbone(_CheckpointBackbone):
         path: str. The model directory.
         sequence_length: int or None. Pretraining only: pack rows of this many tokens (at most
             the checkpoint's positions). Defaults to the checkpoint's length.
+        keep_layers: list of int or None. Only these Transformer blocks of the checkpoint, in
+            this order (a distillation student). Defaults to all.
 
     Example:
     >>> HuggingFaceBackbone(path="models/bert").get_config()
@@ -225,6 +238,7 @@ class KerasHubPreset(_CheckpointBackbone):
     Args:
         path: str. The preset directory.
         sequence_length: int or None. Pretraining only: as for ``hf``.
+        keep_layers: list of int or None. As for ``hf``.
 
     Example:
     >>> KerasHubPreset(path="presets/bert_tiny").get_config()

@@ -144,6 +144,8 @@ class PretrainJob(Job):
         self.validation_source = (build(spec.validation_cls, spec.validation)
                                   if spec.validation else None)
         self.objective = build_objective(spec)
+        if hasattr(self.objective, "check"):  # what it reads besides the data (a teacher)
+            self.objective.check()
         self.loader = self.tokenizer = None
         if spec.tokenizer_cls is None:  # a pretrained backbone brings its tokenizer
             self.loader = build(spec.backbone_cls, spec.backbone)
@@ -192,7 +194,8 @@ class PretrainJob(Job):
         model = self.objective.build_model(self.backbone)
         self.head_note = None
         if self.loader is not None and not resuming:  # a resumed run restores its own heads
-            self.head_note = self.loader.initialize_heads(model)
+            # a distiller's student holds the heads (its teacher keeps its own)
+            self.head_note = self.loader.initialize_heads(getattr(model, "student", model))
         return model
 
     def datasets(self):
