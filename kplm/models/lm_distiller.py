@@ -19,6 +19,9 @@ class MaskedLMDistiller(keras.Model):
 
     Calling it returns ``{"logits", "hidden"}`` of the student; the teacher runs in inference
     mode and is never trained, checkpointed nor saved (the run saves the student's backbone).
+    With ``masked_lm_weight`` and ``soft_weight`` both 0 (hidden states only) the student's
+    masked-LM head is not computed at all (no logits, no masked-token metrics): the vocabulary
+    projection would cost a fifth of the step for nothing.
 
     Args:
         student: a kplm ``MaskedLM``.
@@ -56,23 +59,33 @@ class MaskedLMDistiller(keras.Model):
         student = self.student
         features = {k: v for k, v in inputs.items() if k != "mask_positions"}
         hidden = student.backbone(features, training=training)["sequence_output"]
+        if not self.uses_head:
+            return {"hidden": hidden}
         logits = student.masked_lm_head(hidden, inputs["mask_positions"])
         return {"logits": keras.ops.cast(logits, "float32"), "hidden": hidden}
+
+    @property
+    def uses_head(self):
+        """Whether a loss term reads the student's masked-LM predictions."""
+        return bool(self.weights_of["masked_lm"] or self.weights_of["soft"])
 
     def compile(self, optimizer="auto", **kwargs):
         from kplm.models.token_loss import compile_defaults, token_loss
         optimizer, _, metrics = compile_defaults(optimizer)
         self.token_loss = token_loss()
         kwargs.pop("loss", None)
-        keras.Model.compile(self, optimizer=optimizer, weighted_metrics=metrics, **kwargs)
+        keras.Model.compile(self, optimizer=optimizer,
+                            weighted_metrics=metrics if self.uses_head else None, **kwargs)
 
     def loss_terms(self, x, y, y_pred, sample_weight):
         from kplm.models.token_loss import weighted_mean
         ops = keras.ops
-        logits, hidden = y_pred["logits"], y_pred["hidden"]
+        logits, hidden = y_pred.get("logits"), y_pred["hidden"]
         weight = ops.cast(sample_weight, "float32")
-        terms = {"masked_lm": (self.weights_of["masked_lm"],
-                               weighted_mean(self.token_loss, y, logits, weight))}
+        terms = {}
+        if self.weights_of["masked_lm"]:
+            terms["masked_lm"] = (self.weights_of["masked_lm"],
+                                  weighted_mean(self.token_loss, y, logits, weight))
         backbone, head = self._teacher.model
         features = {k: v for k, v in x.items() if k != "mask_positions"}
         teacher_hidden = ops.stop_gradient(
@@ -97,4 +110,6 @@ class MaskedLMDistiller(keras.Model):
         return terms
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if not self.uses_head:
+            return super().compute_metrics(x, y, y, sample_weight)  # no compiled metrics
         return super().compute_metrics(x, y, y_pred["logits"], sample_weight)
