@@ -256,3 +256,44 @@ def test_a_teacher_without_masked_lm_head_needs_soft_weight_0(tmp_path):
     lines = []
     pretrain(config, echo=lines.append, progress=False)
     assert logged(lines, "cosine_loss") and not logged(lines, "soft_loss")
+
+
+@pytest.mark.parametrize("head, data", [
+    ({"name": "regression", "pair_field": "text_pair"},
+     {split: {"name": "csv", "paths": [os.path.join(ROOT, "data", "stsb", f"{name}.tsv")],
+              "columns": {"text": "sentence1", "text_pair": "sentence2", "label": "score"}}
+      for split, name in (("train", "train"), ("validation", "dev"))}),
+    ({"name": "token_classification"},
+     {split: {"name": "conll", "paths": [os.path.join(ROOT, "data", "wnut17", f"{name}.conll")]}
+      for split, name in (("train", "train"), ("validation", "dev"))}),
+])
+def test_regression_and_token_students(tmp_path, head, data):
+    """Pairs with pair-shaped transfer text, and per-token distillation: the student trains
+    (its distillation term falls), is saved alone and predicts like any fine-tuned run."""
+    from kplm.runs import FinetunedRun
+    from kplm.training.finetune import finetune
+    small = {**SMALL, "sequence_length": 64}
+    trainer = {"steps": 40, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 4,
+               "eval_every": 40, "log_every": 10}
+    teacher = str(tmp_path / "teacher")
+    finetune({"run_dir": teacher, "seed": 0, "backbone": small, "head": head, "data": data,
+              "tokenizer": {"name": "wordpiece", "vocabulary_size": 2000},
+              "trainer": trainer}, echo=None, progress=False)
+    student_data = dict(data)
+    if head["name"] == "regression":
+        student_data["transfer"] = {**data["validation"],
+                                    "columns": {"text": "sentence1", "text_pair": "sentence2"}}
+    lines = []
+    metrics = finetune({"run_dir": str(tmp_path / "student"), "seed": 0, "backbone": small,
+                        "head": head, "data": student_data,
+                        "distillation": {"teacher": teacher, "gold_weight": 0.5},
+                        "trainer": trainer}, echo=lines.append, progress=False)
+    from test_distillation import logged
+    soft = logged(lines, "distillation_loss")
+    assert len(soft) == 4 and soft[-1] < soft[0], lines
+    assert np.isfinite(list(metrics["validation"].values())[0])
+    run = FinetunedRun(str(tmp_path / "student"))
+    assert run.model.backbone.hidden_dim == 32
+    example = ({"text": "a dog runs", "text_pair": "a dog is running"}
+               if head["name"] == "regression" else {"text": "Paris is big"})
+    assert len(run.predict([example])) == 1

@@ -69,12 +69,13 @@ class TaskDistiller(keras.Model):
         """The student's metrics (over the labelled rows only); the loss is ``loss_terms``."""
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(5e-5)
-        if self.kind == "regression":
-            metrics = [keras.metrics.PearsonCorrelation(axis=0, name="pearson")]
-        else:
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         kwargs.pop("loss", None)
-        keras.Model.compile(self, optimizer=optimizer, weighted_metrics=metrics, **kwargs)
+        if self.kind == "regression":  # a per-batch correlation: no per-row weights
+            keras.Model.compile(self, optimizer=optimizer, metrics=[
+                keras.metrics.PearsonCorrelation(axis=0, name="pearson")], **kwargs)
+        else:
+            keras.Model.compile(self, optimizer=optimizer, weighted_metrics=[
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy")], **kwargs)
 
     # --- the loss --------------------------------------------------------------------------------
     def _gold_mask(self, y, sample_weight):
@@ -119,11 +120,16 @@ class TaskDistiller(keras.Model):
                 "gold": (self.gold_weight, gold_mean)}
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        """The compiled metrics over the rows (tokens) with a gold label."""
+        """The compiled metrics over the rows (tokens) with a gold label. Regression's Pearson
+        correlation is computed per batch and takes no row weights: an unlabelled transfer
+        row counts with its own prediction as its score (validation data is all labelled, so
+        ``val_pearson``, which picks the best weights, is exact)."""
         ops = keras.ops
         mask = self._gold_mask(y, sample_weight)
         if self.kind == "regression":
-            y = ops.where(ops.reshape(mask, ops.shape(y)) > 0, y, ops.zeros_like(y))
-        elif self.kind == "classification":
+            y = ops.where(ops.reshape(mask, ops.shape(y)) > 0, y,
+                          ops.cast(ops.reshape(y_pred, ops.shape(y)), y.dtype))
+            return super().compute_metrics(x, y, y_pred, None)
+        if self.kind == "classification":
             y = ops.maximum(y, 0)
         return super().compute_metrics(x, y, y_pred, mask)
