@@ -131,6 +131,7 @@ def test_student_learns_the_teachers_answers(teacher, tmp_path):
      "data.transfer"),
     (lambda c, t: c.update(head={"name": "sequence_classification", "pair_field": "x"}),
      "head.pair_field"),
+    (lambda c, t: c["distillation"].update(augment=-1), "distillation.augment"),
 ])
 def test_bad_distillation_configs_are_refused_before_anything_is_written(teacher, tmp_path,
                                                                          change, key):
@@ -297,3 +298,29 @@ def test_regression_and_token_students(tmp_path, head, data):
     example = ({"text": "a dog runs", "text_pair": "a dog is running"}
                if head["name"] == "regression" else {"text": "Paris is big"})
     assert len(run.predict([example])) == 1
+
+
+def test_projected_embeddings_keep_the_teachers_geometry():
+    """A teacher whose token embeddings span 4 directions, projected into an 8-wide student:
+    all variance kept, and every pair of tokens as similar (cosine, after centring) as in
+    the teacher."""
+    from kplm.models.distiller import project_embeddings
+    from kplm.models.encoder import Encoder
+
+    def encoder(width):
+        return Encoder(vocabulary_size=40, num_layers=1, hidden_dim=width, num_heads=2,
+                       intermediate_dim=16, sequence_length=8)
+    teacher, student = encoder(16), encoder(8)
+    rng = np.random.default_rng(0)
+    low_rank = rng.normal(size=(40, 4)) @ rng.normal(size=(4, 16))
+    teacher.token_embedding.embeddings.assign(low_rank.astype("float32"))
+    assert project_embeddings(student, teacher) == pytest.approx(1.0)
+
+    def cosines(m):
+        m = m - m.mean(axis=0)
+        m = m / np.linalg.norm(m, axis=1, keepdims=True)
+        return m @ m.T
+    np.testing.assert_allclose(cosines(student.token_embedding.embeddings.numpy()),
+                               cosines(low_rank), atol=1e-4)
+    spread = float(np.std(student.token_embedding.embeddings.numpy()))
+    assert 0.005 < spread < 0.1  # the student's own initial scale, not the teacher's

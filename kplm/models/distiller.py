@@ -133,3 +133,53 @@ class TaskDistiller(keras.Model):
         if self.kind == "classification":
             y = ops.maximum(y, 0)
         return super().compute_metrics(x, y, y_pred, mask)
+
+
+def project_embeddings(student, teacher):
+    """Initialise ``student``'s token, position and segment embeddings from ``teacher``'s
+    (two kplm ``Encoder`` backbones sharing a vocabulary): projected onto the teacher's
+    ``student.hidden_dim`` leading principal directions (of its token embeddings), scaled to
+    the student's initial spread, so a narrow student starts with the teacher's lexical
+    geometry instead of random vectors; copied as they are when the widths agree. Positions
+    beyond the student's table, and a missing segment table, are skipped. Returns the share
+    of the token embeddings' variance the projection keeps.
+
+    Example:
+    >>> from kplm.models.encoder import Encoder
+    >>> def encoder(width):
+    ...     return Encoder(vocabulary_size=50, num_layers=1, hidden_dim=width, num_heads=2,
+    ...                    intermediate_dim=32, sequence_length=8)
+    >>> 0 < project_embeddings(encoder(8), encoder(16)) <= 1
+    True
+    """
+    import numpy as np
+    width = student.hidden_dim
+    tokens = np.asarray(teacher.token_embedding.embeddings.numpy(), np.float64)
+    if tokens.shape[0] != student.vocabulary_size:
+        raise ValueError(f"the teacher's vocabulary ({tokens.shape[0]}) is not the student's "
+                         f"({student.vocabulary_size})")
+    mean = tokens.mean(axis=0)
+    if width >= tokens.shape[1]:
+        basis, kept = np.eye(tokens.shape[1], width), 1.0
+    else:
+        _, singular, vt = np.linalg.svd(tokens - mean, full_matrices=False)
+        basis = vt[:width].T  # [teacher width, student width]
+        kept = float((singular[:width] ** 2).sum() / (singular ** 2).sum())
+    target = float(np.std(student.token_embedding.embeddings.numpy()))
+    projected = (tokens - mean) @ basis
+    scale = target / max(float(projected.std()), 1e-12)
+
+    def assign(variable, values):
+        variable.assign((values * scale).astype(variable.dtype))
+
+    assign(student.token_embedding.embeddings, projected)
+    positions = np.asarray(teacher.position_embedding.position_embeddings.numpy(), np.float64)
+    table = student.position_embedding.position_embeddings
+    rows = min(positions.shape[0], table.shape[0])
+    if rows == table.shape[0]:
+        assign(table, (positions[:rows] - positions[:rows].mean(axis=0)) @ basis)
+    if student.segment_embedding is not None and teacher.segment_embedding is not None:
+        segments = np.asarray(teacher.segment_embedding.embeddings.numpy(), np.float64)
+        if segments.shape[0] == student.segment_embedding.embeddings.shape[0]:
+            assign(student.segment_embedding.embeddings, (segments - segments.mean(0)) @ basis)
+    return kept

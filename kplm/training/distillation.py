@@ -19,16 +19,26 @@ class DistillationOptions:
             ``1 - gold_weight``. Defaults to 0.5.
         transfer_repeats: int. How many times ``data.transfer`` is read per pass over
             ``data.train`` (the two are interleaved at random). Defaults to 1.
+        augment: int. Perturbed copies of each training text added per pass as unlabelled
+            transfer rows (single-text heads; ``perturb``: word dropout and n-gram spans, as
+            Tang et al. 2019). Defaults to 0.
+        project_embeddings: bool. Start a new (randomly initialised) student's token,
+            position and segment embeddings from the teacher's, projected onto their leading
+            principal directions (``kplm.models.distiller.project_embeddings``). Defaults to
+            False.
     """
 
-    limits = {"temperature": "> 0", "gold_weight": "[0, 1]", "transfer_repeats": ">= 1"}
+    limits = {"temperature": "> 0", "gold_weight": "[0, 1]", "transfer_repeats": ">= 1",
+              "augment": ">= 0"}
 
     def __init__(self, teacher: str, temperature: float = 2.0, gold_weight: float = 0.5,
-                 transfer_repeats: int = 1):
+                 transfer_repeats: int = 1, augment: int = 0,
+                 project_embeddings: bool = False):
         from kplm.checks import check_limits
         check_limits(self.limits, locals(), "distillation")
         self.teacher, self.temperature = teacher, temperature
         self.gold_weight, self.transfer_repeats = gold_weight, transfer_repeats
+        self.project_embeddings, self.augment = project_embeddings, augment
 
 
 def check_teacher(options, head_name, head, key="distillation.teacher"):
@@ -82,15 +92,28 @@ def check_teacher(options, head_name, head, key="distillation.teacher"):
 
 
 class TransferMixture:
-    """The training source for distillation: ``train`` (labelled) and ``transfer``
-    (unlabelled: its rows get ``head.unlabelled`` as their label) interleaved at random, each
-    read once (``transfer`` ``repeats`` times) per pass. For a single-text head the transfer
-    source's own text (``texts()``: a text file's lines, a CSV's text column) becomes the
-    head's text field; a pair head needs both of its fields in the transfer examples."""
+    """The training source for distillation: ``train`` (labelled), ``transfer`` (unlabelled:
+    its rows get ``head.unlabelled`` as their label; read ``repeats`` times per pass) and
+    ``augment`` perturbed copies of the training texts (unlabelled too: Tang et al. 2019's
+    transfer set), interleaved at random. For a single-text head the transfer source's own
+    text (``texts()``: a text file's lines, a CSV's text column) becomes the head's text
+    field; a pair head needs both of its fields in the transfer examples.
 
-    def __init__(self, train, transfer, head, repeats=1, seed=0):
+    Example (one labelled row and its two perturbed copies):
+    >>> import tempfile, os
+    >>> from kplm.data.csv_files import CsvFiles
+    >>> from kplm.heads.sequence_classification import SequenceClassificationHead
+    >>> path = os.path.join(tempfile.mkdtemp(), "train.tsv")
+    >>> _ = open(path, "w").write("sentence\\tlabel\\na gripping , funny film\\t1\\n")
+    >>> train = CsvFiles(paths=[path], columns={"text": "sentence", "label": "label"})
+    >>> mix = TransferMixture(train, None, SequenceClassificationHead(), augment=2)
+    >>> sorted(x["label"].numpy() for x in mix.build())
+    [b'', b'', b'1']
+    """
+
+    def __init__(self, train, transfer, head, repeats=1, seed=0, augment=0):
         self.train, self.transfer, self.head = train, transfer, head
-        self.repeats, self.seed = repeats, seed
+        self.repeats, self.seed, self.augment = repeats, seed, augment
 
     def fields(self):
         return [f for f in (getattr(self.head, "text_field", None),
@@ -98,7 +121,12 @@ class TransferMixture:
 
     def check(self):
         """A pair head's transfer source gives both text fields (a single-text head reads any
-        text source: its ``texts()``)."""
+        text source: its ``texts()``); augmented copies are for single-text heads."""
+        if self.augment and len(self.fields()) > 1:
+            raise ConfigError("config key 'distillation.augment': perturbed copies are made of "
+                              "single texts; a pair head distils on data.transfer instead")
+        if self.transfer is None:
+            return
         if len(self.fields()) == 1:
             self.transfer.check()
             return
@@ -114,19 +142,54 @@ class TransferMixture:
         import tensorflow as tf
         head = self.head
         label_field, fields = head.label_field, self.fields()
+        unlabelled = tf.constant(head.unlabelled)
         train = self.train.build().map(
             lambda ex: {**{f: ex[f] for f in fields}, label_field: ex[label_field]})
-        if len(fields) == 1:
-            transfer = self.transfer.texts().map(
-                lambda text: {fields[0]: text, label_field: tf.constant(head.unlabelled)})
-        else:
-            transfer = self.transfer.build().map(
-                lambda ex: {**{f: ex[f] for f in fields},
-                            label_field: tf.constant(head.unlabelled)})
-        if self.repeats > 1:
-            transfer = transfer.repeat(self.repeats)
-        return tf.data.Dataset.sample_from_datasets([train, transfer], seed=self.seed,
+        streams = [train]
+        if self.transfer is not None:
+            if len(fields) == 1:
+                transfer = self.transfer.texts().map(
+                    lambda text: {fields[0]: text, label_field: unlabelled})
+            else:
+                transfer = self.transfer.build().map(
+                    lambda ex: {**{f: ex[f] for f in fields}, label_field: unlabelled})
+            streams.append(transfer.repeat(self.repeats) if self.repeats > 1 else transfer)
+        if self.augment:
+            seed = self.seed
+
+            def perturbed(index, ex):
+                return {fields[0]: perturb(ex[fields[0]], tf.stack(
+                    [tf.cast(seed, tf.int64), index])), label_field: unlabelled}
+            streams.append(train.repeat(self.augment).enumerate().map(perturbed))
+        return tf.data.Dataset.sample_from_datasets(streams, seed=self.seed,
                                                     stop_on_empty_dataset=False)
+
+
+def perturb(text, seed, drop=0.1, ngram=0.25, max_ngram=5):
+    """A perturbed copy of ``text`` (a scalar string tensor), as Tang et al. 2019 augment a
+    transfer set: each word dropped with probability ``drop``; then, with probability
+    ``ngram``, only a random span of 1 to ``max_ngram`` words kept. Stateless: the same
+    ``seed`` (a pair of int64) gives the same copy. A text left empty stays as it was.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> out = perturb(tf.constant("a b c d e f g h"), tf.constant([0, 1], tf.int64))
+    >>> set(out.numpy().split()) <= set(b"a b c d e f g h".split())
+    True
+    """
+    import tensorflow as tf
+    words = tf.strings.split(text)
+    n = tf.size(words)
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    kept = tf.boolean_mask(words, tf.random.stateless_uniform([n], seeds[0]) >= drop)
+    kept = tf.cond(tf.size(kept) > 0, lambda: kept, lambda: words)
+    m = tf.size(kept)
+    length = tf.minimum(m, tf.random.stateless_uniform([], seeds[1], 1, max_ngram + 1,
+                                                       dtype=tf.int32))
+    start = tf.random.stateless_uniform([], seeds[2], 0, m - length + 1, dtype=tf.int32)
+    span = tf.random.stateless_uniform([], seeds[3]) < ngram
+    kept = tf.cond(span & (m > 0), lambda: kept[start:start + length], lambda: kept)
+    return tf.strings.reduce_join(kept, separator=" ")
 
 
 def load_teacher(path, tokenizer):

@@ -136,15 +136,17 @@ class FinetuneJob(Job):
                 self.head.prepare(source)
             except DataError as e:
                 raise DataError(f"data.{split}: {e}") from None
-        if self.transfer is not None:
+        augment = self.distillation.augment if self.distillation is not None else 0
+        if self.transfer is not None or augment:
             if self.head.distillation == "tokens":
-                raise ConfigError("config key 'data.transfer': token classification distils on "
-                                  "its labelled data only (a transfer sentence has no words "
+                key = "data.transfer" if self.transfer is not None else "distillation.augment"
+                raise ConfigError(f"config key '{key}': token classification distils on "
+                                  "its labelled data only (an unlabelled sentence has no words "
                                   "to align); remove it")
             from kplm.training.distillation import TransferMixture
             self.train_source = TransferMixture(self.sources["train"], self.transfer, self.head,
                                                 self.distillation.transfer_repeats,
-                                                seed=spec.seed)
+                                                seed=spec.seed, augment=augment)
             self.train_source.check()
         else:
             self.train_source = self.sources["train"]
@@ -180,6 +182,7 @@ class FinetuneJob(Job):
                             {"name": spec.head["name"], **self.head.get_config()})
 
     def build(self, run_dir, resuming, write):
+        self.resuming, self.embedding_note = resuming, None
         if self.loader is not None:
             self.backbone, self.tokenizer = self.loader()
         else:
@@ -212,6 +215,15 @@ class FinetuneJob(Job):
                               f"({length} tokens) are longer than the teacher reads "
                               f"({teacher.model.backbone.sequence_length}); set "
                               "finetune.sequence_length")
+        if options.project_embeddings and not self.resuming:
+            if self.loader is not None:
+                raise ConfigError("config key 'distillation.project_embeddings': the student "
+                                  "already starts from a checkpoint; it initialises a new "
+                                  "backbone only")
+            from kplm.models.distiller import project_embeddings
+            kept = project_embeddings(self.backbone, teacher.model.backbone)
+            self.embedding_note = (f"embeddings projected from the teacher's ({kept:.0%} of "
+                                   "their variance kept)")
         return TaskDistiller(student, teacher.model, kind=self.head.distillation,
                              temperature=options.temperature, gold_weight=options.gold_weight)
 
@@ -248,11 +260,17 @@ class FinetuneJob(Job):
                       spec.backbone_cls) else "random initialisation")
         line = (f"fine-tuning {spec.head['name']} from {source} for {self.trainer.steps} steps "
                 f"of {self.trainer.batch_size} examples")
-        if self.distillation is not None:
-            line += (f", distilling {self.distillation.teacher} (temperature "
-                     f"{self.distillation.temperature:g}, gold weight "
-                     f"{self.distillation.gold_weight:g}"
-                     f"{', with transfer text' if self.transfer is not None else ''})")
+        options = self.distillation
+        if options is not None:
+            extras = [f"temperature {options.temperature:g}",
+                      f"gold weight {options.gold_weight:g}"]
+            if self.transfer is not None:
+                extras.append("with transfer text")
+            if options.augment:
+                extras.append(f"{options.augment} perturbed copies of the training texts")
+            if self.embedding_note:
+                extras.append(self.embedding_note)
+            line += f", distilling {options.teacher} ({', '.join(extras)})"
         return line
 
     def loop_options(self, model, run_dir, write):
@@ -263,8 +281,8 @@ class FinetuneJob(Job):
         self.best_path = os.path.join(run_dir, BEST_WEIGHTS)
         if "validation" in self.sources:
             head = self.head
-            extra = head.validation_callback(self.student, self.sources["validation"], self.tokenizer,
-                                             batch_size=self.trainer.batch_size,
+            extra = head.validation_callback(self.student, self.sources["validation"],
+                                             self.tokenizer, batch_size=self.trainer.batch_size,
                                              sequence_length=self.sequence_length)
             if extra is not None:
                 options["callbacks"].insert(0, extra)
