@@ -14,6 +14,23 @@ class _Frozen:
         self.model = model
 
 
+def softened_kl(teacher_logits, student_logits, temperature):
+    """``temperature**2 * KL(softmax(teacher / T) || softmax(student / T))`` over the last axis,
+    from logits (log-softmax, stable), in float32: the distillation term of Hinton et al. 2015,
+    shared by ``TaskDistiller`` and ``kplm.models.lm_distiller.MaskedLMDistiller``.
+
+    Example:
+    >>> import numpy as np
+    >>> float(softened_kl(np.array([[1.0, 2.0]]), np.array([[1.0, 2.0]]), 2.0)[0])
+    0.0
+    """
+    ops = keras.ops
+    t = float(temperature)
+    teacher_log_p = ops.log_softmax(ops.cast(teacher_logits, "float32") / t, axis=-1)
+    student_log_p = ops.log_softmax(ops.cast(student_logits, "float32") / t, axis=-1)
+    return ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1) * (t * t)
+
+
 class TaskDistiller(keras.Model):
     """Trains ``student`` (a kplm task model) to match ``teacher`` (the same task, fine-tuned)
     on the same inputs. The loss has two terms, each a mean over this batch's targets:
@@ -102,11 +119,7 @@ class TaskDistiller(keras.Model):
                 ops.sum(ops.mean(ops.square(student - target), axis=-1) * gold), ops.sum(gold))
             return {"distillation": (1.0 - self.gold_weight, soft),
                     "gold": (self.gold_weight, gold_mean)}
-        t = self.temperature
-        teacher_log_p = ops.log_softmax(teacher / t, axis=-1)
-        kl = ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - ops.log_softmax(student / t,
-                                                                              axis=-1)),
-                     axis=-1) * (t * t)
+        kl = softened_kl(teacher, student, self.temperature)
         labels = ops.maximum(ops.cast(y, "int32"), 0)
         cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, student,
                                                                      from_logits=True)

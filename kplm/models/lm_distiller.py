@@ -3,7 +3,7 @@
 predictions at the masked positions, and the direction of the teacher's hidden states."""
 import keras
 
-from kplm.models.distiller import _Frozen
+from kplm.models.distiller import _Frozen, softened_kl
 
 
 class MaskedLMDistiller(keras.Model):
@@ -91,14 +91,10 @@ class MaskedLMDistiller(keras.Model):
         teacher_hidden = ops.stop_gradient(
             backbone(features, training=False)["sequence_output"])
         if self.weights_of["soft"]:
-            t = self.temperature
-            teacher_logits = ops.stop_gradient(ops.cast(
-                head(teacher_hidden, x["mask_positions"]), "float32"))
-            teacher_log_p = ops.log_softmax(teacher_logits / t, axis=-1)
-            kl = ops.sum(ops.exp(teacher_log_p)
-                         * (teacher_log_p - ops.log_softmax(logits / t, axis=-1)), axis=-1)
+            teacher_logits = ops.stop_gradient(head(teacher_hidden, x["mask_positions"]))
+            kl = softened_kl(teacher_logits, logits, self.temperature)
             terms["soft"] = (self.weights_of["soft"],
-                             ops.divide_no_nan(ops.sum(kl * weight), ops.sum(weight)) * t * t)
+                             ops.divide_no_nan(ops.sum(kl * weight), ops.sum(weight)))
         if self.weights_of["cosine"]:
             a = ops.cast(hidden, "float32")
             b = ops.cast(teacher_hidden, "float32")
