@@ -1,6 +1,7 @@
 """Length bucketing (``kplm.data.bucketing``): rows grouped by length, batches cut to their
 bucket, nothing but padding lost, every row kept once."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kplm.data.bucketing import bucket_by_length, sorted_by_length
@@ -48,12 +49,15 @@ def test_sequence_to_sequence_streams_are_cut_apart_and_labels_follow_the_decode
     assert shapes == [(16, 24), (32, 16)]  # grouped by both lengths: rows 0+2, rows 1+3
 
 
-def test_sorted_by_length_returns_each_row_with_its_input_position():
+@pytest.mark.parametrize("as_dataset", [True, False])
+def test_sorted_by_length_returns_each_row_with_its_input_position(as_dataset):
     lengths = [40, 3, 17, 64, 1, 9, 33]
     ids = _rows(lengths, 64)
     ds = tf.data.Dataset.from_tensor_slices(
         {"token_ids": ids, "padding_mask": (ids != 0).astype("int32"),
          "row": np.arange(len(lengths))}).batch(3)
+    if not as_dataset:  # any iterable of dicts of tensors or arrays
+        ds = [{k: tf.constant(v) for k, v in batch.items()} for batch in ds.as_numpy_iterator()]
     seen = []
     for rows, batch in sorted_by_length(ds, sequence_length=64, batch_size=2, chunk_rows=4):
         np.testing.assert_array_equal(batch["row"], rows)

@@ -92,10 +92,18 @@ def test_evaluate_and_predict_from_a_copied_run_dir(finetuned_run, tmp_path):
     # so each dev sentence at a near tie may flip (1/n). Exact when there is none.
     from kplm.runs import FinetunedRun
     run = FinetunedRun(run_dir)
-    dev = [{"text": x["text"].numpy().decode()} for x in run.source([SST_DEV]).build()]
-    flippable = sum(near_ties(run.predict(dev)))
+    rows = list(run.source([SST_DEV]).build())
+    dev = [{"text": x["text"].numpy().decode()} for x in rows]
+    predicted = run.predict(dev)
+    flippable = sum(near_ties(predicted))
     assert evaluated["accuracy"] == pytest.approx(metrics["validation"]["accuracy"],
                                                   abs=flippable / len(dev) + 1e-6)
+    # predict (its own input path: rows sorted by length, outputs put back in input order)
+    # agrees with evaluate row for row, up to the same near ties.
+    gold = [x["label"].numpy().decode() for x in rows]
+    correct = sum(p["label"] == g for p, g in zip(predicted, gold))
+    assert correct / len(dev) == pytest.approx(evaluated["accuracy"],
+                                               abs=flippable / len(dev) + 1e-6)
     inputs = tmp_path / "in.txt"
     inputs.write_text("a gorgeous , witty , seductive movie .\n\nthe worst film of the year .\n")
     out = tmp_path / "pred.jsonl"

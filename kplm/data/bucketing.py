@@ -129,7 +129,8 @@ def bucket_by_length(batches, *, sequence_length, batch_size, width=16, training
 def sorted_by_length(batches, *, sequence_length, batch_size, width=None, chunk_rows=8192):
     """For inference: ``(rows, batch)`` pairs over the rows of ``batches``, sorted by length.
 
-    ``batches`` yields dicts of tensors in input order (``x`` with a ``padding_mask``, padded to
+    ``batches`` (a ``tf.data.Dataset`` or any iterable of dicts of arrays) yields dicts in
+    input order (``x`` with a ``padding_mask``, padded to
     ``sequence_length``, plus any per-row extras). Up to ``chunk_rows`` rows at a time are sorted
     by their length (the number of ones in ``padding_mask``; memory stays flat in the input
     size), batched by ``batch_size``, and each batch is cut to its longest row rounded up to
@@ -162,7 +163,10 @@ def sorted_by_length(batches, *, sequence_length, batch_size, width=None, chunk_
                 else v[rows] for k, v in merged.items()}
 
     chunk, size, start = [], 0, 0
-    for batch in batches.as_numpy_iterator():
+    if hasattr(batches, "as_numpy_iterator"):
+        batches = batches.as_numpy_iterator()
+    for batch in batches:
+        batch = {k: np.asarray(v) for k, v in batch.items()}
         chunk.append(batch)
         size += len(batch["padding_mask"])
         if size >= chunk_rows:

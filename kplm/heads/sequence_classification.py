@@ -151,13 +151,16 @@ class SequenceClassificationHead(Head):
         fields = [self.text_field] + ([self.pair_field] if self.pair_field else [])
         columns = {f: [ex[f] for ex in examples] for f in fields}
         inputs = self._cached_inputs(tokenizer, sequence_length)
-        ds = tf.data.Dataset.from_tensor_slices(columns).batch(batch_size).map(
-            lambda batch: inputs(*(batch[f] for f in fields)))
-        # Rows sorted by token count and batches cut to their longest row; outputs are put
-        # back in input order.
+        # The traced tokenizer+packer is called directly on chunks of rows: a tf.data map
+        # would trace it into a new dataset graph on every call (0.37 s of a 0.45 s call over
+        # 872 sentences, against 0.01 s called directly). Rows are then sorted by token count
+        # and batches cut to their longest row; outputs are put back in input order.
         from kplm.data.bucketing import sorted_by_length
+        chunk = 4096
+        packed = (inputs(*(tf.constant(columns[f][i:i + chunk]) for f in fields))
+                  for i in range(0, len(examples), chunk))
         unsorted = None
-        for rows, x in sorted_by_length(ds, sequence_length=sequence_length,
+        for rows, x in sorted_by_length(packed, sequence_length=sequence_length,
                                         batch_size=batch_size):
             out = np.asarray(model.predict_on_batch(x))
             if unsorted is None:
