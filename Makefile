@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-oldest bench bench-mlm bench-clm bench-finetune quality venv clean
+.PHONY: demo test test-oldest browser bench bench-mlm bench-clm bench-finetune quality venv clean
 
 $(STAMP): pyproject.toml plugins/kplm-text-extras/pyproject.toml plugins/kplm-electra/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,20 @@ demo: $(STAMP)
 
 # Test files run in two processes (one per CI core); a file's tests stay in one process, so its
 # module fixtures are built once.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -x -n 2 --dist loadfile --durations=15
 	$(MAKE) test-oldest
+
+# tests/test_run_report.py draws `kplm report`'s page in a real headless browser: Debian's
+# chromium, installed here when it is missing and apt-get can (as root); otherwise that one test
+# skips, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    echo "installing Debian's chromium for the report test" && \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium; } >/dev/null 2>&1; } || \
+	  echo "no chromium (not root, no apt-get, or no package): the browser test will skip"
 
 # The oldest Keras and keras-hub pyproject.toml allows, laid over the main virtualenv (same
 # TensorFlow): the training tests (resume, accumulation, strategies, the non-finite gate), in

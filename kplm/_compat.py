@@ -106,3 +106,20 @@ def iterator_is_saveable(dataset):
         return True
     except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError):
         return False
+
+
+def sublayers(layer):
+    """Every layer nested in ``layer`` (not itself), depth first, each once.
+
+    Missing public API: Keras 3 lists only a ``Model``'s direct layers (``model.layers``); a
+    layer's own sublayers (keras_hub's ``TransformerEncoder`` -> its attention -> the query
+    projection) are reachable only through ``Layer._flatten_layers``, which keras_hub's own
+    ``Backbone.enable_lora`` walks. kplm needs the LoRA-enabled projections it makes (to set
+    their ``lora_alpha``, which ``enable_lora`` does not take). Verified with keras 3.15.
+    """
+    import keras
+    _check("keras", keras.__version__, "sublayers")
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is None:
+        raise _missing("keras", keras.__version__, "sublayers", "Layer._flatten_layers")
+    return list(flatten(include_self=False))

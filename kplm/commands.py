@@ -297,6 +297,58 @@ def plugins(as_json, show_all):
         click.echo(f"FAILED {f['name']} ({f['distribution']}): {f['error']}", err=True)
 
 
+@click.command("runs")
+@click.argument("directory", default="runs", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run instead of a table.")
+def runs_command(directory, as_json):
+    """A table of the training runs at or under DIRECTORY (default: runs): kind, status
+    (finished, running, failed or interrupted at step N), steps, best validation metric,
+    tokens/s, wall time and where each was initialised from."""
+    from kplm.errors import KplmError
+    from kplm.outputs import show
+    from kplm.run_summary import find_runs, format_table, summarize
+    if not os.path.isdir(directory):
+        raise KplmError(f"runs: {show(directory)} is not a directory")
+    found = find_runs(directory)
+    if not found:
+        raise KplmError(f"runs: no kplm run (config.yaml with checkpoints, scalars or "
+                        f"metrics.json) at or under {show(directory)}")
+    rows = [summarize(r) for r in found]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, sort_keys=True))
+    else:
+        click.echo(format_table(rows))
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write (one self-contained page).")
+@click.option("--title", help="The page's title (default: the runs' names).")
+@click.option("--overwrite", is_flag=True, help="Replace the --output file if it exists.")
+def report(run_dirs, output, title, overwrite):
+    """One HTML page that puts RUN_DIRS side by side: their table, the config keys that
+    differ, final metrics, and the loss, learning-rate, validation and throughput curves from
+    their TensorBoard logs. Self-contained: opens offline."""
+    from kplm.errors import KplmError
+    from kplm.outputs import atomic_output, check_output, show
+    from kplm.run_summary import is_run
+    for run_dir in run_dirs:
+        if not os.path.isdir(run_dir):
+            raise KplmError(f"report: {show(run_dir)} is not a directory")
+        if not is_run(run_dir):
+            raise KplmError(f"report: {show(run_dir)} is not a kplm run directory (expected "
+                            "config.yaml with checkpoints/, tensorboard/ or metrics.json)")
+    rule = dict(what="--output", file=True, overwrite=overwrite, inputs=list(run_dirs))
+    check_output(output, **rule)
+    from kplm.report import render
+    page = render(list(run_dirs), title=title)
+    with atomic_output(output, **rule) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+    click.echo(f"wrote {output} ({len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''})")
+
+
 @hookimpl
 def register_commands(cli):
     cli.add_command(pretrain)
@@ -308,3 +360,5 @@ def register_commands(cli):
     cli.add_command(tokenizer)
     cli.add_command(data)
     cli.add_command(plugins)
+    cli.add_command(runs_command)
+    cli.add_command(report)

@@ -56,7 +56,9 @@ RUN_MARKERS = ("config.yaml", "metrics.json", "checkpoints", "head.json", "backb
 #: Everything a training run writes into its ``run_dir`` (each also with its ``.tmp`` variants).
 RUN_NAMES = RUN_MARKERS + ("tokenizer", "tensorboard", "backbone.json", "model.json",
                            "model.weights.h5", "best.weights.h5", "best.weights.h5.json",
-                           "best.tmp.weights.h5", "export", "precision.json")
+                           "best.tmp.weights.h5", "export", "precision.json", "status.json",
+                           "adapters.safetensors", "adapters.json",
+                           "best.adapters.safetensors", "best.adapters.safetensors.json")
 #: What ``kplm data prepare`` writes (``kplm.data.prepare``).
 SHARDS_NAMES = ("manifest.json", "tokenizer", "*.tfrecord")
 _CHECKPOINT_MARKERS = ("ckpt.index", "checkpoint", "state.json")

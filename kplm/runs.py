@@ -1,7 +1,8 @@
 """The run directory: the contract between pretraining, fine-tuning, evaluation and export.
 
 ``config.yaml`` (resolved), ``tokenizer/``, ``checkpoints/``, ``tensorboard/{train,validation}/``,
-``metrics.json``, ``backbone.weights.h5`` + ``backbone.json`` (the pretrained backbone).
+``metrics.json``, ``backbone.weights.h5`` + ``backbone.json`` (the pretrained backbone),
+``status.json`` (running, failed or finished: ``write_status``).
 """
 import contextlib
 import importlib
@@ -21,6 +22,7 @@ BACKBONE_CONFIG = "backbone.json"
 HEAD_CONFIG = "head.json"  # a fine-tuned run: its head, its model and weights
 MODEL_CONFIG = "model.json"
 MODEL_WEIGHTS = "model.weights.h5"
+STATUS = "status.json"
 
 
 def write_json(path, data):
@@ -30,6 +32,18 @@ def write_json(path, data):
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def write_status(run_dir, state, **fields):
+    """Record in ``run_dir/status.json`` what the training process is doing: ``running`` (with
+    its pid and host, so that ``kplm runs`` tells a live run from one killed), ``failed`` (with
+    the error, one line) or ``finished``. A run killed by a signal leaves ``running`` behind
+    with a pid that is gone: ``kplm runs`` shows it as interrupted."""
+    import socket
+    import time
+    write_json(os.path.join(run_dir, STATUS),
+               {"state": state, "pid": os.getpid(), "host": socket.gethostname(),
+                "time": time.time(), **fields})
 
 
 def save_backbone(backbone, run_dir):
@@ -203,7 +217,13 @@ class FinetunedRun:
                     if os.path.exists(os.path.join(run_dir, BACKBONE_CONFIG)) else "")
             raise KplmError(f"{run_dir}: not a fine-tuned run directory (no {HEAD_CONFIG})"
                             f"{hint}")
-        for name in (MODEL_CONFIG, MODEL_WEIGHTS, CONFIG):
+        from kplm.models import lora
+        adapters_path = os.path.join(run_dir, lora.ADAPTERS_CONFIG)
+        self.adapters = (read_json(adapters_path, "a LoRA adapters summary")
+                         if os.path.exists(adapters_path) else None)
+        needed = ((lora.ADAPTERS, CONFIG) if self.adapters is not None
+                  else (MODEL_CONFIG, MODEL_WEIGHTS, CONFIG))
+        for name in needed:
             if not os.path.exists(os.path.join(run_dir, name)):
                 raise KplmError(f"{run_dir}: no {name}; the fine-tuning run did not finish")
         # Everything read here is checked as a config is: a damaged or edited run directory is
@@ -222,12 +242,34 @@ class FinetunedRun:
         if self.head.model_module:
             importlib.import_module(self.head.model_module)
         self.tokenizer = load_tokenizer(run_dir)
-        model_path = os.path.join(run_dir, MODEL_CONFIG)
-        self.model = rebuild(read_json(model_path, "a saved model config"),
-                                  model_path, "model")
-        load_weights(self.model, os.path.join(run_dir, MODEL_WEIGHTS), "model weights")
+        if self.adapters is not None:
+            self.model = self._adapted_model(config_path, adapters_path)
+        else:
+            model_path = os.path.join(run_dir, MODEL_CONFIG)
+            self.model = rebuild(read_json(model_path, "a saved model config"),
+                                 model_path, "model")
+            load_weights(self.model, os.path.join(run_dir, MODEL_WEIGHTS), "model weights")
         self.sequence_length = (finetune["sequence_length"]
                                 or self.model.backbone.sequence_length)
+
+    def _adapted_model(self, config_path, adapters_path):
+        """A LoRA run's model: its head on the checkpoint it started from, the saved adapters
+        loaded, then merged into the kernels (``kplm.models.lora.merged_copy``: as fast as a
+        fully fine-tuned model, and what ``kplm export`` writes)."""
+        from kplm.config import check_arguments
+        from kplm.models import lora
+        from kplm.training.finetune import load_base
+        from kplm.training.finetune_options import FinetuneOptions
+        with _in_file(config_path):
+            options = check_arguments(FinetuneOptions, self.config.get("finetune"), "finetune")
+            if options.get("lora_rank") is None:
+                raise KplmError(f"{adapters_path} is there but finetune.lora_rank is not set")
+            backbone, _ = load_base(self.config, key="the run's base checkpoint")
+        model = self.head.build_model(backbone)
+        lora.enable_lora(backbone, options["lora_rank"], options.get("lora_alpha"))
+        lora.load_variables(model.trainable_variables,
+                            os.path.join(self.run_dir, lora.ADAPTERS), "LoRA adapters")
+        return lora.merged_copy(model)
 
     def source(self, paths, split="validation"):
         """A data source like the run's ``data.<split>`` (same format options) over ``paths``."""

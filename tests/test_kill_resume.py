@@ -47,7 +47,7 @@ def config(run_dir):
 
 def main(run_dir, where):
     """Fine-tune; SIGKILL this process at ``where`` (``window``, ``validation``,
-    ``checkpoint`` or ``none``)."""
+    ``checkpoint`` or ``none``), or fail (``error``: a callback raises after step 5)."""
     import keras
 
     from kplm.training import checkpoints
@@ -60,6 +60,8 @@ def main(run_dir, where):
         def on_train_batch_end(self, batch, logs=None):
             if where == "window" and int(self.model.optimizer.iterations.numpy()) == 3:
                 die()
+            if where == "error" and int(self.model.optimizer.iterations.numpy()) == 5:
+                raise RuntimeError("a callback failed at step 5")
 
         def on_epoch_end(self, epoch, logs=None):  # validation done, nothing of it written
             if where == "validation" and int(self.model.optimizer.iterations.numpy()) == 4:
@@ -105,13 +107,15 @@ def scalars(run_dir):
     return found
 
 
-def run(run_dir, where, expect_killed):
+def run(run_dir, where, expect_killed, expect_failure=False):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
                CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, HERE, run_dir, where], env=env, text=True,
                           capture_output=True, timeout=300)
     if expect_killed:
         assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    elif expect_failure:
+        assert done.returncode not in (0, -signal.SIGKILL), done.stderr[-3000:]
     else:
         assert done.returncode == 0, done.stderr[-3000:]
 
@@ -120,14 +124,32 @@ def run(run_dir, where, expect_killed):
 def test_sigkill_at_window_validation_and_checkpoint_then_resume_equals_uninterrupted(tmp_path):
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
     run(reference, "none", expect_killed=False)
+    from kplm.events import scalars as read_without_tensorflow
+    from kplm.run_summary import summarize
     for where in ("window", "validation", "checkpoint"):
         run(killed, where, expect_killed=True)
+        # `kplm runs`: a process that is gone, its last checkpoint kept
+        row = summarize(killed)
+        assert row["state"] == "interrupted" and row["status"].startswith("interrupted at step")
+        assert row["last_checkpoint"] in (2, 4) and row["step"] >= row["last_checkpoint"]
     run(killed, "none", expect_killed=False)
+    assert summarize(killed)["state"] == "finished"
+    # kplm.events (TensorBoard's protos, no TensorFlow) reads what TensorFlow's reader reads,
+    # the killed run's repeated steps resolved to the last value written
+    for run_dir in (reference, killed):
+        ours = {(tag.split("/")[0], tag, step): value
+                for tag, points in read_without_tensorflow(run_dir).items()
+                for step, _, value in points}
+        theirs = scalars(reference)
+        assert sorted(k for k in ours if k[1].split("/")[-1] not in TIMED) == sorted(
+            k for k in theirs if k[1].split("/")[-1] not in TIMED)
+        if run_dir == reference:
+            assert ours == pytest.approx(theirs, rel=1e-6)
 
     def metrics(run_dir):
         with open(os.path.join(run_dir, "metrics.json")) as f:
             values = json.load(f)
-        for key in ("wall_seconds", "resumed_from_step", "restore_seconds"):
+        for key in ("wall_seconds", "resumed_from_step", "restore_seconds", "peak_memory_mb"):
             values.pop(key)
         return values
 

@@ -15,8 +15,11 @@ class BestWeights:
     The training loop calls ``update`` after each validation (``train(..., best=...)``).
     """
 
-    def __init__(self, path, monitor, mode="max", write=True):
+    def __init__(self, path, monitor, mode="max", write=True, trainable_only=False):
         self.path, self.monitor, self.mode, self.write = path, monitor, mode, write
+        # A LoRA model keeps its trainable variables only, by path, in a safetensors file:
+        # Keras writes a LoRA layer's weights merged, which would not restore its factors.
+        self.trainable_only = trainable_only
         self.best = self.step = None
         try:
             with open(path + ".json", encoding="utf-8") as f:
@@ -42,10 +45,15 @@ class BestWeights:
         self.best, self.step = value, step
         if not self.write:
             return
-        tmp = self.path[: -len(".weights.h5")] + ".tmp.weights.h5"
+        tmp = (self.path + ".tmp" if self.trainable_only
+               else self.path[: -len(".weights.h5")] + ".tmp.weights.h5")
         try:
-            model.save_weights(tmp)
-            os.replace(tmp, self.path)
+            if self.trainable_only:
+                from kplm.models.lora import save_variables
+                save_variables(model.trainable_variables, self.path)  # atomic itself
+            else:
+                model.save_weights(tmp)
+                os.replace(tmp, self.path)
             with open(self.path + ".json.tmp", "w", encoding="utf-8") as f:
                 json.dump({"value": value, "step": step, "monitor": self.monitor}, f)
             os.replace(self.path + ".json.tmp", self.path + ".json")
@@ -58,11 +66,15 @@ class BestWeights:
                                        f"{e.strerror or e}; training stopped") from None
 
     @staticmethod
-    def load(model, path):
+    def load(model, path, trainable_only=False):
         """Load the best weights into ``model``; returns the step they are from. A damaged file
         is one ``KplmError`` line naming it."""
-        from kplm.runs import load_weights
-        load_weights(model, path, "the best weights")
+        if trainable_only:
+            from kplm.models.lora import load_variables
+            load_variables(model.trainable_variables, path, "best adapters")
+        else:
+            from kplm.runs import load_weights
+            load_weights(model, path, "the best weights")
         try:
             with open(path + ".json", encoding="utf-8") as f:
                 return json.load(f)["step"]

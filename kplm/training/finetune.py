@@ -17,6 +17,7 @@ from kplm.training.trainer_config import TrainerConfig
 TOP_LEVEL_KEYS = ["run_dir", "seed", "init_from", "tokenizer", "data", "backbone", "head",
                   "finetune", "distillation", "trainer", "callbacks"]
 BEST_WEIGHTS = "best.weights.h5"
+BEST_ADAPTERS = "best.adapters.safetensors"
 
 
 class FinetuneSpec:
@@ -73,6 +74,11 @@ class FinetuneSpec:
         self.head_cls, self.head = check_section(raw["head"], "head", "head", registry)
         self.check_head_family()
         self.finetune = check_arguments(FinetuneOptions, raw.get("finetune"), "finetune")
+        if (self.finetune.get("lora_rank") is not None and self.init_from is None
+                and not is_pretrained(self.backbone_cls)):
+            raise ConfigError("config key 'finetune.lora_rank': LoRA adapts a pretrained "
+                              "backbone (init_from, or a backbone such as hf or keras_hub); "
+                              f"backbone '{self.backbone['name']}' starts from random weights")
         self.trainer = check_arguments(TrainerConfig, raw.get("trainer"), "trainer")
         self.callbacks = check_callbacks(raw, registry)
 
@@ -189,6 +195,11 @@ class FinetuneJob(Job):
             self.backbone = build(self.spec.backbone_cls, {
                 **self.spec.backbone, "vocabulary_size": len(self.tokenizer.tokens)})
         model = self.student = self.head.build_model(self.backbone)
+        self.adapted = None
+        if self.options.lora_rank is not None:
+            from kplm.models.lora import enable_lora
+            self.adapted = enable_lora(self.backbone, self.options.lora_rank,
+                                       self.options.lora_alpha)
         if self.distillation is not None:
             model = self._distiller(model)
         if write and not resuming:
@@ -286,8 +297,11 @@ class FinetuneJob(Job):
                                              sequence_length=self.sequence_length)
             if extra is not None:
                 options["callbacks"].insert(0, extra)
+            if self.adapted:  # the trainable variables only, by path (kplm.models.lora)
+                self.best_path = os.path.join(run_dir, BEST_ADAPTERS)
             options["best"] = BestWeights(self.best_path, monitor=f"val_{head.metric}",
-                                          mode=head.metric_mode, write=write)
+                                          mode=head.metric_mode, write=write,
+                                          trainable_only=bool(self.adapted))
             options["patience"] = self.options.early_stopping_patience
         return options
 
@@ -296,12 +310,17 @@ class FinetuneJob(Job):
         from kplm.training.best_weights import BestWeights
         best_step = result.step
         if os.path.exists(self.best_path):
-            best_step = BestWeights.load(model, self.best_path)
+            best_step = BestWeights.load(self.student if self.adapted else model,
+                                         self.best_path, trainable_only=bool(self.adapted))
         model = self.student  # a distiller's teacher is not part of the run's model
-        if write:
+        adapters = None
+        if self.adapted:
+            adapters = _save_adapters(model, self.adapted, self.options, self.spec, run_dir,
+                                      write)
+        elif write:
             _save_model(model, run_dir)
         metrics = {"train_steps": result.step, "best_step": best_step,
-                   **common_metrics(result, wall)}
+                   **common_metrics(result, wall), **({"lora": adapters} if adapters else {})}
         head, sources = self.head, self.sources
         for split in ("validation", "test"):
             if split in sources:
@@ -330,6 +349,52 @@ def finetune(config, *, overwrite=False, echo=print, progress=True):
         metrics = kplm.finetune(kplm.load_yaml("configs/sst2_classification.yaml"))
     """
     return run(FinetuneJob(config), overwrite=overwrite, echo=echo, progress=progress)
+
+
+def _save_adapters(model, adapted, options, spec, run_dir, write):
+    """A LoRA run's ``adapters.safetensors`` (the trainable variables: LoRA factors, the adapted
+    projections' biases, the head) and ``adapters.json`` (rank, scale, what they adapt, their
+    size, the checkpoint they apply to); returns that summary (also in ``metrics.json``)."""
+    from kplm.models import lora
+    from kplm.finite import require_finite
+    trainable = model.trainable_variables
+    require_finite(trainable, os.path.join(run_dir, lora.ADAPTERS))
+    total, _ = lora.count(model.weights)
+    trained, factors = lora.count(trainable)
+    summary = {"rank": options.lora_rank,
+               "alpha": float(options.lora_alpha if options.lora_alpha is not None
+                              else options.lora_rank),
+               "adapted_layers": len(adapted),
+               "targets": sorted({layer.name for layer in adapted}),
+               "trainable_parameters": trained, "lora_parameters": factors,
+               "model_parameters": total,
+               "base": (f"init_from {spec.init_from}" if spec.init_from else
+                        f"backbone {spec.backbone['name']} {spec.backbone.get('path') or ''}"
+                        .rstrip())}
+    if write:
+        summary["bytes"] = lora.save_variables(trainable, os.path.join(run_dir, lora.ADAPTERS))
+        runs.write_json(os.path.join(run_dir, lora.ADAPTERS_CONFIG), summary)
+    return summary
+
+
+def load_base(config, key="config"):
+    """``(backbone, tokenizer)`` a fine-tuning config starts from: its ``init_from`` run or
+    checkpoint, or its pretrained ``backbone`` section (hf, keras_hub, ...), loaded and checked
+    as ``kplm finetune`` does. A LoRA run's adapters apply to it."""
+    from kplm.plugins import get_registry
+    if config.get("init_from"):
+        from kplm.pretrained import check_checkpoint, load_pretrained
+        check_checkpoint(config["init_from"], "init_from")
+        return load_pretrained(config["init_from"])
+    cls, section = check_section(config.get("backbone") or {}, "backbone", "backbone",
+                                 get_registry(), provided=("vocabulary_size", "dtype"))
+    if not is_pretrained(cls):
+        raise ConfigError(f"{key}: backbone '{section['name']}' is not a checkpoint; LoRA "
+                          "adapters need the pretrained weights they were trained on")
+    section.pop("sequence_length", None)
+    loader = build(cls, section)
+    loader.check()
+    return loader.load()
 
 
 def _save_model(model, run_dir):

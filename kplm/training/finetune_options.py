@@ -17,18 +17,37 @@ class FinetuneOptions:
             (classification, pairs, regression, token classification): see
             ``kplm.data.bucketing``. Defaults to True.
         bucket_width: int. Bucket lengths are multiples of it. Defaults to 16.
+        lora_rank: int or None. Parameter-efficient fine-tuning: freeze the pretrained backbone
+            and train rank-``lora_rank`` LoRA factors on its attention query and value
+            projections (Keras' own LoRA, through keras_hub's ``Backbone.enable_lora``), plus
+            the head. The run saves only those (``adapters.safetensors``); loading it reads
+            the backbone from the checkpoint it started from, and ``kplm export`` merges them
+            into the weights. See ``kplm.models.lora``. Defaults to None (full fine-tuning).
+        lora_alpha: float or None. The factors' scale is ``lora_alpha / lora_rank``. Defaults
+            to None: ``lora_rank`` (scale 1).
     """
 
     #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
     limits = {"backbone_learning_rate_scale": "[0, 1]", "early_stopping_patience": ">= 1",
-              "sequence_length": ">= 2", "bucket_width": ">= 1"}
+              "sequence_length": ">= 2", "bucket_width": ">= 1", "lora_rank": ">= 1",
+              "lora_alpha": "> 0"}
 
     def __init__(self, freeze_backbone: bool = False, backbone_learning_rate_scale: float = 1.0,
                  early_stopping_patience: Optional[int] = None,
                  sequence_length: Optional[int] = None, length_bucketing: bool = True,
-                 bucket_width: int = 16):
+                 bucket_width: int = 16, lora_rank: Optional[int] = None,
+                 lora_alpha: Optional[float] = None):
         from kplm.checks import check_limits
+        from kplm.errors import ConfigError
         check_limits(self.limits, locals(), "finetune")
+        if lora_alpha is not None and lora_rank is None:
+            raise ConfigError("config key 'finetune.lora_alpha': scales LoRA factors; set "
+                              "finetune.lora_rank too")
+        if lora_rank is not None and freeze_backbone:
+            raise ConfigError("config key 'finetune.freeze_backbone': LoRA (finetune.lora_rank) "
+                              "already freezes the backbone and trains its adapters; remove "
+                              "one of them")
+        self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
         self.freeze_backbone = freeze_backbone
         self.backbone_learning_rate_scale = backbone_learning_rate_scale
         self.early_stopping_patience = early_stopping_patience

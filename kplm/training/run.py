@@ -114,7 +114,6 @@ def _run(job, *, overwrite, echo, progress):
         validation_ds = validation_ds.cache()
 
     # --- the loop ------------------------------------------------------------------------------
-    from kplm.training.loop import train
     from kplm.training.monitor import TrainingMonitor, flops_per_token, peak_flops
     monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD),
                               trainer.batch_size * job.tokens_per_row(), trainer.batch_size,
@@ -125,6 +124,25 @@ def _run(job, *, overwrite, echo, progress):
     callbacks = list(options.pop("callbacks", []))
     if echo:
         echo(job.describe(model, strategy))
+    status = {"total_steps": trainer.steps, "kind": job.kind, "started": time.time()}
+    if write:
+        runs.write_status(run_dir, "running", **status)
+    try:
+        metrics = _train_and_finish(job, model, train_ds, validation_ds, monitor, options,
+                                    callbacks, strategy, resuming, run_dir, write, echo, status)
+    except BaseException as e:
+        if write:
+            _record_failure(run_dir, e, status)
+        raise
+    return metrics
+
+
+def _train_and_finish(job, model, train_ds, validation_ds, monitor, options, callbacks,
+                      strategy, resuming, run_dir, write, echo, status):
+    """The loop, then what the run leaves (``job.finish``, ``metrics.json``); returns the
+    metrics."""
+    from kplm.training.loop import train
+    trainer = job.trainer
     start = time.perf_counter()
     try:
         result = train(model, train_ds, steps=trainer.steps, eval_every=trainer.eval_every,
@@ -145,10 +163,24 @@ def _run(job, *, overwrite, echo, progress):
     metrics = job.finish(model, result, monitor, wall, run_dir, write)
     if write:
         runs.write_json(os.path.join(run_dir, runs.METRICS), metrics)
+        runs.write_status(run_dir, "finished", **status)
         job.after_metrics(run_dir)
     if echo:
         echo(f"done in {wall:.0f} s; run directory {run_dir}")
     return metrics
+
+
+def _record_failure(run_dir, error, status):
+    """``status.json`` of a run the loop left by an exception: ``failed`` with the error's one
+    line, or ``interrupted`` (Ctrl-C). Never raises: the original error is what matters."""
+    from kplm.errors import clip, describe
+    try:
+        if isinstance(error, KeyboardInterrupt):
+            runs.write_status(run_dir, "interrupted", **status)
+        else:
+            runs.write_status(run_dir, "failed", error=clip(describe(error), 300), **status)
+    except Exception:  # a full or read-only disk: the run's own error is reported instead
+        pass
 
 
 def common_metrics(result, wall):
@@ -157,4 +189,20 @@ def common_metrics(result, wall):
             "restore_seconds": result.restore_seconds,
             "recoveries": [list(r) for r in result.recoveries],
             "skipped_steps": result.skipped_steps,
-            "wall_seconds": wall}
+            "wall_seconds": wall,
+            "peak_memory_mb": peak_memory_mb()}
+
+
+def peak_memory_mb():
+    """The most memory this run used, in MiB: the accelerator's peak where TensorFlow reports
+    one (the first GPU), else the process's peak resident set (host memory, as on a CPU)."""
+    try:
+        import tensorflow as tf
+        if tf.config.list_logical_devices("GPU"):
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    except Exception:  # no memory info for this device: the host's figure
+        pass
+    import resource
+    import sys
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, else KiB
