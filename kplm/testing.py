@@ -67,10 +67,13 @@ def tiny_byte_bpe(size):
 
 def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=32,
                              num_layers=2, num_heads=4, intermediate_size=64, max_positions=64,
-                             masked_lm_head=False):
+                             masked_lm_head=False, sentencepiece_model=None):
     """Write a tiny random Hugging Face checkpoint (``config.json``, ``model.safetensors``,
     ``vocab.txt``, ``tokenizer_config.json``) of ``model_type`` ``bert``, ``roberta``,
-    ``distilbert`` or ``gpt2`` (byte-level BPE ``vocab.json`` + ``merges.txt`` for the last two). The weights come from ``numpy.random.RandomState(seed)``, so the same
+    ``distilbert`` or ``gpt2`` (byte-level BPE ``vocab.json`` + ``merges.txt`` for the last two),
+    or ``xlm-roberta`` / ``camembert`` (RoBERTa's weights, with ``sentencepiece_model``, a
+    SentencePiece ``.model`` file, as ``sentencepiece.bpe.model`` and the vocabulary its
+    fairseq layout gives). The weights come from ``numpy.random.RandomState(seed)``, so the same
     arguments give the same bytes on every machine; ``tests/reference`` holds the reference
     implementation's outputs for them. With ``masked_lm_head`` (BERT, RoBERTa, DistilBERT) it
     is the ``*ForMaskedLM`` checkpoint instead: the same encoder weights, no pooler or task
@@ -86,7 +89,19 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
     from safetensors.numpy import save_file
 
     rng = np.random.RandomState(seed)
-    vocab = tiny_vocabulary()
+    fairseq = {"xlm-roberta": "xlm_roberta", "camembert": "camembert"}.get(model_type)
+    if fairseq:
+        if sentencepiece_model is None:
+            raise ValueError(f"{model_type}: pass sentencepiece_model (a SentencePiece .model)")
+        from sentencepiece import sentencepiece_model_pb2
+
+        from kplm.tokenizers.fairseq import vocabulary  # no TensorFlow
+        with open(sentencepiece_model, "rb") as f:
+            pieces = [p.piece for p in sentencepiece_model_pb2.ModelProto.FromString(
+                f.read()).pieces]
+        vocab = vocabulary(pieces, fairseq)
+    else:
+        vocab = tiny_vocabulary()
     h, i_size, v = hidden_size, intermediate_size, len(vocab)
 
     def w(*shape, scale=0.2):
@@ -118,11 +133,13 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
             state.update(linear(p + "ffn.lin2.", h, i_size))
             state.update(ln(p + "output_layer_norm."))
         state.update(linear("classifier.", 2, h))  # a task layer the import must ignore
-    elif model_type in ("bert", "roberta"):
-        roberta = model_type == "roberta"
+    elif model_type in ("bert", "roberta", "xlm-roberta", "camembert"):
+        roberta = model_type != "bert"
         positions = max_positions + 2 if roberta else max_positions
         config = {"model_type": model_type,
-                  "architectures": ["RobertaModel" if roberta else "BertModel"],
+                  "architectures": [{"bert": "BertModel", "roberta": "RobertaModel",
+                                     "xlm-roberta": "XLMRobertaModel",
+                                     "camembert": "CamembertModel"}[model_type]],
                   "vocab_size": v, "hidden_size": h, "num_hidden_layers": num_layers,
                   "num_attention_heads": num_heads, "intermediate_size": i_size,
                   "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
@@ -207,6 +224,9 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
             json.dump(bpe_vocab, f, ensure_ascii=False)
         with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+    elif fairseq:
+        import shutil
+        shutil.copyfile(sentencepiece_model, os.path.join(directory, "sentencepiece.bpe.model"))
     else:
         with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(vocab) + "\n")

@@ -5,8 +5,10 @@ kplm backbone and tokenizer (BERT-family encoders into kplm's ``Encoder``, GPT-2
 A directory holds ``config.json``, the weights as ``model.safetensors`` (preferred) or
 ``pytorch_model.bin`` (read without running pickled code, see ``kplm.pretrained.torch_zip``),
 and the WordPiece vocabulary as ``vocab.txt`` or ``tokenizer.json``. Supported ``model_type``:
-``bert`` (BERT, MiniLM, ...), ``roberta`` / ``xlm-roberta`` (with their byte-level BPE
-tokenizer from ``vocab.json`` + ``merges.txt``), ``distilbert``, and ``gpt2`` (a decoder).
+``bert`` (BERT, MiniLM, ...), ``roberta`` (with its byte-level BPE tokenizer from
+``vocab.json`` + ``merges.txt``), ``xlm-roberta`` and ``camembert`` (SentencePiece
+``sentencepiece.bpe.model`` numbered as fairseq does, ``kplm.tokenizers.fairseq``),
+``distilbert``, and ``gpt2`` (a decoder).
 Nothing is downloaded.
 
 Layout (as keras-hub's ``utils/transformers``): ``kplm.pretrained.hf_io`` reads the files and
@@ -37,6 +39,9 @@ __all__ = ["FAMILIES", "HF_EXPORT_NAMES", "WEIGHT_FILES", "backbone_arguments", 
 #: ``model_type`` -> family: the converter (``bert``, ``roberta``, ``distilbert``: encoders, in
 #: ``kplm.pretrained.bert``; ``gpt2``: a decoder, in ``kplm.pretrained.gpt2``).
 FAMILIES = {**bert.MODEL_TYPES, **gpt2.MODEL_TYPES}
+#: ``model_type`` -> the fairseq id layout of its ``sentencepiece.bpe.model``
+#: (``kplm.tokenizers.fairseq``).
+FAIRSEQ_LAYOUTS = {"xlm-roberta": "xlm_roberta", "camembert": "camembert"}
 
 
 def read_config(path):
@@ -104,7 +109,12 @@ def load_tokenizer(path):
     ``tokenizer.json`` (with the lowercasing and accent stripping of its
     ``tokenizer_config.json``) for BERT and DistilBERT, ``byte_bpe`` for RoBERTa, ``gpt2_bpe``
     for GPT-2."""
-    family, _ = read_config(path)
+    family, config = read_config(path)
     if backbone_family(family) == "decoder":
         return gpt2.load_tokenizer(path)
+    layout = FAIRSEQ_LAYOUTS.get(config.get("model_type"))
+    model = os.path.join(path, "sentencepiece.bpe.model")
+    if layout and os.path.isfile(model):
+        from kplm.tokenizers.sentencepiece import SentencePiece
+        return SentencePiece(vocabulary=model, id_layout=layout)
     return bert.load_tokenizer(family, path)

@@ -52,6 +52,14 @@ class SentencePiece(Tokenizer):
             own normalization. Defaults to False.
         num_sentinels: int. Sentinel pieces ``<extra_id_0>``... (T5 uses 100). Defaults to 100.
         max_training_lines: int or None. Learn from at most this many examples. Defaults to None.
+        id_layout: ``"sentencepiece"``, ``"xlm_roberta"`` or ``"camembert"``. How a loaded
+            ``vocabulary``'s piece ids become model ids. ``"sentencepiece"``: unchanged. The
+            other two are fairseq's dictionaries, as the checkpoints of XLM-R and CamemBERT
+            (and Hugging Face's tokenizers for them) number tokens: ``<s> <pad> </s> <unk>``
+            first (CamemBERT: ``<s>NOTUSED <pad> </s>NOTUSED <unk> <unk>NOTUSED``), the
+            SentencePiece pieces after them shifted (by 1; CamemBERT by 4), SentencePiece's
+            ``<unk>`` as the ``<unk>`` above, and ``<mask>`` last. Roles: ``cls`` ``<s>``, ``sep``
+            ``</s>``; pairs are joined with ``</s></s>``. Defaults to ``"sentencepiece"``.
 
     Example:
     >>> import tensorflow as tf
@@ -65,7 +73,6 @@ class SentencePiece(Tokenizer):
     """
 
     name = "sentencepiece"
-    pair_separator = ("sep",)
     continuation_prefix = None  # word starts are marked by a leading "▁" instead
     #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
     limits = {"vocabulary_size": ">= 1", "num_sentinels": ">= 0", "max_training_lines": ">= 1"}
@@ -78,8 +85,16 @@ class SentencePiece(Tokenizer):
         lowercase: bool = False,
         num_sentinels: int = 100,
         max_training_lines: Optional[int] = None,
+        id_layout: Literal["sentencepiece", "xlm_roberta", "camembert"] = "sentencepiece",
     ):
         check_limits(self.limits, locals(), "tokenizer")
+        if id_layout != "sentencepiece" and vocabulary is None:
+            raise ConfigError(f"config key 'tokenizer.id_layout': {id_layout} numbers the pieces "
+                              "of an existing model; set tokenizer.vocabulary to its "
+                              "sentencepiece.bpe.model")
+        self.id_layout = id_layout
+        if id_layout != "sentencepiece":
+            num_sentinels = 0  # fairseq dictionaries have none
         if vocabulary is None and vocabulary_size < len(SPECIAL_TOKENS) + num_sentinels + 20:
             raise ConfigError(f"tokenizer.vocabulary_size must leave room for learned pieces "
                               f"beyond the {len(SPECIAL_TOKENS) + num_sentinels} special ones, "
@@ -94,7 +109,10 @@ class SentencePiece(Tokenizer):
                         "mask": "<mask>"}
         self.tokens, self.proto, self._ids, self._layer = None, None, None, None
         if vocabulary is not None:
-            self._set_proto(_read_model(vocabulary), complete=True)
+            if id_layout == "sentencepiece":
+                self._set_proto(_read_model(vocabulary), complete=True)
+            else:
+                self._set_fairseq(_read_model(vocabulary))
 
     # --- learning -------------------------------------------------------------------------
     def train(self, texts, progress=True, total_bytes=None):
@@ -141,9 +159,19 @@ class SentencePiece(Tokenizer):
         if self.tokens is None:
             raise ConfigError("tokenizer has no vocabulary: set tokenizer.vocabulary or train it")
         if self._layer is None:
-            import keras_hub
-            self._layer = keras_hub.tokenizers.SentencePieceTokenizer(proto=self.proto)
+            if self.id_layout == "sentencepiece":
+                import keras_hub
+                self._layer = keras_hub.tokenizers.SentencePieceTokenizer(proto=self.proto)
+            else:
+                from kplm.tokenizers.fairseq_layer import FairseqSentencePiece
+                self._layer = FairseqSentencePiece(proto=self.proto, **self._fairseq)
         return self._layer
+
+    @property
+    def pair_separator(self):
+        """``[CLS] a [SEP] b [SEP]``; a fairseq model (XLM-R, CamemBERT) was trained with
+        ``<s> a </s></s> b </s>``."""
+        return ("sep",) if self.id_layout == "sentencepiece" else ("sep", "sep")
 
     def token_to_id(self, token):
         return self._ids[token]
@@ -172,7 +200,7 @@ class SentencePiece(Tokenizer):
         os.replace(path + ".tmp", path)
         config = {"name": "sentencepiece", "model_type": self.model_type,
                   "lowercase": self.lowercase, "num_sentinels": self.num_sentinels,
-                  "vocabulary_size": len(self.tokens)}
+                  "vocabulary_size": len(self.tokens), "id_layout": self.id_layout}
         with open(os.path.join(directory, CONFIG_FILE) + ".tmp", "w", encoding="utf-8") as f:
             f.write(json.dumps(config, indent=2) + "\n")
         os.replace(os.path.join(directory, CONFIG_FILE) + ".tmp",
@@ -189,7 +217,8 @@ class SentencePiece(Tokenizer):
         return cls(vocabulary=directory, model_type=config.get("model_type", "unigram"),
                    lowercase=config.get("lowercase", False),
                    num_sentinels=config.get("num_sentinels", 100),
-                   vocabulary_size=config.get("vocabulary_size", 8000))
+                   vocabulary_size=config.get("vocabulary_size", 8000),
+                   id_layout=config.get("id_layout", "sentencepiece"))
 
     # --- internals --------------------------------------------------------------------------
     def _set_proto(self, proto, complete):
@@ -220,6 +249,30 @@ class SentencePiece(Tokenizer):
             pieces = [p.piece for p in model.pieces]
         self.proto, self.tokens, self._layer = proto, pieces, None
         self._ids = {piece: i for i, piece in enumerate(pieces)}
+
+
+    def _set_fairseq(self, proto):
+        """Number the pieces of ``proto`` (left unchanged) as ``id_layout``'s fairseq
+        dictionary (``kplm.tokenizers.fairseq``)."""
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        from kplm.tokenizers import fairseq
+        model = pb.ModelProto()
+        model.ParseFromString(proto)
+        pieces = [p.piece for p in model.pieces]
+        _, skip = fairseq.LAYOUTS[self.id_layout]
+        unk = model.trainer_spec.unk_id
+        if not 0 <= unk < skip:
+            raise ConfigError(f"tokenizer.vocabulary: its <unk> is piece {unk}; the "
+                              f"{self.id_layout} layout expects one of the first {skip}")
+        self.tokens = fairseq.vocabulary(pieces, self.id_layout)
+        self.proto, self._layer = proto, None
+        self._ids = {}
+        for i, piece in enumerate(self.tokens):
+            self._ids.setdefault(piece, i)
+        self.special = {"cls": "<s>", "sep": "</s>", "pad": "<pad>", "unk": "<unk>",
+                        "mask": "<mask>"}
+        self._fairseq = fairseq.id_mapping(self.id_layout, unk, len(self.tokens))
 
 
 def _read_model(path):

