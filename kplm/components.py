@@ -184,7 +184,9 @@ class Head(Component):
     - ``serving_endpoint(model, tokenizer, sequence_length)`` (optional, for ``kplm export``):
       ``(fn, input_signature)``, a function of ``[batch]`` raw-string tensors returning a dict of
       named output tensors, computed in graph ops (tokenization included); see
-      ``kplm.serving``.
+      ``kplm.serving``. A head with several (the seq2seq head: greedy and beam search) defines
+      ``serving_endpoints(...)`` instead: ``{signature name: (fn, input_signature)}``, one of
+      them ``serving_default``.
     - ``length_bucketing``: True when the head's batches may be cut to their bucket length
       (``kplm.data.bucketing``): ``x`` has a ``padding_mask`` (or one per stream, such as
       ``encoder_padding_mask`` and ``decoder_padding_mask``), and every tensor of a batch whose

@@ -35,22 +35,29 @@ def export_saved_model(run_dir, output, *, echo=print, overwrite=False):
     rule = dict(what="--output", overwrite=overwrite, inputs=[run_dir], names=SAVED_MODEL_NAMES)
     check_output(output, **rule)
     run = FinetunedRun(run_dir)
+    several = getattr(run.head, "serving_endpoints", None)
     endpoint = getattr(run.head, "serving_endpoint", None)
-    if endpoint is None:
+    if several is None and endpoint is None:
         raise KplmError(f"{run_dir}: head '{run.head.name}' defines no serving endpoint")
     require_finite(run.model, output)
     layer = run.tokenizer.build()
     layer(["warm up"])  # a keras_hub tokenizer must run once before it can be tracked
-    fn, signature = endpoint(run.model, run.tokenizer, run.sequence_length)
+    if several is not None:
+        endpoints = several(run.model, run.tokenizer, run.sequence_length)
+    else:
+        endpoints = {"serving_default": endpoint(run.model, run.tokenizer, run.sequence_length)}
     archive = keras.export.ExportArchive()
     archive.track(run.model)
     archive.track(layer)
-    archive.add_endpoint(name="serving_default", fn=fn, input_signature=signature)
+    for name, (fn, signature) in endpoints.items():
+        archive.add_endpoint(name=name, fn=fn, input_signature=signature)
     with atomic_output(output, **rule) as tmp:
         archive.write_out(tmp, verbose=False)
-    names = [spec.name for spec in signature]
+    names = [spec.name for spec in endpoints["serving_default"][1]]
     if echo:
-        echo(f"exported {run_dir} ({run.head.name}) to {output}: serving_default({', '.join(names)})")
+        shown = ", ".join(f"{n}({', '.join(spec.name for spec in sig)})"
+                          for n, (_, sig) in endpoints.items())
+        echo(f"exported {run_dir} ({run.head.name}) to {output}: {shown}")
     return names
 
 

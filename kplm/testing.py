@@ -269,7 +269,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops the graph uses)
 model = tf.saved_model.load(sys.argv[1])
 inputs = json.load(open(sys.argv[2], encoding="utf-8"))
-out = model.signatures["serving_default"](**{k: tf.constant(v) for k, v in inputs.items()})
+out = model.signatures[sys.argv[4]](**{k: tf.constant(v) for k, v in inputs.items()})
 def plain(value):
     value = value.numpy()
     if value.dtype == object:
@@ -280,10 +280,10 @@ json.dump({k: plain(v) for k, v in out.items()}, open(sys.argv[3], "w", encoding
 """
 
 
-def serve_in_fresh_process(export_dir, inputs, timeout=300):
+def serve_in_fresh_process(export_dir, inputs, timeout=300, signature="serving_default"):
     """Load the SavedModel in ``export_dir`` in a new Python process that imports only
-    TensorFlow and tensorflow-text (as a serving process would), call its ``serving_default``
-    signature with ``inputs`` (``{name: [str, ...]}``) and return its outputs as lists.
+    TensorFlow and tensorflow-text (as a serving process would), call its ``signature``
+    (default ``serving_default``) with ``inputs`` (``{name: [str, ...]}``) and return its outputs as lists.
 
     Example:
         out = serve_in_fresh_process("exported/sst2", {"text": ["a fine film"]})
@@ -296,7 +296,8 @@ def serve_in_fresh_process(export_dir, inputs, timeout=300):
         with open(source, "w", encoding="utf-8") as f:
             json.dump(inputs, f)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        done = subprocess.run([sys.executable, "-c", _SERVE, export_dir, source, result],
+        done = subprocess.run([sys.executable, "-c", _SERVE, export_dir, source, result,
+                               signature],
                               capture_output=True, text=True, env=env, timeout=timeout)
         if done.returncode:
             raise RuntimeError(f"serving process failed:\n{done.stderr[-3000:]}")

@@ -257,3 +257,28 @@ def test_finetune_with_validation_logs_bleu_and_keeps_the_best_weights(tmp_path,
     validations = [line for line in log if line.startswith("validation at step")]
     assert len(validations) == 2 and all(" bleu " in line for line in validations), log
     assert metrics["best_step"] in (2, 4) and set(metrics["validation"]) >= {"bleu", "rougeL"}
+
+
+def test_exported_saved_model_generates_like_predict_greedy_and_beam(translation_run,
+                                                                      tmp_path):
+    """`kplm export` of a seq2seq run: raw source strings in, generated strings out, in graph
+    (tokenizer, cached decoder, sampler loop, detokenizer), loaded by a process with only
+    TensorFlow + tensorflow-text; each signature equals `kplm predict` with that decoding."""
+    from kplm.runs import FinetunedRun
+    from kplm.testing import serve_in_fresh_process
+    run_dir = translation_run[0]
+    exported = str(tmp_path / "served")
+    result = run_kplm("export", run_dir, "-o", exported)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "greedy(source)" in result.stdout and "beam(source)" in result.stdout
+    texts = ["A man is sleeping on a couch.", "Two dogs play in the snow.", "",
+             "A little girl climbs into a wooden playhouse, " * 6]  # empty; longer than 32
+    run = FinetunedRun(run_dir)
+    greedy = [p["generated"] for p in run.predict([{"source": t} for t in texts])]
+    assert serve_in_fresh_process(exported, {"source": texts})["generated"] == greedy
+    assert serve_in_fresh_process(exported, {"source": texts},
+                                  signature="greedy")["generated"] == greedy
+    run.head.num_beams = 4  # the beam signature's default when the head decodes greedily
+    beam = [p["generated"] for p in run.predict([{"source": t} for t in texts])]
+    assert serve_in_fresh_process(exported, {"source": texts},
+                                  signature="beam")["generated"] == beam

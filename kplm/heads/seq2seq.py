@@ -182,6 +182,50 @@ class Seq2SeqHead(Head):
             rows.append([t for t in row if t not in specials])
         return self._detokenize(tokenizer, rows[:count])
 
+    # --- serving ----------------------------------------------------------------------------
+    def serving_endpoints(self, model, tokenizer, sequence_length):
+        """``kplm export``: raw source strings in, generated strings out, all in graph (the
+        tokenizer, the encoder once, the decoder a token at a time with its self- and
+        cross-attention caches, the sampler's loop, the detokenizer). Signatures:
+        ``serving_default`` decodes as the head does (``num_beams``), ``greedy`` greedily,
+        ``beam`` with beam search (``num_beams`` beams, 4 when the head decodes greedily).
+        Each returns ``generated``, a ``[batch]`` string tensor equal to ``kplm predict``'s."""
+        import keras_hub
+
+        from kplm.serving import string_input
+        beams = self.num_beams if self.num_beams > 1 else 4
+        samplers = {"greedy": lambda: keras_hub.samplers.GreedySampler(),
+                    "beam": lambda: keras_hub.samplers.BeamSampler(num_beams=beams)}
+        samplers["serving_default"] = samplers["beam" if self.num_beams > 1 else "greedy"]
+        signature = [string_input(self.source_field)]
+        return {name: (self._serve(model, tokenizer, sequence_length, make()), signature)
+                for name, make in samplers.items()}
+
+    def _serve(self, model, tokenizer, sequence_length, sampler):
+        import tensorflow as tf
+        target_length = self._target_length(sequence_length, model.backbone)
+        sources, _ = self._encoders(tokenizer, sequence_length, target_length)
+        cls_id, sep_id, pad_id = (tokenizer.special_id(r) for r in ("cls", "sep", "pad"))
+        specials = tf.constant(sorted(tokenizer.special_token_ids), tf.int32)
+        layer = tokenizer.build()
+
+        def serve(texts):
+            x = sources(texts)
+            batch = tf.shape(x["encoder_token_ids"])[0]
+            prompt = tf.concat([tf.fill([batch, 1], cls_id),
+                                tf.fill([batch, target_length - 1], pad_id)], axis=1)
+            mask = tf.concat([tf.ones([batch, 1], tf.bool),
+                              tf.zeros([batch, target_length - 1], tf.bool)], axis=1)
+            model.sampler, model.use_cache = sampler, True  # read while this traces
+            out = model.generate_step({**x, "decoder_token_ids": tf.cast(prompt, tf.int32),
+                                       "decoder_padding_mask": mask}, stop_token_ids=[sep_id])
+            ids = tf.cast(out["decoder_token_ids"][:, 1:], tf.int32)  # after the start token
+            keep = tf.cast(out["decoder_padding_mask"][:, 1:], tf.bool)  # to the end token
+            keep &= tf.reduce_all(ids[:, :, None] != specials[None, None, :], axis=-1)
+            text = layer.detokenize(tf.ragged.boolean_mask(ids, keep))
+            return {"generated": tf.reshape(text, [-1])}
+        return serve
+
     @staticmethod
     def _detokenize(tokenizer, rows):
         import tensorflow as tf
