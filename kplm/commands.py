@@ -157,7 +157,9 @@ def export(run_dir, fmt, output, overwrite):
     from kplm.pretrained.presets import PRESET_NAMES
     from kplm.serving import SAVED_MODEL_NAMES
     output = output or os.path.join(run_dir, "export", fmt)
-    names = {"saved_model": SAVED_MODEL_NAMES, "keras_hub": PRESET_NAMES, "hf": HF_EXPORT_NAMES}
+    from kplm.pretrained.bart import EXPORT_NAMES as BART_EXPORT_NAMES
+    names = {"saved_model": SAVED_MODEL_NAMES, "keras_hub": PRESET_NAMES,
+             "hf": tuple(sorted(set(HF_EXPORT_NAMES) | set(BART_EXPORT_NAMES)))}
     check_output(output, what="--output", overwrite=overwrite, inputs=[run_dir],
                  names=names[fmt])  # before anything is loaded
     import_tensorflow_quietly()
@@ -176,8 +178,12 @@ def export(run_dir, fmt, output, overwrite):
         from kplm.pretrained.presets import save_preset
         save_preset(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
     else:
-        from kplm.pretrained.huggingface import export_bert
-        export_bert(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
+        if getattr(backbone, "family", None) == "encoder_decoder":
+            from kplm.pretrained.bart import export_bart
+            export_bart(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
+        else:
+            from kplm.pretrained.huggingface import export_bert
+            export_bert(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
     click.echo(f"exported the backbone and tokenizer of {run_dir} to {output} ({fmt})")
 
 

@@ -71,7 +71,8 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
     """Write a tiny random Hugging Face checkpoint (``config.json``, ``model.safetensors``,
     ``vocab.txt``, ``tokenizer_config.json``) of ``model_type`` ``bert``, ``roberta``,
     ``distilbert`` or ``gpt2`` (byte-level BPE ``vocab.json`` + ``merges.txt`` for the last two),
-    or ``xlm-roberta`` / ``camembert`` (RoBERTa's weights, with ``sentencepiece_model``, a
+    ``bart`` (a ``BartModel``, RoBERTa's byte-level BPE), or ``xlm-roberta`` / ``camembert``
+    (RoBERTa's weights, with ``sentencepiece_model``, a
     SentencePiece ``.model`` file, as ``sentencepiece.bpe.model`` and the vocabulary its
     fairseq layout gives). The weights come from ``numpy.random.RandomState(seed)``, so the same
     arguments give the same bytes on every machine; ``tests/reference`` holds the reference
@@ -162,6 +163,31 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
             state.update(linear(p + "output.dense.", h, i_size))
             state.update(ln(p + "output.LayerNorm."))
         state.update(linear(prefix + "pooler.dense.", h, h))
+    elif model_type == "bart":
+        positions = max_positions + 2  # BART's table starts two rows before position 0
+        config = {"model_type": "bart", "architectures": ["BartModel"], "vocab_size": v,
+                  "d_model": h, "encoder_layers": num_layers, "decoder_layers": num_layers,
+                  "encoder_attention_heads": num_heads, "decoder_attention_heads": num_heads,
+                  "encoder_ffn_dim": i_size, "decoder_ffn_dim": i_size,
+                  "max_position_embeddings": max_positions, "activation_function": "gelu",
+                  "dropout": 0.1, "attention_dropout": 0.0, "activation_dropout": 0.0,
+                  "scale_embedding": False, "pad_token_id": 1, "bos_token_id": 0,
+                  "eos_token_id": 2, "decoder_start_token_id": 0, "forced_eos_token_id": None,
+                  "forced_bos_token_id": None, "tie_word_embeddings": True}
+        state["shared.weight"] = w(v, h)
+        for side in ("encoder", "decoder"):
+            state[f"{side}.embed_positions.weight"] = w(positions, h)
+            state.update(ln(f"{side}.layernorm_embedding."))
+            for layer in range(num_layers):
+                p = f"{side}.layers.{layer}."
+                for attention in (("self_attn",) if side == "encoder"
+                                  else ("self_attn", "encoder_attn")):
+                    for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                        state.update(linear(f"{p}{attention}.{proj}.", h, h))
+                    state.update(ln(f"{p}{attention}_layer_norm."))
+                state.update(linear(p + "fc1.", i_size, h))
+                state.update(linear(p + "fc2.", h, i_size))
+                state.update(ln(p + "final_layer_norm."))
     elif model_type == "gpt2":
         config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": v,
                   "n_embd": h, "n_layer": num_layers, "n_head": num_heads, "n_inner": i_size,
@@ -188,7 +214,8 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
         state.update(ln(p + "ln_f."))
         state["lm_head.weight"] = state[p + "wte.weight"].copy()  # tied, stored twice
     else:
-        raise ValueError("model_type must be bert, roberta, distilbert or gpt2, not "
+        raise ValueError("model_type must be bert, roberta, xlm-roberta, camembert, distilbert, "
+                         "gpt2 or bart, not "
                          f"{model_type!r}")
     if masked_lm_head:
         if model_type == "gpt2":
@@ -215,7 +242,7 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
     save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
-    if model_type in ("roberta", "gpt2"):
+    if model_type in ("roberta", "gpt2", "bart"):
         bpe_vocab, merges = tiny_byte_bpe(v)
         if model_type == "gpt2":  # GPT-2's one special token takes the last id
             del bpe_vocab["<mask>"]

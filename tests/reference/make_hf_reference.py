@@ -17,6 +17,8 @@ What it writes (next to this file):
   (fairseq's numbering of ``tiny_xlmr_sentencepiece.bpe.model``, a 500-piece unigram model (as the real ones are) learned
   from Multi30k English and German) on a multilingual sample, and the tiny XLM-R's hidden
   states (``python make_hf_reference.py fairseq`` writes just these).
+* ``tiny_bart.npz``: the tiny BART's encoder and decoder hidden states and its greedy
+  generation (``python make_hf_reference.py bart``).
 * ``tiny_gpt2.npz``: the tiny GPT-2's hidden states, greedy generation and token ids
   (``python make_hf_reference.py gpt2`` writes just this one).
 * ``tiny_bert_mlm.npz``, ``tiny_distilbert_mlm.npz``, ``tiny_roberta_mlm.npz``: the
@@ -316,6 +318,48 @@ def fairseq_tokens():
     print(f"wrote {os.path.relpath(path, ROOT)}")
 
 
+BART_NEW_TOKENS = 10
+
+
+def bart():
+    """``tiny_bart.npz``: the tiny BART (``write_tiny_hf_checkpoint(..., "bart")``): encoder and
+    decoder hidden states of ``BartModel`` for right-padded random ids, and greedy generation
+    of ``BartForConditionalGeneration`` (the same weights, tied LM head) from ``<s>`` (id 0,
+    kplm's start token) until ``</s>`` or ``BART_NEW_TOKENS`` tokens."""
+    with tempfile.TemporaryDirectory() as directory:
+        config = write_tiny_hf_checkpoint(directory, "bart")
+        arrays = {"safetensors_sha256": np.array(
+            sha256(os.path.join(directory, "model.safetensors")))}
+        rng = np.random.RandomState(3)
+        v = config["vocab_size"]
+        encoder_ids = rng.randint(4, v - 1, size=(2, 9)).astype(np.int64)
+        encoder_mask = np.ones_like(encoder_ids)
+        encoder_ids[1, 6:], encoder_mask[1, 6:] = 1, 0  # right padding
+        decoder_ids = np.concatenate([np.zeros((2, 1), np.int64),
+                                      rng.randint(4, v - 1, size=(2, 6))], axis=1)
+        decoder_mask = np.ones_like(decoder_ids)
+        model = load_model(directory)
+        with torch.no_grad():
+            out = model(input_ids=torch.from_numpy(encoder_ids),
+                        attention_mask=torch.from_numpy(encoder_mask),
+                        decoder_input_ids=torch.from_numpy(decoder_ids),
+                        decoder_attention_mask=torch.from_numpy(decoder_mask))
+        arrays.update({"encoder_ids": encoder_ids, "encoder_mask": encoder_mask,
+                       "decoder_ids": decoder_ids, "decoder_mask": decoder_mask,
+                       "encoder_hidden": out.encoder_last_hidden_state.numpy(),
+                       "decoder_hidden": out.last_hidden_state.numpy()})
+        generator = transformers.AutoModelForSeq2SeqLM.from_pretrained(
+            directory, dtype=torch.float32).eval()
+        with torch.no_grad():
+            generated = generator.generate(
+                torch.from_numpy(encoder_ids), attention_mask=torch.from_numpy(encoder_mask),
+                decoder_start_token_id=0, eos_token_id=2, pad_token_id=1, do_sample=False,
+                num_beams=1, max_new_tokens=BART_NEW_TOKENS, forced_bos_token_id=None,
+                forced_eos_token_id=None)
+        arrays["greedy_ids"] = generated.numpy()
+    save("tiny_bart.npz", arrays)
+
+
 def main():
     transformers.logging.set_verbosity_error()  # e.g. DistilBERT's ignored classifier.* keys
     transformers.logging.disable_progress_bar()
@@ -326,6 +370,7 @@ def main():
         tiny_mlm(model_type)
     roberta_tokens()
     fairseq_tokens()
+    bart()
     minilm()
     gpt2()
 
@@ -334,6 +379,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["gpt2"]:  # just the GPT-2 reference
         transformers.logging.set_verbosity_error()
         gpt2()
+    elif sys.argv[1:] == ["bart"]:  # just the BART reference
+        transformers.logging.set_verbosity_error()
+        bart()
     elif sys.argv[1:] == ["fairseq"]:  # just the XLM-R / CamemBERT references
         transformers.logging.set_verbosity_error()
         fairseq_tokens()
