@@ -15,11 +15,12 @@ class BestWeights:
     The training loop calls ``update`` after each validation (``train(..., best=...)``).
     """
 
-    def __init__(self, path, monitor, mode="max", write=True, trainable_only=False):
+    def __init__(self, path, monitor, mode="max", write=True, variables=None):
         self.path, self.monitor, self.mode, self.write = path, monitor, mode, write
-        # A LoRA model keeps its trainable variables only, by path, in a safetensors file:
-        # Keras writes a LoRA layer's weights merged, which would not restore its factors.
-        self.trainable_only = trainable_only
+        # ``variables`` (a function returning them): keep only those, by path, in a safetensors
+        # file. A LoRA model's trainable variables: Keras writes a LoRA layer's weights merged,
+        # which would not restore its factors.
+        self.variables = variables
         self.best = self.step = None
         try:
             with open(path + ".json", encoding="utf-8") as f:
@@ -45,12 +46,12 @@ class BestWeights:
         self.best, self.step = value, step
         if not self.write:
             return
-        tmp = (self.path + ".tmp" if self.trainable_only
+        tmp = (self.path + ".tmp" if self.variables is not None
                else self.path[: -len(".weights.h5")] + ".tmp.weights.h5")
         try:
-            if self.trainable_only:
+            if self.variables is not None:
                 from kplm.models.lora import save_variables
-                save_variables(model.trainable_variables, self.path)  # atomic itself
+                save_variables(self.variables(), self.path)  # atomic itself
             else:
                 model.save_weights(tmp)
                 os.replace(tmp, self.path)
@@ -66,12 +67,13 @@ class BestWeights:
                                        f"{e.strerror or e}; training stopped") from None
 
     @staticmethod
-    def load(model, path, trainable_only=False):
-        """Load the best weights into ``model``; returns the step they are from. A damaged file
-        is one ``KplmError`` line naming it."""
-        if trainable_only:
+    def load(model, path, variables=None):
+        """Load the best weights into ``model`` (or into ``variables``, a list, when they were
+        kept alone); returns the step they are from. A damaged file is one ``KplmError`` line
+        naming it."""
+        if variables is not None:
             from kplm.models.lora import load_variables
-            load_variables(model.trainable_variables, path, "best adapters")
+            load_variables(variables, path, "best adapters")
         else:
             from kplm.runs import load_weights
             load_weights(model, path, "the best weights")

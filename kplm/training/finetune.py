@@ -299,9 +299,10 @@ class FinetuneJob(Job):
                 options["callbacks"].insert(0, extra)
             if self.adapted:  # the trainable variables only, by path (kplm.models.lora)
                 self.best_path = os.path.join(run_dir, BEST_ADAPTERS)
-            options["best"] = BestWeights(self.best_path, monitor=f"val_{head.metric}",
-                                          mode=head.metric_mode, write=write,
-                                          trainable_only=bool(self.adapted))
+            options["best"] = BestWeights(
+                self.best_path, monitor=f"val_{head.metric}", mode=head.metric_mode,
+                write=write,
+                variables=(lambda: self.student.trainable_variables) if self.adapted else None)
             options["patience"] = self.options.early_stopping_patience
         return options
 
@@ -310,8 +311,9 @@ class FinetuneJob(Job):
         from kplm.training.best_weights import BestWeights
         best_step = result.step
         if os.path.exists(self.best_path):
-            best_step = BestWeights.load(self.student if self.adapted else model,
-                                         self.best_path, trainable_only=bool(self.adapted))
+            best_step = BestWeights.load(
+                model, self.best_path,
+                variables=self.student.trainable_variables if self.adapted else None)
         model = self.student  # a distiller's teacher is not part of the run's model
         adapters = None
         if self.adapted:
