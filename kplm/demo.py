@@ -83,10 +83,31 @@ def main():
           "(docs/recipes.md: how this recipe was chosen; docs/distillation.md)")
     print(f"Runs: {pretrain_config['run_dir']}, {classify_config['run_dir']}, "
           f"{scratch_config['run_dir']}")
+    report = write_report([classify_config["run_dir"], scratch_config["run_dir"]])
+    if report:
+        print(f"Side by side (curves, config differences, metrics): {report}")
     print("TensorBoard: .venv/bin/tensorboard --logdir runs/")
     print(f"Try:  echo 'a warm , funny film' | .venv/bin/kplm predict {classify_config['run_dir']}")
     print("=" * 76)
     return 0
+
+
+REPORT = os.path.join("runs", "demo_report.html")
+
+
+def write_report(run_dirs, path=REPORT):
+    """``kplm report`` of the two fine-tunes into ``path`` (replacing only a report the demo
+    wrote before); returns the path, or None when a file that is not a kplm report is there."""
+    from kplm.outputs import atomic_output
+    from kplm.report import is_report, render
+    if os.path.exists(path) and not is_report(path):
+        print(f"(not writing {path}: a file that is not a kplm report is there)")
+        return None
+    page = render(run_dirs, title="make demo: pretrained vs random initialisation, SST-2")
+    with atomic_output(path, file=True, overwrite=True, what="demo report",
+                       inputs=list(run_dirs)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path
 
 
 def from_scratch(classify_config, pretrain_config):

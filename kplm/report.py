@@ -26,6 +26,8 @@ import time
 #: One colour per run (Tableau 10, the default cycle of matplotlib and TensorBoard's palette).
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
+#: The page's ``<meta name="generator">``: how a writer recognises a report it may replace.
+GENERATOR = "kplm report"
 #: Plots in this order first; any other scalar follows, alphabetically.
 _FIRST = ("train/loss", "train/learning_rate")
 _LAST = ("train/tokens_per_second", "train/examples_per_second", "train/mfu")
@@ -186,6 +188,16 @@ def _names(run_dirs):
     return names if len(set(names)) == len(names) else list(run_dirs)
 
 
+def is_report(path):
+    """Whether the file ``path`` is a page ``render`` wrote (its generator tag in the head)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return f'<meta name="generator" content="{GENERATOR}">' in head
+
+
 def render(run_dirs, title=None):
     """The report page (a string) for ``run_dirs``."""
     from kplm.events import scalars as read_scalars
@@ -201,6 +213,7 @@ def render(run_dirs, title=None):
     title = title or "kplm report: " + ", ".join(names)
 
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f'<meta name="generator" content="{GENERATOR}">',
            f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
            f"<h1>{_e(title)}</h1>",
            f'<p class="note">Written by kplm report on {_e(time.strftime("%Y-%m-%d %H:%M"))} '

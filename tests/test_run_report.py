@@ -177,3 +177,17 @@ def test_report_page_draws_its_plots_in_a_headless_browser(runs_root, tmp_path):
     # both runs' lines are drawn (the first run's colour also marks its legend swatch: far
     # fewer pixels than its lines)
     assert count(COLOURS[0]) > 1500 and count(COLOURS[1]) > 1500
+
+
+def test_the_demo_writes_its_report_and_replaces_only_its_own(runs_root, tmp_path):
+    from kplm.demo import write_report
+    from kplm.report import is_report
+    root, _ = runs_root
+    runs = [str(root / "finished"), str(root / "group" / "higher_lr")]
+    path = str(tmp_path / "demo_report.html")
+    assert write_report(runs, path) == path and is_report(path)
+    assert write_report(runs, path) == path  # a rerun replaces its own page
+    mine = tmp_path / "mine.html"
+    mine.write_text("<html>my notes</html>")
+    assert write_report(runs, str(mine)) is None
+    assert mine.read_text() == "<html>my notes</html>"  # a user's file is never replaced
