@@ -67,7 +67,8 @@ def tiny_byte_bpe(size):
 
 def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=32,
                              num_layers=2, num_heads=4, intermediate_size=64, max_positions=64,
-                             masked_lm_head=False, sentencepiece_model=None):
+                             masked_lm_head=False, sentencepiece_model=None,
+                             num_labels=None):
     """Write a tiny random Hugging Face checkpoint (``config.json``, ``model.safetensors``,
     ``vocab.txt``, ``tokenizer_config.json``) of ``model_type`` ``bert``, ``roberta``,
     ``distilbert`` or ``gpt2`` (byte-level BPE ``vocab.json`` + ``merges.txt`` for the last two),
@@ -78,7 +79,9 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
     arguments give the same bytes on every machine; ``tests/reference`` holds the reference
     implementation's outputs for them. With ``masked_lm_head`` (BERT, RoBERTa, DistilBERT) it
     is the ``*ForMaskedLM`` checkpoint instead: the same encoder weights, no pooler or task
-    layer, plus a random masked-LM head. Returns the config dict.
+    layer, plus a random masked-LM head. With ``num_labels`` (BERT) it is a
+    ``BertForSequenceClassification``: the same encoder and pooler, plus a random
+    ``classifier`` layer and ``id2label`` (``LABEL_i``). Returns the config dict.
 
     Example:
         write_tiny_hf_checkpoint("/tmp/tiny-bert")
@@ -217,6 +220,17 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
         raise ValueError("model_type must be bert, roberta, xlm-roberta, camembert, distilbert, "
                          "gpt2 or bart, not "
                          f"{model_type!r}")
+    if num_labels is not None:
+        if model_type != "bert":
+            raise ValueError("num_labels: only a BERT classifier is written")
+        # drawn after every other weight: the encoder's bytes are those of the plain checkpoint
+        state = {"bert." + k: v for k, v in state.items()}
+        state.update(linear("classifier.", num_labels, h))
+        config["architectures"] = ["BertForSequenceClassification"]
+        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+        config["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+        if num_labels == 1:
+            config["problem_type"] = "regression"
     if masked_lm_head:
         if model_type == "gpt2":
             raise ValueError("masked_lm_head: GPT-2 has no masked-LM head")

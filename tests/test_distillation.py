@@ -107,7 +107,7 @@ def test_student_learns_the_teachers_answers(teacher, tmp_path):
     assert student.model.backbone.hidden_dim == 32  # the student, not the teacher, was saved
     assert json.load(open(os.path.join(run_dir, "head.json")))["labels"] == ["negative",
                                                                               "positive"]
-    sentences = [{"text": line.split("\t")[0]} for line in
+    sentences = [{"text": line.split("\t")[1]} for line in  # label<TAB>sentence
                  open(SST["dev"]["paths"][0], encoding="utf-8").read().splitlines()[1:201]]
     ours = [p["label"] for p in student.predict(sentences)]
     theirs = [p["label"] for p in master.predict(sentences)]
@@ -153,6 +153,56 @@ def test_a_pretraining_run_is_not_a_task_teacher(pretrained_run, tmp_path):
     with pytest.raises(ConfigError, match="not a fine-tuned kplm run .*pretraining"):
         finetune(student_config(run_dir, pretrained_run["run_dir"]), echo=None, progress=False)
     assert not os.path.exists(run_dir)
+
+
+# --- a Hugging Face *ForSequenceClassification teacher ----------------------------------------
+REFERENCE = os.path.join(ROOT, "tests", "reference", "tiny_bert_classifier.npz")
+
+
+def test_a_hugging_face_classifier_teaches_like_transformers(tmp_path):
+    """A ``BertForSequenceClassification`` directory read as a teacher: its logits equal
+    transformers' (encoder, pooler and classifier imported)."""
+    from kplm.testing import write_tiny_hf_checkpoint
+    from kplm.training.distillation import load_teacher, teacher_tokenizer
+    directory = str(tmp_path / "hf")
+    write_tiny_hf_checkpoint(directory, "bert", num_labels=3)
+    reference = np.load(REFERENCE, allow_pickle=False)
+    teacher = load_teacher(directory, teacher_tokenizer(directory))
+    logits = teacher.model({"token_ids": reference["input_ids"],
+                            "segment_ids": np.zeros_like(reference["input_ids"]),
+                            "padding_mask": reference["attention_mask"]})
+    np.testing.assert_allclose(np.asarray(logits), reference["logits"], atol=1e-4)
+
+
+def test_a_student_distils_a_hugging_face_classifier(tmp_path):
+    """End to end: a tiny BertForSequenceClassification (generic LABEL_i names: the student's
+    labels in order) teaches a 1-layer student on SST-2; the student is saved alone. A
+    teacher without a classifier, and a head it cannot teach, are refused in one line before
+    anything is written."""
+    from kplm.runs import FinetunedRun
+    from kplm.testing import write_tiny_hf_checkpoint
+    from kplm.training.finetune import finetune
+    hf = str(tmp_path / "hf")
+    write_tiny_hf_checkpoint(hf, "bert", num_labels=2, max_positions=64)
+    run_dir = str(tmp_path / "student")
+    config = student_config(run_dir, hf)
+    config["trainer"].update(steps=20, eval_every=20)
+    metrics = finetune(config, echo=None, progress=False)
+    assert json.load(open(os.path.join(run_dir, "head.json")))["labels"] == ["negative",
+                                                                              "positive"]
+    assert FinetunedRun(run_dir).model.backbone.hidden_dim == 32  # the student
+    assert 0 <= metrics["validation"]["accuracy"] <= 1
+    plain = str(tmp_path / "plain")
+    write_tiny_hf_checkpoint(plain, "bert")  # a BertModel: no classifier
+    for teacher, head, message in ((plain, None, "ForSequenceClassification"),
+                                   (hf, {"name": "token_classification"}, "teaches")):
+        refused = student_config(str(tmp_path / "refused"), teacher)
+        if head:
+            refused["head"] = head
+        with pytest.raises(ConfigError, match=message) as error:
+            finetune(refused, echo=None, progress=False)
+        assert "\n" not in str(error.value)
+        assert not os.path.exists(tmp_path / "refused")
 
 
 # --- task-agnostic distillation (DistilBERT-style pretraining) -----------------------------------

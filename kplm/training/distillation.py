@@ -47,10 +47,14 @@ def check_teacher(options, head_name, head, key="distillation.teacher"):
     teacher's head config; fills the student head's labels from it when they were not given."""
     from kplm import runs
     from kplm.pretrained import check_weights_file
+    from kplm.pretrained.hf_io import is_checkpoint
     path = options.teacher
     if not isinstance(path, str) or not os.path.isdir(path):
         raise ConfigError(f"config key '{key}': {shown(path)} is not a directory (expected a "
-                          "fine-tuned kplm run)")
+                          "fine-tuned kplm run or a Hugging Face *ForSequenceClassification "
+                          "directory)")
+    if is_checkpoint(path):
+        return _check_hf_teacher(path, head_name, head, key)
     head_file = os.path.join(path, runs.HEAD_CONFIG)
     if not os.path.isfile(head_file):
         hint = (" (a pretraining run: distil a pretrained model with the 'distillation' "
@@ -192,10 +196,110 @@ def perturb(text, seed, drop=0.1, ngram=0.25, max_ngram=5):
     return tf.strings.reduce_join(kept, separator=" ")
 
 
+#: Hugging Face ``model_type`` whose ``*ForSequenceClassification`` head kplm reads: BERT's
+#: (the tanh pooler over ``[CLS]``, dropout, one ``classifier`` layer), which MiniLM and the
+#: other BERT-architecture checkpoints share. RoBERTa's and DistilBERT's heads differ.
+HF_TEACHER_TYPES = ("bert",)
+_GENERIC_LABEL = "LABEL_"
+
+
+def _check_hf_teacher(path, head_name, head, key):
+    """``check_teacher`` for a Hugging Face ``*ForSequenceClassification`` directory: a
+    classification teacher (its ``id2label`` the labels; generic ``LABEL_i`` names are taken
+    in the order of the student's labels) or, with one label, a regression teacher."""
+    from kplm.pretrained import check_checkpoint
+    from kplm.pretrained.huggingface import read_config
+    where = os.path.join(path, "config.json")
+    _, config = read_config(path)
+    if config.get("model_type") not in HF_TEACHER_TYPES:
+        raise ConfigError(f"config key '{key}': {where}: a {shown(config.get('model_type'))} "
+                          "classifier's head is not read; kplm reads BERT-architecture "
+                          "*ForSequenceClassification teachers (fine-tune this one with kplm "
+                          "first)")
+    if not any(str(a).endswith("ForSequenceClassification")
+               for a in config.get("architectures") or []):
+        raise ConfigError(f"config key '{key}': {where} is not a *ForSequenceClassification "
+                          "model (its architectures); a teacher must be fine-tuned for the task")
+    id2label = config.get("id2label") or {"0": "LABEL_0", "1": "LABEL_1"}
+    try:
+        labels = [str(id2label[str(i)]) for i in range(len(id2label))]
+    except (KeyError, TypeError):
+        raise ConfigError(f"config key '{key}': {where}: id2label is not numbered 0..n-1") from None
+    regression = config.get("problem_type") == "regression" or len(labels) == 1
+    if head_name == "regression" and not regression:
+        raise ConfigError(f"config key '{key}': {where} classifies into {len(labels)} labels; "
+                          "a regression student needs a one-output teacher")
+    if head_name != "regression" and (head_name != "sequence_classification" or regression):
+        raise ConfigError(f"config key '{key}': a Hugging Face teacher teaches "
+                          "sequence_classification or regression students, not "
+                          f"'{head_name}' ({where} is a "
+                          f"{'regression' if regression else 'classification'} model)")
+    check_checkpoint(path, key)
+    saved = {"name": head_name}
+    if not regression:
+        if all(label == f"{_GENERIC_LABEL}{i}" for i, label in enumerate(labels)):
+            if head.labels is not None and len(head.labels) != len(labels):
+                raise ConfigError(f"config key 'head.labels': {len(head.labels)} labels, the "
+                                  f"teacher {path} has {len(labels)}")
+            labels = list(head.labels) if head.labels is not None else None
+        if labels is not None:
+            if head.labels is None:
+                head.labels = list(labels)
+            elif list(head.labels) != labels:
+                raise ConfigError(f"config key 'head.labels': {head.labels} differ from the "
+                                  f"teacher's {labels} ({where} id2label)")
+            saved["labels"] = labels
+    return saved
+
+
+def teacher_tokenizer(path):
+    """The tokenizer a teacher reads with (and its student takes): a kplm run's, or a Hugging
+    Face directory's."""
+    from kplm.pretrained.hf_io import is_checkpoint
+    if is_checkpoint(path):
+        from kplm.pretrained.huggingface import load_tokenizer
+        return load_tokenizer(path)
+    from kplm import runs
+    return runs.load_tokenizer(path)
+
+
+class _HuggingFaceTeacher:
+    """A Hugging Face ``BertForSequenceClassification`` as a kplm ``SequenceClassifier`` (or
+    ``SequenceRegressor``): the encoder and pooler imported, the ``classifier`` layer copied."""
+
+    def __init__(self, path):
+        import numpy as np
+
+        from kplm.models.classifier import SequenceClassifier, SequenceRegressor
+        from kplm.pretrained.hf_io import load_state_dict
+        from kplm.pretrained.huggingface import load_backbone, load_tokenizer, read_config
+        _, config = read_config(path)
+        self.tokenizer = load_tokenizer(path)
+        backbone = load_backbone(path)
+        state = load_state_dict(path)
+        if "classifier.weight" not in state:
+            raise DataError(f"{path}: no classifier.weight (not a *ForSequenceClassification "
+                            "checkpoint)")
+        kernel = np.asarray(state["classifier.weight"], np.float32).T
+        bias = np.asarray(state.get("classifier.bias", np.zeros(kernel.shape[1])), np.float32)
+        if kernel.shape[1] == 1:
+            self.model = SequenceRegressor(backbone, dropout=0.0, pooling="pooler")
+        else:
+            self.model = SequenceClassifier(backbone, num_classes=kernel.shape[1], dropout=0.0,
+                                            pooling="pooler")
+        dense = self.model.output_dense
+        if tuple(dense.kernel.shape) != kernel.shape:
+            raise DataError(f"{path}: classifier.weight has shape {kernel.shape[::-1]}, which "
+                            f"does not fit the hidden size {dense.kernel.shape[0]}")
+        dense.kernel.assign(kernel)
+        dense.bias.assign(bias)
+
+
 def load_teacher(path, tokenizer):
     """The teacher's task model; refuses a student tokenizer other than the teacher's."""
+    from kplm.pretrained.hf_io import is_checkpoint
     from kplm.runs import FinetunedRun
-    teacher = FinetunedRun(path)
+    teacher = _HuggingFaceTeacher(path) if is_checkpoint(path) else FinetunedRun(path)
     if list(teacher.tokenizer.tokens) != list(tokenizer.tokens):
         raise ConfigError(f"config key 'distillation.teacher': the student's tokenizer differs "
                           f"from the teacher's ({path}/tokenizer): the teacher reads the "

@@ -178,7 +178,8 @@ class FinetuneJob(Job):
         if self.loader is None and resuming:
             self.tokenizer = runs.load_tokenizer(run_dir)
         elif self.loader is None and self.distillation is not None:
-            self.tokenizer = runs.load_tokenizer(self.distillation.teacher)
+            from kplm.training.distillation import teacher_tokenizer
+            self.tokenizer = teacher_tokenizer(self.distillation.teacher)
         elif self.loader is None:
             self.tokenizer = build(spec.tokenizer_cls, spec.tokenizer)
             if self.tokenizer.tokens is None:

@@ -17,6 +17,8 @@ What it writes (next to this file):
   (fairseq's numbering of ``tiny_xlmr_sentencepiece.bpe.model``, a 500-piece unigram model (as the real ones are) learned
   from Multi30k English and German) on a multilingual sample, and the tiny XLM-R's hidden
   states (``python make_hf_reference.py fairseq`` writes just these).
+* ``tiny_bert_classifier.npz``: the logits of a tiny ``BertForSequenceClassification`` (a
+  Hugging Face distillation teacher; ``python make_hf_reference.py classifier``).
 * ``tiny_bart.npz``: the tiny BART's encoder and decoder hidden states and its greedy
   generation (``python make_hf_reference.py bart``).
 * ``tiny_gpt2.npz``: the tiny GPT-2's hidden states, greedy generation and token ids
@@ -318,6 +320,27 @@ def fairseq_tokens():
     print(f"wrote {os.path.relpath(path, ROOT)}")
 
 
+def bert_classifier():
+    """``tiny_bert_classifier.npz``: the logits of the tiny ``BertForSequenceClassification``
+    (``write_tiny_hf_checkpoint(..., num_labels=3)``) on the tiny BERT's inputs: what kplm
+    reads as a distillation teacher."""
+    with tempfile.TemporaryDirectory() as directory:
+        config = write_tiny_hf_checkpoint(directory, "bert", num_labels=3)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            directory, dtype=torch.float32).eval()
+        rng = np.random.RandomState(4)
+        input_ids = rng.randint(5, config["vocab_size"], size=(3, 10)).astype(np.int64)
+        attention_mask = np.ones_like(input_ids)
+        attention_mask[2, 7:] = 0
+        input_ids[2, 7:] = 0
+        with torch.no_grad():
+            logits = model(input_ids=torch.from_numpy(input_ids),
+                           attention_mask=torch.from_numpy(attention_mask)).logits.numpy()
+        save("tiny_bert_classifier.npz", {
+            "safetensors_sha256": np.array(sha256(os.path.join(directory, "model.safetensors"))),
+            "input_ids": input_ids, "attention_mask": attention_mask, "logits": logits})
+
+
 BART_NEW_TOKENS = 10
 
 
@@ -371,6 +394,7 @@ def main():
     roberta_tokens()
     fairseq_tokens()
     bart()
+    bert_classifier()
     minilm()
     gpt2()
 
@@ -379,6 +403,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["gpt2"]:  # just the GPT-2 reference
         transformers.logging.set_verbosity_error()
         gpt2()
+    elif sys.argv[1:] == ["classifier"]:  # just the BERT classifier (a distillation teacher)
+        transformers.logging.set_verbosity_error()
+        bert_classifier()
     elif sys.argv[1:] == ["bart"]:  # just the BART reference
         transformers.logging.set_verbosity_error()
         bart()
