@@ -158,8 +158,10 @@ def export(run_dir, fmt, output, overwrite):
     from kplm.serving import SAVED_MODEL_NAMES
     output = output or os.path.join(run_dir, "export", fmt)
     from kplm.pretrained.bart import EXPORT_NAMES as BART_EXPORT_NAMES
+    from kplm.pretrained.t5 import EXPORT_NAMES as T5_EXPORT_NAMES
     names = {"saved_model": SAVED_MODEL_NAMES, "keras_hub": PRESET_NAMES,
-             "hf": tuple(sorted(set(HF_EXPORT_NAMES) | set(BART_EXPORT_NAMES)))}
+             "hf": tuple(sorted(set(HF_EXPORT_NAMES) | set(BART_EXPORT_NAMES)
+                                | set(T5_EXPORT_NAMES)))}
     check_output(output, what="--output", overwrite=overwrite, inputs=[run_dir],
                  names=names[fmt])  # before anything is loaded
     import_tensorflow_quietly()
@@ -178,7 +180,11 @@ def export(run_dir, fmt, output, overwrite):
         from kplm.pretrained.presets import save_preset
         save_preset(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
     else:
-        if getattr(backbone, "family", None) == "encoder_decoder":
+        from kplm.models.t5 import T5EncoderDecoder
+        if isinstance(backbone, T5EncoderDecoder):
+            from kplm.pretrained.t5 import export_t5
+            export_t5(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
+        elif getattr(backbone, "family", None) == "encoder_decoder":
             from kplm.pretrained.bart import export_bart
             export_bart(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
         else:

@@ -68,7 +68,7 @@ def tiny_byte_bpe(size):
 def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=32,
                              num_layers=2, num_heads=4, intermediate_size=64, max_positions=64,
                              masked_lm_head=False, sentencepiece_model=None,
-                             num_labels=None):
+                             num_labels=None, gated=False):
     """Write a tiny random Hugging Face checkpoint (``config.json``, ``model.safetensors``,
     ``vocab.txt``, ``tokenizer_config.json``) of ``model_type`` ``bert``, ``roberta``,
     ``distilbert`` or ``gpt2`` (byte-level BPE ``vocab.json`` + ``merges.txt`` for the last two),
@@ -94,7 +94,15 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
 
     rng = np.random.RandomState(seed)
     fairseq = {"xlm-roberta": "xlm_roberta", "camembert": "camembert"}.get(model_type)
-    if fairseq:
+    if model_type == "t5":
+        if sentencepiece_model is None:
+            raise ValueError("t5: pass sentencepiece_model (a SentencePiece .model)")
+        from sentencepiece import sentencepiece_model_pb2
+        with open(sentencepiece_model, "rb") as f:
+            pieces = len(sentencepiece_model_pb2.ModelProto.FromString(f.read()).pieces)
+        # the pieces, 100 sentinels, and padding rows (kplm appends <s> and <mask>)
+        vocab = [None] * (pieces + 100 + 4)
+    elif fairseq:
         if sentencepiece_model is None:
             raise ValueError(f"{model_type}: pass sentencepiece_model (a SentencePiece .model)")
         from sentencepiece import sentencepiece_model_pb2
@@ -191,6 +199,38 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
                 state.update(linear(p + "fc1.", i_size, h))
                 state.update(linear(p + "fc2.", h, i_size))
                 state.update(ln(p + "final_layer_norm."))
+    elif model_type == "t5":
+        d_kv = h // num_heads
+        config = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"],
+                  "vocab_size": v, "d_model": h, "d_kv": d_kv, "d_ff": i_size,
+                  "num_layers": num_layers, "num_decoder_layers": num_layers,
+                  "num_heads": num_heads, "relative_attention_num_buckets": 8,
+                  "relative_attention_max_distance": 20, "dropout_rate": 0.1,
+                  "layer_norm_epsilon": 1e-6,
+                  "feed_forward_proj": "gated-gelu" if gated else "relu",
+                  "tie_word_embeddings": not gated, "pad_token_id": 0, "eos_token_id": 1,
+                  "decoder_start_token_id": 0, "is_encoder_decoder": True}
+        inner = num_heads * d_kv
+        state["shared.weight"] = w(v, h, scale=1.0)
+        for side in ("encoder", "decoder"):
+            state[f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = w(
+                8, num_heads, scale=1.0)
+            for layer in range(num_layers):
+                p = f"{side}.block.{layer}.layer."
+                for name in ("0.SelfAttention",) + (("1.EncDecAttention",)
+                                                    if side == "decoder" else ()):
+                    for proj in ("q", "k", "v"):
+                        state[f"{p}{name}.{proj}.weight"] = w(inner, h)
+                    state[f"{p}{name}.o.weight"] = w(h, inner)
+                    state[f"{p}{name.split('.')[0]}.layer_norm.weight"] = 1.0 + w(h, scale=0.1)
+                ff = f"{p}{2 if side == 'decoder' else 1}."
+                for name in (("wi_0", "wi_1") if gated else ("wi",)):
+                    state[f"{ff}DenseReluDense.{name}.weight"] = w(i_size, h)
+                state[f"{ff}DenseReluDense.wo.weight"] = w(h, i_size)
+                state[f"{ff}layer_norm.weight"] = 1.0 + w(h, scale=0.1)
+            state[f"{side}.final_layer_norm.weight"] = 1.0 + w(h, scale=0.1)
+        if gated:
+            state["lm_head.weight"] = w(v, h)
     elif model_type == "gpt2":
         config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": v,
                   "n_embd": h, "n_layer": num_layers, "n_head": num_heads, "n_inner": i_size,
@@ -265,9 +305,10 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
             json.dump(bpe_vocab, f, ensure_ascii=False)
         with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n" + "".join(m + "\n" for m in merges))
-    elif fairseq:
+    elif fairseq or model_type == "t5":
         import shutil
-        shutil.copyfile(sentencepiece_model, os.path.join(directory, "sentencepiece.bpe.model"))
+        shutil.copyfile(sentencepiece_model, os.path.join(
+            directory, "spiece.model" if model_type == "t5" else "sentencepiece.bpe.model"))
     else:
         with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(vocab) + "\n")

@@ -52,7 +52,7 @@ class Seq2SeqLM(keras_hub.models.Seq2SeqLM):
         # === Functional Model ===
         inputs = backbone.input
         hidden = backbone(inputs)["decoder_sequence_output"]
-        outputs = self.logits_output(backbone.token_embedding(hidden, reverse=True))
+        outputs = self.logits_output(self._vocabulary_logits(backbone, hidden))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.use_cache = True
 
@@ -83,8 +83,16 @@ class Seq2SeqLM(keras_hub.models.Seq2SeqLM):
             cross_attention_cache_update_index=cross_attention_cache_update_index)
         return self._logits(hidden), hidden, self_attention_cache, cross_attention_cache
 
+    @staticmethod
+    def _vocabulary_logits(backbone, hidden):
+        """The backbone's own ``logits`` (T5: scaled or a separate head), else its tied token
+        embedding reversed (BART)."""
+        if hasattr(backbone, "logits"):
+            return backbone.logits(hidden)
+        return backbone.token_embedding(hidden, reverse=True)
+
     def _logits(self, hidden):
-        return self.logits_output(self.backbone.token_embedding(hidden, reverse=True))
+        return self.logits_output(self._vocabulary_logits(self.backbone, hidden))
 
     def _build_cache(self, encoder_token_ids, encoder_padding_mask, decoder_token_ids):
         """Encode the source, then seed both caches with one pass over the decoder prompt;
@@ -93,7 +101,7 @@ class Seq2SeqLM(keras_hub.models.Seq2SeqLM):
         backbone = self.backbone
         encoder_hidden_states = backbone.call_encoder(encoder_token_ids, encoder_padding_mask)
         batch_size = ops.shape(encoder_token_ids)[0]
-        head_dim = backbone.hidden_dim // backbone.num_heads
+        head_dim = getattr(backbone, "key_value_dim", None) or backbone.hidden_dim // backbone.num_heads
         shape = [batch_size, backbone.num_decoder_layers, 2, ops.shape(decoder_token_ids)[1],
                  backbone.num_heads, head_dim]
         self_attention_cache = ops.zeros(shape, dtype=self.compute_dtype)

@@ -93,6 +93,8 @@ def _check_hf_arguments(path):
     try:
         if huggingface.backbone_family(family) == "decoder":
             from kplm.models.decoder import Decoder as cls
+        elif family == "t5":
+            from kplm.models.t5 import T5EncoderDecoder as cls
         elif huggingface.backbone_family(family) == "encoder_decoder":
             from kplm.models.encoder_decoder import EncoderDecoder as cls
         else:

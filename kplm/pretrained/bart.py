@@ -157,7 +157,8 @@ def export_bart(model, tokenizer, output, *, overwrite=False, inputs=()):
     from kplm.pretrained.bert import to_hf
     rule = dict(what="--output", overwrite=overwrite, inputs=list(inputs), names=EXPORT_NAMES)
     check_output(output, **rule)
-    if getattr(model, "family", None) != "encoder_decoder" or model.normalize_first:
+    from kplm.models.encoder_decoder import EncoderDecoder
+    if not isinstance(model, EncoderDecoder) or model.normalize_first:
         raise ConfigError("--format hf: only a post-layer-norm encoder-decoder (BART's "
                           "architecture) exports as BART")
     if model.sequence_length != model.decoder_sequence_length:

@@ -8,8 +8,8 @@ and the WordPiece vocabulary as ``vocab.txt`` or ``tokenizer.json``. Supported `
 ``bert`` (BERT, MiniLM, ...), ``roberta`` (with its byte-level BPE tokenizer from
 ``vocab.json`` + ``merges.txt``), ``xlm-roberta`` and ``camembert`` (SentencePiece
 ``sentencepiece.bpe.model`` numbered as fairseq does, ``kplm.tokenizers.fairseq``),
-``distilbert``, ``gpt2`` (a decoder) and ``bart`` (an encoder-decoder,
-``kplm.pretrained.bart``).
+``distilbert``, ``gpt2`` (a decoder), ``bart`` (an encoder-decoder, ``kplm.pretrained.bart``)
+and ``t5`` (v1.0 and v1.1, ``kplm.pretrained.t5``).
 Nothing is downloaded.
 
 Layout (as keras-hub's ``utils/transformers``): ``kplm.pretrained.hf_io`` reads the files and
@@ -25,7 +25,7 @@ Example:
 import os
 
 from kplm.errors import ConfigError, shown
-from kplm.pretrained import bart, bert, gpt2
+from kplm.pretrained import bart, bert, gpt2, t5
 # Re-exported: what callers import from here.
 from kplm.pretrained.bert import HF_EXPORT_NAMES, encoder_arguments, export_bert  # noqa: F401
 from kplm.pretrained.gpt2 import decoder_arguments  # noqa: F401
@@ -39,7 +39,7 @@ __all__ = ["FAMILIES", "HF_EXPORT_NAMES", "WEIGHT_FILES", "backbone_arguments", 
 
 #: ``model_type`` -> family: the converter (``bert``, ``roberta``, ``distilbert``: encoders, in
 #: ``kplm.pretrained.bert``; ``gpt2``: a decoder, in ``kplm.pretrained.gpt2``).
-FAMILIES = {**bert.MODEL_TYPES, **gpt2.MODEL_TYPES, **bart.MODEL_TYPES}
+FAMILIES = {**bert.MODEL_TYPES, **gpt2.MODEL_TYPES, **bart.MODEL_TYPES, **t5.MODEL_TYPES}
 #: ``model_type`` -> the fairseq id layout of its ``sentencepiece.bpe.model``
 #: (``kplm.tokenizers.fairseq``).
 FAIRSEQ_LAYOUTS = {"xlm-roberta": "xlm_roberta", "camembert": "camembert"}
@@ -58,7 +58,7 @@ def read_config(path):
 def backbone_family(family):
     """The kplm backbone family (``"encoder"`` or ``"decoder"``) a checkpoint ``family`` (as
     ``read_config`` gives it) is imported as."""
-    if family in bart.MODEL_TYPES.values():
+    if family in bart.MODEL_TYPES.values() or family in t5.MODEL_TYPES.values():
         return "encoder_decoder"
     return "decoder" if family in gpt2.MODEL_TYPES.values() else "encoder"
 
@@ -68,6 +68,8 @@ def backbone_arguments(family, config, path="."):
     (``Decoder`` arguments for GPT-2, ``Encoder`` arguments otherwise)."""
     if backbone_family(family) == "decoder":
         return decoder_arguments(config, path)
+    if family == "t5":
+        return t5.t5_arguments(config, path)
     if backbone_family(family) == "encoder_decoder":
         return bart.encoder_decoder_arguments(config, path)
     return encoder_arguments(family, config, path)
@@ -92,6 +94,8 @@ def load_backbone(path, dtype=None):
     family, config = read_config(path)
     if backbone_family(family) == "decoder":
         return gpt2.convert_decoder(config, path, dtype=dtype)
+    if family == "t5":
+        return t5.convert(config, path, dtype=dtype)
     if backbone_family(family) == "encoder_decoder":
         return bart.convert_encoder_decoder(config, path, dtype=dtype)
     return bert.convert_encoder(family, config, path, dtype=dtype)
@@ -119,6 +123,11 @@ def load_tokenizer(path):
     family, config = read_config(path)
     if backbone_family(family) == "decoder":
         return gpt2.load_tokenizer(path)
+    if family == "t5":  # SentencePiece with Hugging Face's sentinel ids
+        from kplm.tokenizers.sentencepiece import SentencePiece
+        if not os.path.isfile(os.path.join(path, "spiece.model")):
+            raise ConfigError(f"{path}: no spiece.model (T5's SentencePiece model)")
+        return SentencePiece(vocabulary=os.path.join(path, "spiece.model"))
     if backbone_family(family) == "encoder_decoder":  # BART: RoBERTa's byte-level BPE
         return bert.load_tokenizer("roberta", path)
     layout = FAIRSEQ_LAYOUTS.get(config.get("model_type"))

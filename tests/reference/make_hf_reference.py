@@ -19,6 +19,10 @@ What it writes (next to this file):
   states (``python make_hf_reference.py fairseq`` writes just these).
 * ``tiny_bert_classifier.npz``: the logits of a tiny ``BertForSequenceClassification`` (a
   Hugging Face distillation teacher; ``python make_hf_reference.py classifier``).
+* ``tiny_t5.npz`` and ``tiny_t5_v1_1.npz``: tiny T5 v1.0 (ReLU, tied) and v1.1 (gated-GELU,
+  separate LM head) checkpoints on ``tiny_t5_spiece.model`` (200 pieces from Multi30k
+  English): hidden states, logits, greedy generation and token ids with sentinels
+  (``python make_hf_reference.py t5``).
 * ``tiny_bart.npz``: the tiny BART's encoder and decoder hidden states and its greedy
   generation (``python make_hf_reference.py bart``).
 * ``tiny_gpt2.npz``: the tiny GPT-2's hidden states, greedy generation and token ids
@@ -341,6 +345,57 @@ def bert_classifier():
             "input_ids": input_ids, "attention_mask": attention_mask, "logits": logits})
 
 
+T5_SPIECE = os.path.join(HERE, "tiny_t5_spiece.model")
+T5_SENTENCES = ["A man is sleeping on a couch.", "Two dogs <extra_id_0> in the snow",
+                "<extra_id_1> the end <extra_id_99>", "naïve café"]
+
+
+def t5():
+    """``tiny_t5.npz`` (v1.0: ReLU, tied embeddings) and ``tiny_t5_v1_1.npz`` (gated-GELU, a
+    separate LM head): ``T5Model`` encoder and decoder hidden states for right-padded random
+    ids, ``T5ForConditionalGeneration`` greedy generation from ``<pad>`` (T5's decoder start),
+    and the tokenizer's ids (with sentinels) for ``T5_SENTENCES``."""
+    from transformers import AutoTokenizer
+    for gated, name in ((False, "tiny_t5.npz"), (True, "tiny_t5_v1_1.npz")):
+        with tempfile.TemporaryDirectory() as directory:
+            config = write_tiny_hf_checkpoint(directory, "t5", sentencepiece_model=T5_SPIECE,
+                                              gated=gated)
+            arrays = {"safetensors_sha256": np.array(
+                sha256(os.path.join(directory, "model.safetensors")))}
+            rng = np.random.RandomState(5)
+            encoder_ids = rng.randint(3, 200, size=(2, 9)).astype(np.int64)
+            encoder_mask = np.ones_like(encoder_ids)
+            encoder_ids[1, 6:], encoder_mask[1, 6:] = 0, 0
+            decoder_ids = np.concatenate([np.zeros((2, 1), np.int64),
+                                          rng.randint(3, 200, size=(2, 6))], axis=1)
+            model = transformers.T5Model.from_pretrained(directory, dtype=torch.float32).eval()
+            with torch.no_grad():
+                out = model(input_ids=torch.from_numpy(encoder_ids),
+                            attention_mask=torch.from_numpy(encoder_mask),
+                            decoder_input_ids=torch.from_numpy(decoder_ids))
+            arrays.update({"encoder_ids": encoder_ids, "encoder_mask": encoder_mask,
+                           "decoder_ids": decoder_ids,
+                           "encoder_hidden": out.encoder_last_hidden_state.numpy(),
+                           "decoder_hidden": out.last_hidden_state.numpy()})
+            generator = transformers.T5ForConditionalGeneration.from_pretrained(
+                directory, dtype=torch.float32).eval()
+            with torch.no_grad():
+                logits = generator(input_ids=torch.from_numpy(encoder_ids),
+                                   attention_mask=torch.from_numpy(encoder_mask),
+                                   decoder_input_ids=torch.from_numpy(decoder_ids)).logits
+                generated = generator.generate(
+                    torch.from_numpy(encoder_ids), attention_mask=torch.from_numpy(encoder_mask),
+                    decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, do_sample=False,
+                    num_beams=1, max_new_tokens=10)
+            arrays.update({"logits": logits.numpy(), "greedy_ids": generated.numpy()})
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            ids = [tokenizer(s_)["input_ids"] for s_ in T5_SENTENCES]
+            width = max(len(i) for i in ids)
+            arrays["sentences"] = np.array(T5_SENTENCES)
+            arrays["sentence_ids"] = np.array([i + [-1] * (width - len(i)) for i in ids])
+        save(name, arrays)
+
+
 BART_NEW_TOKENS = 10
 
 
@@ -395,6 +450,7 @@ def main():
     fairseq_tokens()
     bart()
     bert_classifier()
+    t5()
     minilm()
     gpt2()
 
@@ -403,6 +459,9 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["gpt2"]:  # just the GPT-2 reference
         transformers.logging.set_verbosity_error()
         gpt2()
+    elif sys.argv[1:] == ["t5"]:  # just the T5 references
+        transformers.logging.set_verbosity_error()
+        t5()
     elif sys.argv[1:] == ["classifier"]:  # just the BERT classifier (a distillation teacher)
         transformers.logging.set_verbosity_error()
         bert_classifier()
