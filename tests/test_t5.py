@@ -112,8 +112,16 @@ def test_t5_continues_pretraining_and_fine_tunes(checkpoints, tmp_path):
                           "log_every": 5}}, echo=log.append, progress=False)
     losses = [float(line.split(" loss ")[1].split()[0]) for line in log if line.startswith("step ")]
     assert losses[-1] < losses[0], losses
-    out = FinetunedRun(run_dir).predict([{"source": "A man is sleeping."}])
-    assert isinstance(out[0]["generated"], str)
+    texts = ["A man is sleeping.", "Two dogs play in the snow."]
+    out = [p["generated"] for p in FinetunedRun(run_dir).predict([{"source": t} for t in texts])]
+    assert all(isinstance(o, str) for o in out)
+    # served: the T5 decoder and its caches in a SavedModel, loaded with TensorFlow alone
+    from conftest import run_kplm
+    from kplm.testing import serve_in_fresh_process
+    exported = str(tmp_path / "served")
+    result = run_kplm("export", run_dir, "-o", exported)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert serve_in_fresh_process(exported, {"source": texts})["generated"] == out
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

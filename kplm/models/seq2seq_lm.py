@@ -4,7 +4,8 @@ import keras
 import keras_hub
 from keras import ops
 
-import kplm.models.encoder_decoder  # noqa: F401  (its backbone deserializes with saved models)
+import kplm.models.encoder_decoder  # noqa: F401  (its backbones deserialize with saved models)
+import kplm.models.t5  # noqa: F401
 from kplm.generation import any_equal
 
 
