@@ -365,7 +365,8 @@ json.dump({k: plain(v) for k, v in out.items()}, open(sys.argv[3], "w", encoding
 def serve_in_fresh_process(export_dir, inputs, timeout=300, signature="serving_default"):
     """Load the SavedModel in ``export_dir`` in a new Python process that imports only
     TensorFlow and tensorflow-text (as a serving process would), call its ``signature``
-    (default ``serving_default``) with ``inputs`` (``{name: [str, ...]}``) and return its outputs as lists.
+    (default ``serving_default``) with ``inputs`` (``{name: [str, ...]}``) and return its
+    outputs as lists.
 
     Example:
         out = serve_in_fresh_process("exported/sst2", {"text": ["a fine film"]})

@@ -24,7 +24,8 @@ def checkpoint(tmp_path_factory):
         written = hashlib.sha256(f.read()).hexdigest()
     if written != str(reference["safetensors_sha256"]):
         pytest.fail("the tiny BART's weights differ from those the reference was computed on "
-                    "(numpy's random numbers changed?): rerun tests/reference/make_hf_reference.py bart")
+                    "(numpy's random numbers changed?): rerun "
+                    "tests/reference/make_hf_reference.py bart")
     return directory, reference
 
 
@@ -33,8 +34,10 @@ def test_hidden_states_equal_transformers(checkpoint):
     directory, ref = checkpoint
     model = load_backbone(directory)
     assert type(model).__name__ == "EncoderDecoder" and model.num_layers == 2
-    out = model({"encoder_token_ids": ref["encoder_ids"], "encoder_padding_mask": ref["encoder_mask"],
-                 "decoder_token_ids": ref["decoder_ids"], "decoder_padding_mask": ref["decoder_mask"]})
+    out = model({"encoder_token_ids": ref["encoder_ids"],
+                 "encoder_padding_mask": ref["encoder_mask"],
+                 "decoder_token_ids": ref["decoder_ids"],
+                 "decoder_padding_mask": ref["decoder_mask"]})
     mask = ref["encoder_mask"].astype(bool)
     np.testing.assert_allclose(np.asarray(out["encoder_sequence_output"])[mask],
                                ref["encoder_hidden"][mask], atol=1e-4)

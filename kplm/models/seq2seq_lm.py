@@ -102,7 +102,8 @@ class Seq2SeqLM(keras_hub.models.Seq2SeqLM):
         backbone = self.backbone
         encoder_hidden_states = backbone.call_encoder(encoder_token_ids, encoder_padding_mask)
         batch_size = ops.shape(encoder_token_ids)[0]
-        head_dim = getattr(backbone, "key_value_dim", None) or backbone.hidden_dim // backbone.num_heads
+        head_dim = (getattr(backbone, "key_value_dim", None)  # T5's d_kv
+                    or backbone.hidden_dim // backbone.num_heads)
         shape = [batch_size, backbone.num_decoder_layers, 2, ops.shape(decoder_token_ids)[1],
                  backbone.num_heads, head_dim]
         self_attention_cache = ops.zeros(shape, dtype=self.compute_dtype)

@@ -30,7 +30,8 @@ Example:
 ...              "encoder_padding_mask": np.ones((2, 6), "int32"),
 ...              "decoder_token_ids": np.ones((2, 4), "int32"),
 ...              "decoder_padding_mask": np.ones((2, 4), "int32")})
->>> tuple(out["decoder_sequence_output"].shape), tuple(model.logits(out["decoder_sequence_output"]).shape)
+>>> hidden = out["decoder_sequence_output"]
+>>> tuple(hidden.shape), tuple(model.logits(hidden).shape)
 ((2, 4, 8), (2, 4, 40))
 """
 import math
@@ -75,7 +76,8 @@ class T5Attention(keras.layers.Layer):
         inner = num_heads * key_value_dim
 
         def dense(name, units):
-            return keras.layers.Dense(units, use_bias=False, kernel_initializer=kernel_initializer(),
+            return keras.layers.Dense(units, use_bias=False,
+                                      kernel_initializer=kernel_initializer(),
                                       dtype=self.dtype_policy, name=name)
         self.query, self.key, self.value = (dense(n, inner) for n in ("query", "key", "value"))
         self.output_dense = dense("output", hidden_dim)
@@ -130,7 +132,8 @@ class T5FeedForward(keras.layers.Layer):
         self.activation, self.gated, self.dropout = activation, gated, dropout
 
         def dense(name, units):
-            return keras.layers.Dense(units, use_bias=False, kernel_initializer=kernel_initializer(),
+            return keras.layers.Dense(units, use_bias=False,
+                                      kernel_initializer=kernel_initializer(),
                                       dtype=self.dtype_policy, name=name)
         self.input_dense = dense("input", intermediate_dim)
         self.gate_dense = dense("gate", intermediate_dim) if gated else None

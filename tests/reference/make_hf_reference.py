@@ -14,7 +14,8 @@ What it writes (next to this file):
 * ``tiny_roberta_tokens.json``: the tiny RoBERTa's byte-level BPE token ids (transformers'
   ``AutoTokenizer`` on its ``vocab.json`` + ``merges.txt``) for a few sentences and a pair.
 * ``tiny_fairseq_tokens.json`` and ``tiny_xlmr.npz``: XLM-R's and CamemBERT's token ids
-  (fairseq's numbering of ``tiny_xlmr_sentencepiece.bpe.model``, a 500-piece unigram model (as the real ones are) learned
+  (fairseq's numbering of ``tiny_xlmr_sentencepiece.bpe.model``, a 500-piece unigram model,
+  as the real ones are, learned
   from Multi30k English and German) on a multilingual sample, and the tiny XLM-R's hidden
   states (``python make_hf_reference.py fairseq`` writes just these).
 * ``tiny_bert_classifier.npz``: the logits of a tiny ``BertForSequenceClassification`` (a
