@@ -330,7 +330,7 @@ def runs_command(directory, as_json):
         for row in rows:
             click.echo(json.dumps(row, sort_keys=True))
     else:
-        click.echo(format_table(rows))
+        click.echo(format_table(rows, root=directory))
 
 
 @click.command()

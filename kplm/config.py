@@ -143,6 +143,20 @@ def apply_overrides(config, overrides):
     return config
 
 
+def flatten(config, prefix=""):
+    """A nested config as ``{"trainer.steps": 400, ...}`` (lists stay values).
+
+    >>> flatten({"trainer": {"steps": 4, "decay": "linear"}, "seed": 0})
+    {'trainer.steps': 4, 'trainer.decay': 'linear', 'seed': 0}
+    """
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: config}
+
+
 def suggest(key, candidates):
     close = difflib.get_close_matches(str(key)[:100], list(candidates), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""

@@ -23,6 +23,8 @@ import html
 import math
 import time
 
+from kplm.config import flatten
+
 #: One colour per run (Tableau 10, the default cycle of matplotlib and TensorBoard's palette).
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
@@ -54,15 +56,6 @@ def _e(value):
     return html.escape(str(value), quote=True)
 
 
-def _flatten(value, prefix=""):
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: value}
-
-
 def _shown(value):
     if value is None:
         return "-"
@@ -77,7 +70,7 @@ def _shown(value):
 def config_differences(configs):
     """``{key: [value per run]}`` of the flattened config keys whose values differ (a key a
     run lacks counts as ``None``), ``run_dir`` aside."""
-    flat = [_flatten(c) for c in configs]
+    flat = [flatten(c) for c in configs]
     keys = sorted(set().union(*flat)) if flat else []
     return {k: [f.get(k) for f in flat] for k in keys
             if k != "run_dir" and len({_shown(f.get(k)) for f in flat}) > 1}
@@ -253,7 +246,7 @@ def render(run_dirs, title=None):
                 metrics = json.load(f)
         except (OSError, ValueError):
             metrics = None
-        finals.append({k: v for k, v in _flatten(metrics).items()
+        finals.append({k: v for k, v in flatten(metrics).items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
                       if isinstance(metrics, dict) else {})
     keys = sorted(set().union(*finals))

@@ -263,10 +263,23 @@ HEADERS = ["run", "kind", "status", "steps", "best validation", "tokens/s", "wal
            "initialised from"]
 
 
-def format_table(rows):
-    """The rows as an aligned text table (each cell cut to one line)."""
-    from kplm.errors import clip
-    cells = [HEADERS] + [[clip(c, 80) for c in table_cells(r)] for r in rows]
+def _cut(text, limit=80):
+    """``text`` on one line, at most ``limit`` characters, keeping its end (a path's last
+    folders say more than its first)."""
+    text = str(text).replace("\r", " ").replace("\n", " ")
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+
+
+def format_table(rows, root=None):
+    """The rows as an aligned text table (each cell on one line, long ones keeping their end);
+    with ``root``, runs are named relative to it."""
+    import os
+    cells = [HEADERS]
+    for row in rows:
+        line = table_cells(row)
+        if root is not None:
+            line[0] = os.path.relpath(row["run"], root)
+        cells.append([_cut(c) for c in line])
     widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
                      for line in cells)

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from kplm.errors import ConfigError, DataError
-from kplm.pretrained.hf_io import activation, config_value, load_state_dict
+from kplm.pretrained.hf_io import activation, assign_weights, config_value, load_state_dict
 
 #: ``model_type`` -> the family of encoder-decoders this module converts.
 MODEL_TYPES = {"bart": "bart"}
@@ -129,16 +129,9 @@ def convert_encoder_decoder(config, path, dtype=None):
     from kplm.pretrained.bert import to_keras
     model = EncoderDecoder(**encoder_decoder_arguments(config, path), dtype=dtype)
     state = _model_state(load_state_dict(path), path)
-    missing = []
-    for variable, name, kind in weight_mapping(model):
-        if name not in state:
-            missing.append(name)
-            continue
-        value = to_keras(np.asarray(state[name]), kind, tuple(variable.shape), POSITION_OFFSET)
-        if tuple(value.shape) != tuple(variable.shape):
-            raise DataError(f"{path}: weight {name} has shape {state[name].shape}, which does not "
-                            f"fit {variable.path} {tuple(variable.shape)} under its config.json")
-        variable.assign(value.astype(variable.dtype))
+    missing = assign_weights(weight_mapping(model), state, path,
+                             lambda array, kind, shape: to_keras(array, kind, shape,
+                                                                 POSITION_OFFSET))
     if missing:
         raise DataError(f"{path}: the checkpoint lacks {len(missing)} BART weights, e.g. "
                         f"{missing[0]}")

@@ -17,8 +17,8 @@ import os
 import numpy as np
 
 from kplm.errors import ConfigError, DataError
-from kplm.pretrained.hf_io import activation, config_value, fast_tokenizer_model, \
-    load_state_dict, read_tokenizer_config, strip_prefix
+from kplm.pretrained.hf_io import activation, assign_weights, config_value, \
+    fast_tokenizer_model, load_state_dict, read_tokenizer_config, strip_prefix
 
 #: ``model_type`` -> the family of encoders this module converts.
 MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
@@ -154,16 +154,8 @@ def convert_encoder(family, config, path, dtype=None):
     state = strip_task_prefix(load_state_dict(path), family)
     encoder = Encoder(**args, dtype=dtype)
     offset = config.get("pad_token_id", 1) + 1 if family == "roberta" else 0
-    missing = []
-    for variable, name, kind in weight_mapping(encoder, family):
-        if name not in state:
-            missing.append(name)
-            continue
-        value = to_keras(np.asarray(state[name]), kind, tuple(variable.shape), offset)
-        if tuple(value.shape) != tuple(variable.shape):
-            raise DataError(f"{path}: weight {name} has shape {state[name].shape}, which does not "
-                            f"fit {variable.path} {tuple(variable.shape)} under its config.json")
-        variable.assign(value.astype(variable.dtype))
+    missing = assign_weights(weight_mapping(encoder, family), state, path,
+                             lambda array, kind, shape: to_keras(array, kind, shape, offset))
     if [m for m in missing if not m.startswith("pooler.")]:
         raise DataError(f"{path}: the checkpoint lacks {len(missing)} encoder weights, e.g. "
                         f"{missing[0]}")

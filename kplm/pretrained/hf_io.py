@@ -156,3 +156,23 @@ def read_tokenizer_config(path):
         return {}
     with open(tok_config, encoding="utf-8") as f:
         return json.load(f)
+
+
+def assign_weights(mapping, state, path, convert):
+    """Assign each ``(variable, hf_name, kind)`` of ``mapping`` its weight ``state[hf_name]``,
+    converted by ``convert(array, kind, variable_shape)``; returns the names ``state`` lacks.
+    A weight that does not fit its variable is one ``DataError`` line naming both."""
+    import numpy as np
+
+    from kplm.errors import DataError
+    missing = []
+    for variable, name, kind in mapping:
+        if name not in state:
+            missing.append(name)
+            continue
+        value = convert(np.asarray(state[name]), kind, tuple(variable.shape))
+        if tuple(value.shape) != tuple(variable.shape):
+            raise DataError(f"{path}: weight {name} has shape {state[name].shape}, which does not "
+                            f"fit {variable.path} {tuple(variable.shape)} under its config.json")
+        variable.assign(value.astype(variable.dtype))
+    return missing

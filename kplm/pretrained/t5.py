@@ -25,7 +25,7 @@ Example:
 import numpy as np
 
 from kplm.errors import ConfigError, DataError
-from kplm.pretrained.hf_io import config_value, load_state_dict
+from kplm.pretrained.hf_io import assign_weights, config_value, load_state_dict
 
 #: ``model_type`` -> the family this module converts.
 MODEL_TYPES = {"t5": "t5"}
@@ -104,17 +104,8 @@ def convert(config, path, dtype=None):
     state = load_state_dict(path)
     if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
         state["shared.weight"] = state["encoder.embed_tokens.weight"]
-    missing = []
-    for variable, name, transpose in weight_mapping(model):
-        if name not in state:
-            missing.append(name)
-            continue
-        value = np.asarray(state[name])
-        value = value.T if transpose else value
-        if tuple(value.shape) != tuple(variable.shape):
-            raise DataError(f"{path}: weight {name} has shape {state[name].shape}, which does not "
-                            f"fit {variable.path} {tuple(variable.shape)} under its config.json")
-        variable.assign(value.astype(variable.dtype))
+    missing = assign_weights(weight_mapping(model), state, path,
+                             lambda array, transpose, shape: array.T if transpose else array)
     if missing:
         raise DataError(f"{path}: the checkpoint lacks {len(missing)} T5 weights, e.g. "
                         f"{missing[0]}")

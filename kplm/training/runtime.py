@@ -82,14 +82,7 @@ def run_started(run_dir):
 def _first_difference(previous_text, text):
     import yaml
 
-    def flat(value, prefix=""):
-        if isinstance(value, dict):
-            out = {}
-            for k, v in value.items():
-                out.update(flat(v, f"{prefix}{k}."))
-            return out
-        return {prefix[:-1]: value}
-
+    from kplm.config import flatten as flat
     old, new = flat(yaml.safe_load(previous_text) or {}), flat(yaml.safe_load(text) or {})
     for key in list(new) + [k for k in old if k not in new]:
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
