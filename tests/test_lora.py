@@ -34,7 +34,7 @@ def lora_config(run_dir, **finetune):
         "head": {"name": "sequence_classification", "pooling": "mean"},
         "finetune": {"sequence_length": 48, "lora_rank": 8, "lora_alpha": 16, **finetune},
         "trainer": {"steps": 50, "batch_size": 16, "learning_rate": 2e-3, "warmup_steps": 5,
-                    "eval_every": 25, "log_every": 10},
+                    "eval_every": 50, "log_every": 10},
     }
 
 
@@ -45,6 +45,13 @@ def lora_run(tmp_path_factory):
     config = lora_config(run_dir)
     metrics = finetune(config, echo=None, progress=False)
     return run_dir, metrics, config
+
+
+@pytest.fixture(scope="module")
+def loaded(lora_run):
+    """The finished LoRA run loaded once (base checkpoint + adapters, merged)."""
+    from kplm.runs import FinetunedRun
+    return FinetunedRun(lora_run[0])
 
 
 def test_lora_trains_and_saves_only_the_adapters_and_the_head(lora_run):
@@ -78,11 +85,10 @@ def test_lora_trains_and_saves_only_the_adapters_and_the_head(lora_run):
     assert metrics["validation"]["accuracy"] > metrics["baseline"]["accuracy"] + 0.15, metrics
 
 
-def test_a_lora_run_loads_merged_and_scores_as_it_did_in_training(lora_run):
+def test_a_lora_run_loads_merged_and_scores_as_it_did_in_training(lora_run, loaded):
     from kplm.models.lora import is_adapted
-    from kplm.runs import FinetunedRun
-    run_dir, metrics, _ = lora_run
-    run = FinetunedRun(run_dir)
+    _, metrics, _ = lora_run
+    run = loaded
     assert not is_adapted(run.model)  # merged: a plain model
     dev = run.source([os.path.join(SST, "dev.tsv")])
     evaluated = run.evaluate(dev)
@@ -92,8 +98,7 @@ def test_a_lora_run_loads_merged_and_scores_as_it_did_in_training(lora_run):
                                                   abs=flippable / len(texts) + 1e-6)
 
 
-def test_export_merges_the_adapters_into_a_servable_model(lora_run, tmp_path):
-    from kplm.runs import FinetunedRun
+def test_export_merges_the_adapters_into_a_servable_model(lora_run, loaded, tmp_path):
     from kplm.testing import serve_in_fresh_process
     run_dir, _, _ = lora_run
     exported = str(tmp_path / "served")
@@ -101,7 +106,7 @@ def test_export_merges_the_adapters_into_a_servable_model(lora_run, tmp_path):
     assert result.returncode == 0, result.stderr
     texts = ["a gorgeous , witty , seductive movie .", "the worst film of the year ."]
     served = serve_in_fresh_process(exported, {"text": texts})
-    expected = FinetunedRun(run_dir).predict([{"text": t} for t in texts])
+    expected = loaded.predict([{"text": t} for t in texts])
     np.testing.assert_allclose(
         np.asarray(served["probabilities"]),
         [[p["probabilities"][label] for label in ("negative", "positive")] for p in expected],
