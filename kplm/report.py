@@ -11,7 +11,9 @@ The page holds, for the runs given (in that order, one colour each):
    its axes, a line per run, and a legend.
 
 Nothing is loaded from the network (no script, font or style sheet): the file can be mailed,
-attached to a ticket or opened offline. TensorFlow is not imported (``kplm.events``).
+attached to a ticket or opened offline. TensorFlow is not imported (``kplm.events``). The plots
+are a few lines of SVG written here: no plotting library is among kplm's dependencies, and
+TensorBoard's own plots need its server.
 
 Example:
 >>> import tempfile
