@@ -26,7 +26,8 @@ import os
 import numpy as np
 
 from kplm.errors import ConfigError, DataError
-from kplm.pretrained.hf_io import activation, assign_weights, config_value, load_state_dict
+from kplm.pretrained.hf_io import (activation, assign_weights, config_value,
+                                   hf_activation_name, load_state_dict)
 
 #: ``model_type`` -> the family of encoder-decoders this module converts.
 MODEL_TYPES = {"bart": "bart"}
@@ -161,10 +162,7 @@ def export_bart(model, tokenizer, output, *, overwrite=False, inputs=()):
     if getattr(tokenizer, "name", None) != "byte_bpe":
         raise ConfigError("--format hf: BART's tokenizer is a byte-level BPE (vocab.json + "
                           f"merges.txt); this run's is {getattr(tokenizer, 'name', '?')}")
-    hf_activation = {"gelu": "gelu", "gelu_approximate": "gelu_new",
-                     "relu": "relu"}.get(model.activation)
-    if hf_activation is None:
-        raise ConfigError(f"activation {model.activation!r} has no Hugging Face name")
+    hf_activation = hf_activation_name(model.activation)
     require_finite(model, output)
     state = {}
     for variable, name, kind in weight_mapping(model):

@@ -18,7 +18,8 @@ import numpy as np
 
 from kplm.errors import ConfigError, DataError
 from kplm.pretrained.hf_io import activation, assign_weights, config_value, \
-    fast_tokenizer_model, load_state_dict, read_tokenizer_config, strip_prefix
+    fast_tokenizer_model, hf_activation_name, load_state_dict, read_tokenizer_config, \
+    strip_prefix
 
 #: ``model_type`` -> the family of encoders this module converts.
 MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
@@ -307,10 +308,7 @@ def export_bert(encoder, tokenizer, directory, *, overwrite=False, inputs=()):
     if encoder.normalize_first:
         raise ConfigError("a pre-layer-norm encoder (normalize_first) has no BertModel "
                           "equivalent; export needs BERT's post-layer-norm blocks")
-    hf_activation = {"gelu": "gelu", "gelu_approximate": "gelu_new",
-                     "relu": "relu"}.get(encoder.activation)
-    if hf_activation is None:
-        raise ConfigError(f"activation {encoder.activation!r} has no Hugging Face name")
+    hf_activation = hf_activation_name(encoder.activation)
     require_finite(encoder, directory)
     state = {}
     for variable, name, kind in weight_mapping(encoder, "bert"):

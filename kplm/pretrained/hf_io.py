@@ -176,3 +176,13 @@ def assign_weights(mapping, state, path, convert):
                             f"fit {variable.path} {tuple(variable.shape)} under its config.json")
         variable.assign(value.astype(variable.dtype))
     return missing
+
+
+def hf_activation_name(activation):
+    """The Hugging Face config name of a kplm activation (``gelu_approximate`` is
+    ``gelu_new``); a ``ConfigError`` for one with no such name."""
+    from kplm.errors import ConfigError
+    name = {"gelu": "gelu", "gelu_approximate": "gelu_new", "relu": "relu"}.get(activation)
+    if name is None:
+        raise ConfigError(f"activation {activation!r} has no Hugging Face name")
+    return name
