@@ -92,6 +92,40 @@ def test_loss_terms_match_hand_computed_values():
     assert float(terms["gold"][1]) == pytest.approx(np.log(2.0), rel=1e-5)
 
 
+def test_hidden_state_term_matches_hand_computed_values():
+    """TinyBERT's term: each student layer output (embeddings, block 1) through its projection
+    against the teacher's (embeddings, block 2), squared, averaged over real tokens; the
+    logits come from the same forward pass as the student's own call."""
+    from kplm.models.classifier import SequenceClassifier
+    from kplm.models.distiller import TaskDistiller, layer_outputs
+    from kplm.models.encoder import Encoder
+
+    def tiny(width, layers):
+        return SequenceClassifier(Encoder(vocabulary_size=30, num_layers=layers,
+                                          hidden_dim=width, num_heads=2, intermediate_dim=16,
+                                          sequence_length=6), num_classes=2, pooling="mean")
+    student, teacher = tiny(4, 1), tiny(8, 2)
+    distiller = TaskDistiller(student, teacher, kind="classification", hidden_weight=0.5)
+    assert distiller.layer_pairs == [(0, 0), (1, 2)]
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(0, 30, (2, 6)).astype("int32"),
+         "segment_ids": np.zeros((2, 6), "int32"),
+         "padding_mask": np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], "int32")}
+    out = distiller(x)
+    np.testing.assert_allclose(out["logits"], student(x), atol=1e-5)
+    ours = [h.numpy() for h in layer_outputs(student.backbone)(x)["hidden"]]
+    theirs = [h.numpy() for h in layer_outputs(teacher.backbone)(x)["hidden"]]
+    expected = []
+    for (s, t), projection in zip(distiller.layer_pairs, distiller.hidden_projections):
+        kernel, bias = (w.numpy() for w in projection.weights)
+        squared = ((ours[s] @ kernel + bias - theirs[t]) ** 2).mean(-1)
+        expected.append(squared[x["padding_mask"] == 1].mean())
+    weight, value = distiller.loss_terms(x, np.array([0, 1]), out, None)["hidden"]
+    assert weight == 0.5 and float(value) == pytest.approx(np.mean(expected), rel=1e-5)
+    names = [v.path for v in distiller.trainable_weights]
+    assert sum("hidden_projection" in n for n in names) == 4  # two kernels, two biases
+
+
 def test_student_learns_the_teachers_answers(teacher, tmp_path):
     """A smaller student trained on the teacher's outputs alone (gold weight 0) on SST-2 plus
     unlabelled WikiText-2 lines agrees with the teacher on most dev sentences, far more than a
@@ -119,6 +153,59 @@ def test_student_learns_the_teachers_answers(teacher, tmp_path):
     assert "accuracy" in out.stdout
 
 
+def test_perturbed_copies_replace_words_by_the_teachers_neighbours(teacher, tmp_path):
+    """With ``replace_words``, perturbed copies take words' neighbours in the teacher's token
+    embeddings; the run says so and trains."""
+    from kplm.data.csv_files import CsvFiles
+    from kplm.heads.sequence_classification import SequenceClassificationHead
+    from kplm.training.distillation import TransferMixture
+    from kplm.training.finetune import finetune
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\na gripping , funny film\t1\n")
+    mix = TransferMixture(CsvFiles(paths=[str(path)], columns={"text": "sentence",
+                                                               "label": "label"}),
+                          None, SequenceClassificationHead(), augment=20, replace=1.0)
+    mix.neighbours = (["gripping", "funny"], [["dull", "slow"], ["boring", "bland"]])
+    copies = [x["text"].decode().split() for x in mix.build().as_numpy_iterator()
+              if x["label"] == b""]
+    assert len(copies) == 20
+    words = {w for copy in copies for w in copy}
+    assert not words & {"gripping", "funny"} and words & {"dull", "slow", "boring", "bland"}
+
+    lines = []
+    config = student_config(str(tmp_path / "student"), teacher)
+    config["distillation"].update(augment=2, replace_words=0.5)
+    config["trainer"].update(steps=10, eval_every=10, log_every=10)
+    finetune(config, echo=lines.append, progress=False)
+    described = next(line for line in lines if line.startswith("fine-tuning"))
+    assert "words replaced with probability 0.5 by neighbours among" in described, described
+
+
+def test_cached_teacher_outputs_train_the_same_student(teacher, tmp_path):
+    """``distillation.cache``: one pass of the rows (labelled + perturbed copies) with the
+    teacher's outputs goes to ``teacher_outputs.tfrecord``; training on it gives the losses
+    of the run whose teacher runs in each step (up to float rounding: the cache's batches
+    are padded differently)."""
+    import tensorflow as tf
+
+    from kplm.training.finetune import finetune
+    losses = {}
+    for cache in (False, True):
+        lines = []
+        run_dir = str(tmp_path / f"cache_{cache}")
+        config = student_config(run_dir, teacher)
+        config["distillation"].update(augment=1, cache=cache, gold_weight=0.2)
+        config["trainer"].update(steps=20, eval_every=20, log_every=5)
+        finetune(config, echo=lines.append, progress=False)
+        losses[cache] = logged(lines, "distillation_loss")
+    rows = sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / "cache_True" /
+                                                      "teacher_outputs.tfrecord")))
+    assert rows == 2 * 6920  # the SST-2 training sentences and one copy of each
+    assert not os.path.exists(tmp_path / "cache_False" / "teacher_outputs.tfrecord")
+    assert len(losses[True]) == 4
+    np.testing.assert_allclose(losses[True], losses[False], rtol=2e-3)
+
+
 @pytest.mark.parametrize("change, key", [
     (lambda c, t: c["distillation"].update(teacher=os.path.join(t, "nowhere")),
      "distillation.teacher"),
@@ -132,6 +219,9 @@ def test_student_learns_the_teachers_answers(teacher, tmp_path):
     (lambda c, t: c.update(head={"name": "sequence_classification", "pair_field": "x"}),
      "head.pair_field"),
     (lambda c, t: c["distillation"].update(augment=-1), "distillation.augment"),
+    (lambda c, t: c["distillation"].update(replace_words=0.3), "distillation.replace_words"),
+    (lambda c, t: c["distillation"].update(hidden_weight=-1), "distillation.hidden_weight"),
+    (lambda c, t: c["distillation"].update(hidden_weight=1, cache=True), "distillation.cache"),
 ])
 def test_bad_distillation_configs_are_refused_before_anything_is_written(teacher, tmp_path,
                                                                          change, key):
@@ -335,13 +425,18 @@ def test_regression_and_token_students(tmp_path, head, data):
         student_data["transfer"] = {**data["validation"],
                                     "columns": {"text": "sentence1", "text_pair": "sentence2"}}
     lines = []
+    # the token student also learns the teacher's hidden states (TinyBERT)
+    hidden = {"hidden_weight": 1.0} if head["name"] == "token_classification" else {}
     metrics = finetune({"run_dir": str(tmp_path / "student"), "seed": 0, "backbone": small,
                         "head": head, "data": student_data,
-                        "distillation": {"teacher": teacher, "gold_weight": 0.5},
+                        "distillation": {"teacher": teacher, "gold_weight": 0.5, **hidden},
                         "trainer": trainer}, echo=lines.append, progress=False)
     from test_distillation import logged
     soft = logged(lines, "distillation_loss")
     assert len(soft) == 4 and soft[-1] < soft[0], lines
+    if hidden:
+        term = logged(lines, "hidden_loss")
+        assert len(term) == 4 and term[-1] < term[0], lines
     assert np.isfinite(list(metrics["validation"].values())[0])
     run = FinetunedRun(str(tmp_path / "student"))
     assert run.model.backbone.hidden_dim == 32

@@ -73,7 +73,9 @@ def cut_to_bucket(batch, *, sequence_length=None, width=16, labels_follow=""):
         if prefix not in full or len(t.shape) < 2 or t.shape[1] != full[prefix]:
             return t
         return t[:, :bucket[prefix]]
-    x = {key: cut(value, _owner(key, streams)) for key, value in x.items()}
+    from kplm.training.distillation import TEACHER_OUTPUTS  # one vector per row: never cut
+    x = {key: value if key == TEACHER_OUTPUTS else cut(value, _owner(key, streams))
+         for key, value in x.items()}
     rest = tuple(tf.nest.map_structure(lambda t: cut(t, labels_follow), r) for r in rest)
     return (x, *rest) if isinstance(batch, tuple) else x
 

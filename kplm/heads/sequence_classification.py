@@ -86,6 +86,7 @@ class SequenceClassificationHead(Head):
         """``(x, y)`` batches (``x`` only when ``with_labels`` is False)."""
         import tensorflow as tf
 
+        from kplm.training.distillation import TEACHER_OUTPUTS
         inputs = self._inputs(tokenizer, sequence_length)
         encode_labels = self._label_encoder() if with_labels else None
 
@@ -93,6 +94,8 @@ class SequenceClassificationHead(Head):
             texts = [batch[self.text_field]] + ([batch[self.pair_field]] if self.pair_field
                                                 else [])
             x = inputs(*texts)
+            if TEACHER_OUTPUTS in batch:  # cached by a distillation run: they travel with x
+                x = {**x, TEACHER_OUTPUTS: batch[TEACHER_OUTPUTS]}
             if not with_labels:
                 return x
             return x, encode_labels(batch[self.label_field])

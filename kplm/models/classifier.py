@@ -45,24 +45,29 @@ class SequenceClassifier(keras_hub.models.TextClassifier):
             bias_initializer=keras.initializers.Constant(output_bias), dtype="float32",
             name="logits")
         # === Functional Model ===
+        self.pooling = pooling
         inputs = backbone.input
-        encoded = backbone(inputs)
-        if pooling == "pooler":
-            pooled = encoded["pooled_output"]
-        elif pooling == "cls":
-            pooled = encoded["sequence_output"][:, 0, :]
-        else:
-            sequence = encoded["sequence_output"]
-            mask = keras.ops.cast(inputs["padding_mask"], sequence.dtype)[:, :, None]
-            pooled = keras.ops.sum(sequence * mask, axis=1) / keras.ops.maximum(
-                keras.ops.sum(mask, axis=1), 1.0)
-        outputs = self.output_dense(self.output_dropout(pooled))
+        outputs = self.logits_from(backbone(inputs), inputs["padding_mask"])
         keras_hub.models.Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
         # === Config ===
         self.num_classes = num_classes
         self.dropout = dropout
-        self.pooling = pooling
         self.output_bias = output_bias
+
+    def logits_from(self, encoded, padding_mask, training=None):
+        """The head on the backbone's outputs (``{"sequence_output", "pooled_output"}``):
+        pooling, dropout, the output layer. The model is this applied to ``backbone(inputs)``;
+        a distiller that reads the backbone's layers itself calls it directly."""
+        if self.pooling == "pooler":
+            pooled = encoded["pooled_output"]
+        elif self.pooling == "cls":
+            pooled = encoded["sequence_output"][:, 0, :]
+        else:
+            sequence = encoded["sequence_output"]
+            mask = keras.ops.cast(padding_mask, sequence.dtype)[:, :, None]
+            pooled = keras.ops.sum(sequence * mask, axis=1) / keras.ops.maximum(
+                keras.ops.sum(mask, axis=1), 1.0)
+        return self.output_dense(self.output_dropout(pooled, training=training))
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
         """``keras.Model.compile`` with defaults: cross-entropy from logits, ``accuracy``."""

@@ -2,6 +2,9 @@
 outputs (Hinton et al. 2015; Tang et al. 2019; Turc et al. 2019)."""
 import keras
 
+from kplm.training.distillation import TEACHER_OUTPUTS
+
+
 #: The kinds of task output a ``TaskDistiller`` distils.
 KINDS = ("classification", "regression", "tokens")
 
@@ -43,7 +46,13 @@ class TaskDistiller(keras.Model):
       error), over the rows that have one. Unlabelled transfer rows carry label ``-1``
       (classification) or NaN (regression) and count in the first term only.
 
-    weighted ``1 - gold_weight`` and ``gold_weight``. Calling the distiller calls the student;
+    weighted ``1 - gold_weight`` and ``gold_weight``; and, with ``hidden_weight``, a third:
+
+    * ``hidden``: each student layer's output (embeddings first), through a learned projection
+      to the teacher's width, against its teacher layer's (``layer_map``), squared and averaged
+      over the real tokens (TinyBERT, Jiao et al. 2020).
+
+    Calling the distiller calls the student;
     the teacher runs in inference mode in the same step, on the same token ids (the two share a
     tokenizer) and is never trained.
 
@@ -54,6 +63,8 @@ class TaskDistiller(keras.Model):
             classification, whose data gives a per-token sample weight).
         temperature: float. Softmax temperature of both distributions. Defaults to 2.0.
         gold_weight: float. Weight of the gold-label term, in [0, 1]. Defaults to 0.5.
+        hidden_weight: float. Weight of the hidden-state term (both backbones kplm
+            ``Encoder``s). Defaults to 0 (off).
 
     Example:
     >>> from kplm.models.encoder import Encoder
@@ -66,7 +77,8 @@ class TaskDistiller(keras.Model):
     >>> distiller.compile(optimizer="adam")
     """
 
-    def __init__(self, student, teacher, kind, temperature=2.0, gold_weight=0.5, **kwargs):
+    def __init__(self, student, teacher, kind, temperature=2.0, gold_weight=0.5,
+                 hidden_weight=0.0, **kwargs):
         super().__init__(**kwargs)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -74,13 +86,34 @@ class TaskDistiller(keras.Model):
         teacher.trainable = False
         self._teacher = _Frozen(teacher)
         self.kind, self.temperature, self.gold_weight = kind, float(temperature), float(gold_weight)
+        self.hidden_weight = float(hidden_weight)
+        if self.hidden_weight:
+            # both backbones' layer outputs from one forward pass each; the student's feature
+            # model shares the student's weights (tracked there, not here)
+            self._features = _Frozen((layer_outputs(student.backbone),
+                                      layer_outputs(teacher.backbone)))
+            self.layer_pairs = layer_map(student.backbone.num_layers,
+                                         teacher.backbone.num_layers)
+            self.hidden_projections = [
+                keras.layers.Dense(teacher.backbone.hidden_dim, dtype="float32",
+                                   name=f"hidden_projection_{s}") for s, _ in self.layer_pairs]
+            for projection in self.hidden_projections:  # built now: the optimizer sees them
+                projection.build((None, None, student.backbone.hidden_dim))
 
     @property
     def teacher(self):
         return self._teacher.model
 
     def call(self, inputs, training=False):
-        return self.student(inputs, training=training)
+        """The student's outputs; with ``hidden_weight``, ``{"logits", "hidden"}``: its logits
+        and its layer outputs (embeddings first), from the same forward pass."""
+        inputs = {k: v for k, v in inputs.items() if k != TEACHER_OUTPUTS}
+        if not self.hidden_weight:
+            return self.student(inputs, training=training)
+        student_features, _ = self._features.model
+        encoded = student_features(inputs, training=training)
+        logits = self.student.logits_from(encoded, inputs["padding_mask"], training=training)
+        return {"logits": logits, "hidden": encoded["hidden"]}
 
     def compile(self, optimizer="auto", **kwargs):
         """The student's metrics (over the labelled rows only); the loss is ``loss_terms``."""
@@ -105,10 +138,23 @@ class TaskDistiller(keras.Model):
         return ops.cast(sample_weight, "float32")
 
     def loss_terms(self, x, y, y_pred, sample_weight):
-        """``{"distillation": (1 - gold_weight, mean), "gold": (gold_weight, mean)}``."""
+        """``{"distillation": (1 - gold_weight, mean), "gold": (gold_weight, mean)}``, and
+        ``"hidden": (hidden_weight, mean)`` when that term is on."""
         ops = keras.ops
+        terms = {}
+        if self.hidden_weight:
+            _, teacher_features = self._features.model
+            encoded = teacher_features(x, training=False)
+            teacher = self.teacher.logits_from(encoded, x["padding_mask"], training=False)
+            terms["hidden"] = (self.hidden_weight, self._hidden_term(
+                y_pred["hidden"], encoded["hidden"], x["padding_mask"]))
+            y_pred = y_pred["logits"]
+        elif TEACHER_OUTPUTS in x:  # cached before training (CachedTeacherOutputs)
+            teacher = ops.reshape(x[TEACHER_OUTPUTS], ops.shape(y_pred))
+        else:
+            teacher = self.teacher(x, training=False)
         student = ops.cast(y_pred, "float32")
-        teacher = ops.stop_gradient(ops.cast(self.teacher(x, training=False), "float32"))
+        teacher = ops.stop_gradient(ops.cast(teacher, "float32"))
         gold = self._gold_mask(y, sample_weight)
         if self.kind == "regression":
             soft_values = ops.mean(ops.square(student - teacher), axis=-1)  # [rows]
@@ -118,7 +164,7 @@ class TaskDistiller(keras.Model):
             gold_mean = ops.divide_no_nan(
                 ops.sum(ops.mean(ops.square(student - target), axis=-1) * gold), ops.sum(gold))
             return {"distillation": (1.0 - self.gold_weight, soft),
-                    "gold": (self.gold_weight, gold_mean)}
+                    "gold": (self.gold_weight, gold_mean), **terms}
         kl = softened_kl(teacher, student, self.temperature)
         labels = ops.maximum(ops.cast(y, "int32"), 0)
         cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, student,
@@ -130,7 +176,21 @@ class TaskDistiller(keras.Model):
         cross_entropy = ops.reshape(cross_entropy, ops.shape(gold))
         gold_mean = ops.divide_no_nan(ops.sum(cross_entropy * gold), ops.sum(gold))
         return {"distillation": (1.0 - self.gold_weight, soft),
-                "gold": (self.gold_weight, gold_mean)}
+                "gold": (self.gold_weight, gold_mean), **terms}
+
+    def _hidden_term(self, student_hidden, teacher_hidden, padding_mask):
+        """The mean, over the layer pairs, the real tokens and the teacher's width, of the
+        squared difference between a student layer's output, projected to the teacher's width,
+        and its teacher layer's (TinyBERT's hidden-state loss, Jiao et al. 2020)."""
+        ops = keras.ops
+        real = ops.cast(padding_mask, "float32")
+        total = 0.0
+        for (s, t), projection in zip(self.layer_pairs, self.hidden_projections):
+            target = ops.stop_gradient(ops.cast(teacher_hidden[t], "float32"))
+            projected = projection(ops.cast(student_hidden[s], "float32"))
+            squared = ops.mean(ops.square(projected - target), axis=-1)
+            total += ops.divide_no_nan(ops.sum(squared * real), ops.sum(real))
+        return total / len(self.layer_pairs)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """The compiled metrics over the rows (tokens) with a gold label. Regression's Pearson
@@ -138,6 +198,8 @@ class TaskDistiller(keras.Model):
         row counts with its own prediction as its score (validation data is all labelled, so
         ``val_pearson``, which picks the best weights, is exact)."""
         ops = keras.ops
+        if isinstance(y_pred, dict):
+            y_pred = y_pred["logits"]
         mask = self._gold_mask(y, sample_weight)
         if self.kind == "regression":
             y = ops.where(ops.reshape(mask, ops.shape(y)) > 0, y,
@@ -146,6 +208,33 @@ class TaskDistiller(keras.Model):
         if self.kind == "classification":
             y = ops.maximum(y, 0)
         return super().compute_metrics(x, y, y_pred, mask)
+
+
+def layer_outputs(backbone):
+    """A ``keras.Model`` on ``backbone``'s inputs (and weights) that returns its outputs and
+    ``"hidden"``: the embeddings' output and each Transformer block's, in order
+    (``num_layers + 1`` tensors). For kplm ``Encoder`` backbones."""
+    blocks = getattr(backbone, "transformer_layers", None)
+    embeddings = getattr(backbone, "embeddings_dropout", None)
+    if not blocks or embeddings is None:
+        raise ValueError(f"{type(backbone).__name__} does not expose its layers' outputs "
+                         "(kplm Encoder backbones do)")
+    outputs = dict(backbone.output)
+    outputs["hidden"] = [embeddings.output] + [block.output for block in blocks]
+    return keras.Model(backbone.input, outputs)
+
+
+def layer_map(student_layers, teacher_layers):
+    """``[(student index, teacher index)]`` of layer outputs matched by the hidden-state term,
+    index 0 being the embeddings: each student block ``i`` to teacher block
+    ``round(i * teacher_layers / student_layers)`` (TinyBERT's uniform mapping), the
+    embeddings to the embeddings.
+
+    Example:
+    >>> layer_map(2, 6)
+    [(0, 0), (1, 3), (2, 6)]
+    """
+    return [(i, round(i * teacher_layers / student_layers)) for i in range(student_layers + 1)]
 
 
 def project_embeddings(student, teacher):

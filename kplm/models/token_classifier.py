@@ -37,12 +37,17 @@ class TokenClassifier(keras_hub.models.Task):
                                                dtype="float32", name="logits")
         # === Functional Model ===
         inputs = backbone.input
-        sequence = backbone(inputs)["sequence_output"]
-        outputs = self.output_dense(self.output_dropout(sequence))
+        outputs = self.logits_from(backbone(inputs), inputs["padding_mask"])
         keras_hub.models.Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
         # === Config ===
         self.num_labels = num_labels
         self.dropout = dropout
+
+    def logits_from(self, encoded, padding_mask=None, training=None):
+        """The head on the backbone's outputs: dropout and the per-token output layer (see
+        ``SequenceClassifier.logits_from``)."""
+        return self.output_dense(self.output_dropout(encoded["sequence_output"],
+                                                     training=training))
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
         """``keras.Model.compile`` with defaults: masked cross-entropy, masked ``accuracy``."""

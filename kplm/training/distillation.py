@@ -26,19 +26,48 @@ class DistillationOptions:
             position and segment embeddings from the teacher's, projected onto their leading
             principal directions (``kplm.models.distiller.project_embeddings``). Defaults to
             False.
+        hidden_weight: float. Weight of a hidden-state term (TinyBERT, Jiao et al. 2020):
+            the squared difference between the outputs of the student's embeddings and blocks,
+            each through a learned projection to the teacher's width, and those of the
+            teacher's embeddings and evenly spaced blocks (``kplm.models.distiller.layer_map``:
+            a 2-block student of a 6-block teacher matches blocks 3 and 6). Gives the student
+            a target for every token, not only the output. Both must be kplm encoders. Defaults
+            to 0 (off).
+        replace_words: float. In each perturbed copy (``augment``), the probability that a
+            word is replaced by one of its 8 nearest neighbours among the whole-word tokens of
+            the teacher's token embeddings (cosine; TinyBERT's augmentation, Jiao et al. 2020,
+            which takes them from GloVe): "good" may become "great", "excellent" or "bad", and
+            the teacher says what the new sentence means. Teaches the student words the
+            labelled set never shows it. Defaults to 0 (off).
+        cache: bool. Run the teacher once, before training, over one pass of the training
+            rows (labelled, transfer, perturbed copies: the same each pass) and keep its
+            outputs with them in ``RUN/teacher_outputs.tfrecord`` (``CachedTeacherOutputs``);
+            training reads them back instead of running the teacher in each step. For large
+            sets trained over several passes. Classification, pair and regression heads;
+            not with ``hidden_weight`` (hidden states are not kept). Defaults to False.
     """
 
     limits = {"temperature": "> 0", "gold_weight": "[0, 1]", "transfer_repeats": ">= 1",
-              "augment": ">= 0"}
+              "augment": ">= 0", "hidden_weight": ">= 0", "replace_words": "[0, 1]"}
 
     def __init__(self, teacher: str, temperature: float = 2.0, gold_weight: float = 0.5,
                  transfer_repeats: int = 1, augment: int = 0,
-                 project_embeddings: bool = False):
+                 project_embeddings: bool = False, hidden_weight: float = 0.0,
+                 replace_words: float = 0.0, cache: bool = False):
         from kplm.checks import check_limits
         check_limits(self.limits, locals(), "distillation")
         self.teacher, self.temperature = teacher, temperature
         self.gold_weight, self.transfer_repeats = gold_weight, transfer_repeats
         self.project_embeddings, self.augment = project_embeddings, augment
+        self.hidden_weight, self.replace_words = hidden_weight, replace_words
+        self.cache = cache
+        if cache and hidden_weight:
+            raise ConfigError("config key 'distillation.cache': the cache keeps the teacher's "
+                              "outputs, not its hidden states; set hidden_weight to 0 or cache "
+                              "to false")
+        if replace_words and not augment:
+            raise ConfigError("config key 'distillation.replace_words': words are replaced in "
+                              "the perturbed copies; set distillation.augment too")
 
 
 def check_teacher(options, head_name, head, key="distillation.teacher"):
@@ -115,9 +144,12 @@ class TransferMixture:
     [b'', b'', b'1']
     """
 
-    def __init__(self, train, transfer, head, repeats=1, seed=0, augment=0):
+    def __init__(self, train, transfer, head, repeats=1, seed=0, augment=0, replace=0.0):
         self.train, self.transfer, self.head = train, transfer, head
         self.repeats, self.seed, self.augment = repeats, seed, augment
+        #: word replacement in the perturbed copies: its probability, and the neighbour table
+        #: (``word_neighbours``) the trainer sets once the teacher is loaded
+        self.replace, self.neighbours = replace, None
 
     def fields(self):
         return [f for f in (getattr(self.head, "text_field", None),
@@ -160,31 +192,43 @@ class TransferMixture:
             streams.append(transfer.repeat(self.repeats) if self.repeats > 1 else transfer)
         if self.augment:
             seed = self.seed
+            replacer = None
+            if self.replace and self.neighbours is not None:
+                replacer = NeighbourTable(*self.neighbours)
 
             def perturbed(index, ex):
                 return {fields[0]: perturb(ex[fields[0]], tf.stack(
-                    [tf.cast(seed, tf.int64), index])), label_field: unlabelled}
+                    [tf.cast(seed, tf.int64), index]), replace=self.replace,
+                    neighbours=replacer), label_field: unlabelled}
             streams.append(train.repeat(self.augment).enumerate().map(perturbed))
         return tf.data.Dataset.sample_from_datasets(streams, seed=self.seed,
                                                     stop_on_empty_dataset=False)
 
 
-def perturb(text, seed, drop=0.1, ngram=0.25, max_ngram=5):
-    """A perturbed copy of ``text`` (a scalar string tensor), as Tang et al. 2019 augment a
-    transfer set: each word dropped with probability ``drop``; then, with probability
-    ``ngram``, only a random span of 1 to ``max_ngram`` words kept. Stateless: the same
-    ``seed`` (a pair of int64) gives the same copy. A text left empty stays as it was.
+def perturb(text, seed, drop=0.1, ngram=0.25, max_ngram=5, replace=0.0, neighbours=None):
+    """A perturbed copy of ``text`` (a scalar string tensor), as Tang et al. 2019 and Jiao et
+    al. 2020 augment a transfer set: with ``neighbours`` (a ``NeighbourTable``), each word it
+    knows replaced with probability ``replace`` by one of its neighbours; each word dropped
+    with probability ``drop``; then, with probability ``ngram``, only a random span of 1 to
+    ``max_ngram`` words kept. Stateless: the same ``seed`` (a pair of int64) gives the same
+    copy. A text left empty stays as it was.
 
     Example:
     >>> import tensorflow as tf
     >>> out = perturb(tf.constant("a b c d e f g h"), tf.constant([0, 1], tf.int64))
     >>> set(out.numpy().split()) <= set(b"a b c d e f g h".split())
     True
+    >>> table = NeighbourTable(["good"], [["great"]])
+    >>> perturb(tf.constant("good"), tf.constant([0, 1], tf.int64), drop=0.0, ngram=0.0,
+    ...         replace=1.0, neighbours=table).numpy()
+    b'great'
     """
     import tensorflow as tf
     words = tf.strings.split(text)
     n = tf.size(words)
-    seeds = tf.random.experimental.stateless_split(seed, 4)
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    if neighbours is not None and replace:
+        words = neighbours.replace(words, replace, seeds[4], seeds[5])
     kept = tf.boolean_mask(words, tf.random.stateless_uniform([n], seeds[0]) >= drop)
     kept = tf.cond(tf.size(kept) > 0, lambda: kept, lambda: words)
     m = tf.size(kept)
@@ -194,6 +238,188 @@ def perturb(text, seed, drop=0.1, ngram=0.25, max_ngram=5):
     span = tf.random.stateless_uniform([], seeds[3]) < ngram
     kept = tf.cond(span & (m > 0), lambda: kept[start:start + length], lambda: kept)
     return tf.strings.reduce_join(kept, separator=" ")
+
+
+#: The key of ``x`` that carries cached teacher outputs (``CachedTeacherOutputs``): a head's
+#: ``dataset`` passes it on, bucketing leaves it whole, ``TaskDistiller`` reads it instead of
+#: running the teacher.
+TEACHER_OUTPUTS = "teacher_outputs"
+#: The cache's file in the run directory.
+CACHE_FILE = "teacher_outputs.tfrecord"
+
+
+class CachedTeacherOutputs:
+    """A training source: the rows of one pass of ``source``, each with the teacher's outputs
+    on it (``TEACHER_OUTPUTS``: logits, or a regression score), stored once in a TFRecord file
+    and read back on every pass. A head's ``dataset`` carries ``TEACHER_OUTPUTS`` into ``x``,
+    and ``TaskDistiller`` uses it instead of running the teacher.
+
+    ``write`` runs the teacher (inference mode, batches cut to their longest row) and writes
+    ``path`` atomically (a ``.tmp`` file, then renamed): a run killed while writing leaves no
+    cache, and a resumed run whose cache is complete reads it again.
+
+    Example:
+    >>> import tempfile, os, numpy as np, tensorflow as tf
+    >>> class Rows:
+    ...     def build(self):
+    ...         return tf.data.Dataset.from_tensor_slices({"text": ["a", "b c"],
+    ...                                                     "label": ["x", ""]})
+    >>> class Teacher:  # one logit per word
+    ...     def predict_on_batch(self, x):
+    ...         return np.asarray(x["padding_mask"], "float32").sum(1, keepdims=True)
+    >>> class Head:
+    ...     def dataset(self, ds, tokenizer, **kwargs):
+    ...         return ds.batch(2).map(lambda b: {"padding_mask": tf.cast(tf.strings.length(
+    ...             b["text"]) > 0, "int32")[:, None] + tf.zeros([1, 4], "int32")})
+    >>> cache = CachedTeacherOutputs(Rows(), os.path.join(tempfile.mkdtemp(), "t.tfrecord"))
+    >>> cache.write(Teacher(), Head(), None, batch_size=2, sequence_length=4)
+    2
+    >>> [(r["text"], r["teacher_outputs"].tolist()) for r in cache.build().as_numpy_iterator()]
+    [(b'a', [4.0]), (b'b c', [4.0])]
+    """
+
+    def __init__(self, source, path):
+        self.source, self.path = source, path
+
+    def check(self):
+        pass
+
+    def write(self, teacher, head, tokenizer, *, batch_size, sequence_length):
+        """Compute and store the teacher's outputs, unless a complete cache is there. Returns
+        the number of rows written (0 when the cache was reused)."""
+        import numpy as np
+        import tensorflow as tf
+
+        from kplm.data.bucketing import bucket_by_length
+        if os.path.exists(self.path):
+            return 0
+        rows = self.source.build()
+        inputs = head.dataset(rows, tokenizer, batch_size=batch_size,
+                              sequence_length=sequence_length, training=False,
+                              with_labels=False)
+        inputs = bucket_by_length(inputs, sequence_length=sequence_length,
+                                  batch_size=batch_size, group=False)
+        temporary, written = self.path + ".tmp", 0
+        with tf.io.TFRecordWriter(temporary) as out:
+            for raw, x in zip(rows.batch(batch_size).as_numpy_iterator(), inputs):
+                outputs = np.asarray(teacher.predict_on_batch(x), np.float32)
+                for i, row in enumerate(outputs):
+                    out.write(_example({**{k: v[i] for k, v in raw.items()},
+                                        TEACHER_OUTPUTS: row.reshape(-1)}))
+                    written += 1
+        os.replace(temporary, self.path)
+        return written
+
+    def build(self):
+        import tensorflow as tf
+        spec = self.source.build().element_spec
+        first = next(iter(tf.data.TFRecordDataset(self.path).take(1)))
+        width = len(tf.train.Example.FromString(first.numpy()).features.feature[
+            TEACHER_OUTPUTS].float_list.value)
+        features = {k: tf.io.FixedLenFeature([], _stored_dtype(s.dtype))
+                    for k, s in spec.items()}
+        features[TEACHER_OUTPUTS] = tf.io.FixedLenFeature([width], tf.float32)
+
+        def parse(record):
+            row = tf.io.parse_single_example(record, features)
+            return {k: tf.cast(v, spec[k].dtype) if k in spec else v for k, v in row.items()}
+        return tf.data.TFRecordDataset(self.path).map(parse)
+
+
+def _stored_dtype(dtype):
+    import tensorflow as tf
+    if dtype == tf.string:
+        return tf.string
+    return tf.float32 if dtype.is_floating else tf.int64
+
+
+def _example(row):
+    """One ``tf.train.Example``, serialized, of a row of scalars and one float vector."""
+    import numpy as np
+    import tensorflow as tf
+    feature = {}
+    for key, value in row.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "SUO":
+            feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[value.item() if isinstance(value.item(), bytes)
+                       else str(value.item()).encode()]))
+        elif value.dtype.kind == "f":
+            feature[key] = tf.train.Feature(float_list=tf.train.FloatList(
+                value=value.reshape(-1).tolist()))
+        else:
+            feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(
+                value=value.reshape(-1).tolist()))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+class NeighbourTable:
+    """Words and their neighbours, in graph: ``replace(words, p, seed_a, seed_b)`` swaps each
+    word found in ``words`` (as it is, else lower-cased) for one of its neighbours, picked at
+    random, with probability ``p``.
+
+    Args:
+        words: list of n str.
+        neighbours: n lists of k str (``word_neighbours``).
+    """
+
+    def __init__(self, words, neighbours):
+        import tensorflow as tf
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(list(words)),
+                                                tf.range(len(words), dtype=tf.int64)), -1)
+        self.neighbours = tf.constant([list(row) for row in neighbours])
+
+    def replace(self, words, p, seed_a, seed_b):
+        import tensorflow as tf
+        row = self.table.lookup(words)
+        row = tf.where(row < 0, self.table.lookup(tf.strings.lower(words)), row)
+        n = tf.size(words)
+        pick = tf.random.stateless_uniform([n], seed_b, 0, tf.shape(self.neighbours)[1],
+                                           dtype=tf.int32)
+        swap = (row >= 0) & (tf.random.stateless_uniform([n], seed_a) < p)
+        found = tf.gather_nd(self.neighbours, tf.stack(
+            [tf.cast(tf.maximum(row, 0), tf.int32), pick], axis=1))
+        return tf.where(swap, found, words)
+
+
+def word_neighbours(tokens, embeddings, k=8):
+    """``(words, neighbours)``: the whole-word tokens of a vocabulary (WordPiece words without
+    ``##``, SentencePiece pieces that start a word, letters only, two or more of them) and, for
+    each, its ``k`` nearest other words by the cosine of their centred token embeddings.
+
+    Example (a toy vocabulary whose embeddings pair "good" with "great"):
+    >>> import numpy as np
+    >>> tokens = ["[PAD]", "good", "great", "bad", "awful", "##s"]
+    >>> e = np.array([[0, 0], [1, .1], [1, .2], [-1, .1], [-1, .2], [0, 1]], "float32")
+    >>> words, near = word_neighbours(tokens, e, k=1)
+    >>> dict(zip(words, (n[0] for n in near)))
+    {'good': 'great', 'great': 'good', 'bad': 'awful', 'awful': 'bad'}
+    """
+    import numpy as np
+    marker = "\u2581"
+    sentencepiece = sum(t.startswith(marker) for t in tokens) > len(tokens) // 10
+    rows, words = [], []
+    for i, token in enumerate(tokens):
+        word = token[1:] if sentencepiece and token.startswith(marker) else (
+            None if sentencepiece else token)
+        if word is not None and len(word) >= 2 and word.isalpha():
+            rows.append(i)
+            words.append(word)
+    if len(words) <= k:
+        return [], []
+    import tensorflow as tf
+    vectors = np.asarray(embeddings, np.float32)[rows]
+    vectors = vectors - vectors.mean(axis=0)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    table = tf.constant(vectors)
+    near = []
+    for start in range(0, len(words), 4096):  # [4096, words] scores at a time
+        scores = tf.matmul(table[start:start + 4096], table, transpose_b=True)
+        top = tf.math.top_k(scores, k + 1).indices.numpy()
+        for i, row in enumerate(top, start):  # the word itself (score 1) left out
+            near.append([words[j] for j in row if j != i][:k])
+    return words, near
 
 
 #: Hugging Face ``model_type`` whose ``*ForSequenceClassification`` head kplm reads: BERT's

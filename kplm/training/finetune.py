@@ -142,6 +142,11 @@ class FinetuneJob(Job):
                 self.head.prepare(source)
             except DataError as e:
                 raise DataError(f"data.{split}: {e}") from None
+        if self.distillation is not None and self.distillation.cache and (
+                self.head.distillation == "tokens"):
+            raise ConfigError("config key 'distillation.cache': token classification runs its "
+                              "teacher in the step (per-token outputs are not cached); remove "
+                              "it")
         augment = self.distillation.augment if self.distillation is not None else 0
         if self.transfer is not None or augment:
             if self.head.distillation == "tokens":
@@ -152,7 +157,8 @@ class FinetuneJob(Job):
             from kplm.training.distillation import TransferMixture
             self.train_source = TransferMixture(self.sources["train"], self.transfer, self.head,
                                                 self.distillation.transfer_repeats,
-                                                seed=spec.seed, augment=augment)
+                                                seed=spec.seed, augment=augment,
+                                                replace=self.distillation.replace_words)
             self.train_source.check()
         else:
             self.train_source = self.sources["train"]
@@ -169,7 +175,7 @@ class FinetuneJob(Job):
         """The tokenizer: the pretrained checkpoint's (at build), or given, or learned, or the
         interrupted run's."""
         spec = self.spec
-        self.loader = None
+        self.loader, self.echo = None, echo
         if spec.init_from:
             from kplm.pretrained import load_pretrained
             self.loader = lambda: load_pretrained(spec.init_from)  # noqa: E731
@@ -190,6 +196,7 @@ class FinetuneJob(Job):
 
     def build(self, run_dir, resuming, write):
         self.resuming, self.embedding_note = resuming, None
+        self.run_dir, self.write = run_dir, write
         if self.loader is not None:
             self.backbone, self.tokenizer = self.loader()
         else:
@@ -220,7 +227,7 @@ class FinetuneJob(Job):
         from kplm.models.distiller import TaskDistiller
         from kplm.training.distillation import load_teacher
         options = self.distillation
-        teacher = load_teacher(options.teacher, self.tokenizer)
+        teacher = self.teacher = load_teacher(options.teacher, self.tokenizer)
         length = self.options.sequence_length or self.backbone.sequence_length
         if teacher.model.backbone.sequence_length < length:
             raise ConfigError(f"config key 'finetune.sequence_length': the student's rows "
@@ -236,8 +243,47 @@ class FinetuneJob(Job):
             kept = project_embeddings(self.backbone, teacher.model.backbone)
             self.embedding_note = (f"embeddings projected from the teacher's ({kept:.0%} of "
                                    "their variance kept)")
+        if options.replace_words:  # the neighbours of words in the teacher's embeddings
+            from kplm.training.distillation import word_neighbours
+            table = getattr(getattr(teacher.model.backbone, "token_embedding", None),
+                            "embeddings", None)
+            if table is None:
+                raise ConfigError("config key 'distillation.replace_words': the teacher's "
+                                  f"backbone ({type(teacher.model.backbone).__name__}) has no "
+                                  "token embedding table to find neighbours in")
+            self.train_source.neighbours = word_neighbours(list(self.tokenizer.tokens),
+                                                           table.numpy())
+        if options.hidden_weight:
+            for who, backbone, model in (("student", self.backbone, student),
+                                         ("teacher", teacher.model.backbone, teacher.model)):
+                if not (hasattr(backbone, "transformer_layers")
+                        and hasattr(model, "logits_from")):
+                    raise ConfigError(f"config key 'distillation.hidden_weight': the {who}'s "
+                                      f"model ({type(model).__name__} on "
+                                      f"{type(backbone).__name__}) does not expose its layers' "
+                                      "outputs; hidden-state distillation reads kplm encoders "
+                                      "under kplm's heads")
         return TaskDistiller(student, teacher.model, kind=self.head.distillation,
-                             temperature=options.temperature, gold_weight=options.gold_weight)
+                             temperature=options.temperature, gold_weight=options.gold_weight,
+                             hidden_weight=options.hidden_weight)
+
+    def _cached(self, source):
+        """``source`` with the teacher's outputs, computed once into the run directory (a
+        temporary directory on a worker that does not write)."""
+        import tempfile
+
+        from kplm.training.distillation import CACHE_FILE, CachedTeacherOutputs
+        where = self.run_dir if self.write else tempfile.mkdtemp(prefix="kplm-teacher-")
+        cache = CachedTeacherOutputs(source, os.path.join(where, CACHE_FILE))
+        if self.echo and not os.path.exists(cache.path):
+            self.echo(f"running the teacher once over a pass of the training rows into "
+                      f"{cache.path}")
+        written = cache.write(self.teacher.model, self.head, self.tokenizer,
+                              batch_size=self.trainer.batch_size,
+                              sequence_length=self.sequence_length)
+        self.cache_note = (f"teacher outputs cached for {written:,} rows" if written
+                           else "teacher outputs read from the cache")
+        return cache
 
     def optimizer(self):
         from kplm.training.optimizer import build_optimizer
@@ -246,6 +292,8 @@ class FinetuneJob(Job):
 
     def _data(self, split, training):
         source = self.train_source if split == "train" else self.sources[split]
+        if split == "train" and self.distillation is not None and self.distillation.cache:
+            source = self._cached(source)
         batches = self.head.dataset(source.build(), self.tokenizer,
                                     batch_size=self.trainer.batch_size,
                                     sequence_length=self.sequence_length, seed=self.spec.seed,
@@ -280,8 +328,16 @@ class FinetuneJob(Job):
                 extras.append("with transfer text")
             if options.augment:
                 extras.append(f"{options.augment} perturbed copies of the training texts")
+            neighbours = getattr(self.train_source, "neighbours", None)
+            if options.replace_words and neighbours:
+                extras.append(f"words replaced with probability {options.replace_words:g} by "
+                              f"neighbours among {len(neighbours[0]):,} words")
+            if options.hidden_weight:
+                extras.append(f"hidden states weight {options.hidden_weight:g}")
             if self.embedding_note:
                 extras.append(self.embedding_note)
+            if getattr(self, "cache_note", None):
+                extras.append(self.cache_note)
             line += f", distilling {options.teacher} ({', '.join(extras)})"
         return line
 
