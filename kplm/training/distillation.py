@@ -254,7 +254,7 @@ class CachedTeacherOutputs:
     and read back on every pass. A head's ``dataset`` carries ``TEACHER_OUTPUTS`` into ``x``,
     and ``TaskDistiller`` uses it instead of running the teacher.
 
-    ``write`` runs the teacher (inference mode, batches cut to their longest row) and writes
+    ``write`` runs the teacher (inference mode, rows sorted by length) and writes
     ``path`` atomically (a ``.tmp`` file, then renamed): a run killed while writing leaves no
     cache, and a resumed run whose cache is complete reads it again.
 
@@ -290,23 +290,31 @@ class CachedTeacherOutputs:
         import numpy as np
         import tensorflow as tf
 
-        from kplm.data.bucketing import bucket_by_length
+        from kplm.data.bucketing import sorted_by_length
         if os.path.exists(self.path):
             return 0
         rows = self.source.build()
         inputs = head.dataset(rows, tokenizer, batch_size=batch_size,
                               sequence_length=sequence_length, training=False,
                               with_labels=False)
-        inputs = bucket_by_length(inputs, sequence_length=sequence_length,
-                                  batch_size=batch_size, group=False)
-        temporary, written = self.path + ".tmp", 0
+        # the teacher reads rows sorted by length (batches cut to their longest row: perturbed
+        # copies are often a few words); its outputs are put back in the rows' order
+        found = {}
+        for positions, x in sorted_by_length(inputs, sequence_length=sequence_length,
+                                             batch_size=batch_size):
+            outputs = np.asarray(teacher.predict_on_batch(x), np.float32)
+            found.update(zip(positions.tolist(), outputs.reshape(len(positions), -1)))
+        temporary, written, outputs = self.path + ".tmp", 0, ()
         with tf.io.TFRecordWriter(temporary) as out:
-            for raw, x in zip(rows.batch(batch_size).as_numpy_iterator(), inputs):
-                outputs = np.asarray(teacher.predict_on_batch(x), np.float32)
-                for i, row in enumerate(outputs):
-                    out.write(_example({**{k: v[i] for k, v in raw.items()},
-                                        TEACHER_OUTPUTS: row.reshape(-1)}))
-                    written += 1
+            for written, raw in enumerate(rows.as_numpy_iterator(), 1):
+                outputs = found.pop(written - 1, None)
+                if outputs is None:
+                    break
+                out.write(_example({**raw, TEACHER_OUTPUTS: outputs}))
+        if found or outputs is None:  # a source that does not give the same rows twice
+            os.remove(temporary)
+            raise DataError("data.train: the training rows differ between two reads (a "
+                            "source must be deterministic for distillation.cache)")
         os.replace(temporary, self.path)
         return written
 

@@ -395,6 +395,11 @@ class FinetuneJob(Job):
     def after_metrics(self, run_dir):
         from kplm.training.best_weights import BestWeights
         BestWeights.remove(self.best_path)  # only now: a run killed before still has them
+        if self.distillation is not None and self.distillation.cache and self.write:
+            from kplm.training.distillation import CACHE_FILE
+            cache = os.path.join(run_dir, CACHE_FILE)  # written by this run, for a resume only
+            if os.path.exists(cache):
+                os.remove(cache)
 
 
 def finetune(config, *, overwrite=False, echo=print, progress=True):
