@@ -273,7 +273,9 @@ class FinetuneJob(Job):
         import tempfile
 
         from kplm.training.distillation import CACHE_FILE, CachedTeacherOutputs
-        where = self.run_dir if self.write else tempfile.mkdtemp(prefix="kplm-teacher-")
+        where = self.run_dir
+        if not self.write:  # this worker's own copy, removed when the run finishes
+            where = self.cache_scratch = tempfile.mkdtemp(prefix="kplm-teacher-")
         cache = CachedTeacherOutputs(source, os.path.join(where, CACHE_FILE))
         if self.echo and not os.path.exists(cache.path):
             self.echo(f"running the teacher once over a pass of the training rows into "
@@ -366,6 +368,9 @@ class FinetuneJob(Job):
     def finish(self, model, result, monitor, wall, run_dir, write):
         """The best weights, saved as the run's model, and evaluated."""
         from kplm.training.best_weights import BestWeights
+        if getattr(self, "cache_scratch", None):  # a non-writing worker's teacher outputs
+            import shutil
+            shutil.rmtree(self.cache_scratch, ignore_errors=True)
         best_step = result.step
         if os.path.exists(self.best_path):
             best_step = BestWeights.load(
