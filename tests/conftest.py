@@ -74,3 +74,18 @@ def near_ties(predictions, within=NEAR_TIE):
     Every other label must agree exactly."""
     tops = [sorted(p["probabilities"].values())[-2:] for p in predictions]
     return [second > first - within for second, first in tops]
+
+
+def assert_greedy_ids_match(directory, ref, *, start, end, pad, use_cache):
+    """Greedy generation of the Hugging Face checkpoint in ``directory`` (loaded by kplm)
+    equals transformers' ``ref["greedy_ids"]`` up to and including each row's end token."""
+    from kplm.models.seq2seq_lm import Seq2SeqLM
+    from kplm.pretrained.huggingface import load_backbone
+    model = Seq2SeqLM(load_backbone(directory))
+    want = ref["greedy_ids"]
+    got = model.generate_ids(ref["encoder_ids"], ref["encoder_mask"], start_token_id=start,
+                             end_token_id=end, pad_token_id=pad, max_length=want.shape[1],
+                             use_cache=use_cache)
+    for row, expected in zip(got.tolist(), want.tolist()):
+        stop = expected.index(end) + 1 if end in expected else len(expected)
+        assert row[:stop] == expected[:stop]

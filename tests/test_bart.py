@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_kplm
+from conftest import ROOT, assert_greedy_ids_match, run_kplm
 
 REFERENCE = os.path.join(ROOT, "tests", "reference", "tiny_bart.npz")
 MULTI30K = os.path.join(ROOT, "data", "multi30k")
@@ -47,17 +47,8 @@ def test_hidden_states_equal_transformers(checkpoint):
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_greedy_generation_equals_transformers(checkpoint, use_cache):
-    from kplm.models.seq2seq_lm import Seq2SeqLM
-    from kplm.pretrained.huggingface import load_backbone
     directory, ref = checkpoint
-    model = Seq2SeqLM(load_backbone(directory))
-    want = ref["greedy_ids"]
-    got = model.generate_ids(ref["encoder_ids"], ref["encoder_mask"], start_token_id=0,
-                             end_token_id=2, pad_token_id=1, max_length=want.shape[1],
-                             use_cache=use_cache)
-    for row, expected in zip(got.tolist(), want.tolist()):
-        end = expected.index(2) + 1 if 2 in expected else len(expected)
-        assert row[:end] == expected[:end]
+    assert_greedy_ids_match(directory, ref, start=0, end=2, pad=1, use_cache=use_cache)
 
 
 def test_export_writes_back_the_same_tensors(checkpoint, tmp_path):

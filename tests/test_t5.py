@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, assert_greedy_ids_match
 
 REFERENCE = os.path.join(ROOT, "tests", "reference")
 SPIECE = os.path.join(REFERENCE, "tiny_t5_spiece.model")
@@ -56,17 +56,8 @@ def test_hidden_states_and_logits_equal_transformers(checkpoints, variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_greedy_generation_equals_transformers(checkpoints, variant, use_cache):
-    from kplm.models.seq2seq_lm import Seq2SeqLM
-    from kplm.pretrained.huggingface import load_backbone
     directory, ref = checkpoints[variant]
-    model = Seq2SeqLM(load_backbone(directory))
-    want = ref["greedy_ids"]
-    got = model.generate_ids(ref["encoder_ids"], ref["encoder_mask"], start_token_id=0,
-                             end_token_id=1, pad_token_id=0, max_length=want.shape[1],
-                             use_cache=use_cache)
-    for row, expected in zip(got.tolist(), want.tolist()):
-        end = expected.index(1) + 1 if 1 in expected else len(expected)
-        assert row[:end] == expected[:end]
+    assert_greedy_ids_match(directory, ref, start=0, end=1, pad=0, use_cache=use_cache)
 
 
 def test_tokenizer_ids_and_sentinels_equal_transformers(checkpoints):
