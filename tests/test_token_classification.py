@@ -280,3 +280,9 @@ def test_exported_saved_model_tags_raw_lines_like_predict(ner_run, tmp_path):
         assert got == run.head.entities(lines[i], tags), (lines[i], got, tags)
         found += k
     assert found > 0  # the tagger finds entities in its training sentences
+    # Repeated predict calls reuse one traced tokenizer-and-packer graph (not a new tf.data
+    # pipeline per call) and give each line the same tags whatever the call's other lines.
+    again = run.predict([{"text": line} for line in lines[:7]])
+    assert [p["tags"] for p in again] == [p["tags"] for p in expected[:7]]
+    encoder = run.head._cached_encoder(run.tokenizer, run.sequence_length)
+    assert encoder.experimental_get_tracing_count() == 1

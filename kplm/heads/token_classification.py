@@ -93,6 +93,19 @@ class TokenClassificationHead(Head):
         """Batches of dicts: ``token_ids``, ``segment_ids``, ``padding_mask``, ``word_ids``
         (the word a first piece starts, else -1), ``num_words`` and, with labels, ``labels``
         (the tag id on first pieces, else -1)."""
+        import tensorflow as tf
+
+        encode = self._batch_encoder(tokenizer, sequence_length, with_labels)
+        fields = [self.tokens_field] + ([self.tags_field] if with_labels else [])
+        ds = source_ds.map(lambda ex: {f: ex[f] for f in fields})
+        if training:
+            ds = ds.shuffle(self.shuffle_buffer, seed=seed).repeat()
+        ds = ds.ragged_batch(batch_size, drop_remainder=training)
+        return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def _batch_encoder(self, tokenizer, sequence_length, with_labels):
+        """A function of a batch ``{tokens_field: ragged [batch, (words)]}`` (and the tags,
+        with labels) -> the dict ``encode`` batches hold."""
         import keras_hub
         import tensorflow as tf
 
@@ -137,13 +150,21 @@ class TokenClassificationHead(Head):
                                         pieces.value_rowids())
                 x["labels"] = ignored(per_sentence(tf.where(first, word_labels, IGNORED)))
             return x
+        return encode
 
-        fields = [self.tokens_field] + ([self.tags_field] if with_labels else [])
-        ds = source_ds.map(lambda ex: {f: ex[f] for f in fields})
-        if training:
-            ds = ds.shuffle(self.shuffle_buffer, seed=seed).repeat()
-        ds = ds.ragged_batch(batch_size, drop_remainder=training)
-        return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def _cached_encoder(self, tokenizer, sequence_length):
+        """``_batch_encoder`` (no labels) as a ``tf.function`` kept on the head for this
+        tokenizer and length, so that repeated ``predict`` calls reuse its traced graph instead
+        of tracing it into a new ``tf.data`` pipeline each call."""
+        import tensorflow as tf
+        cache = self.__dict__.setdefault("_encoders", {})
+        key = (id(tokenizer), sequence_length)
+        if key not in cache or cache[key][0] is not tokenizer:
+            words = tf.RaggedTensorSpec([None, None], tf.string, ragged_rank=1)
+            cache[key] = (tokenizer, tf.function(
+                self._batch_encoder(tokenizer, sequence_length, with_labels=False),
+                input_signature=[{self.tokens_field: words}]))
+        return cache[key][1]
 
     def dataset(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
                 training=True, with_labels=True):
@@ -229,11 +250,12 @@ class TokenClassificationHead(Head):
         if not examples:
             return []
         words = [self.words(ex[self.text_field])[0] for ex in examples]
-        ds = tf.data.Dataset.from_tensor_slices(
-            {self.tokens_field: tf.ragged.constant(words, dtype=tf.string, ragged_rank=1)})
-        tags = self._predict_tags(model, self.encode(
-            ds, tokenizer, batch_size=batch_size, sequence_length=sequence_length,
-            with_labels=False), sequence_length, batch_size)
+        encode = self._cached_encoder(tokenizer, sequence_length)
+        chunk = 4096  # the traced encoder is called directly on chunks of sentences
+        packed = (encode({self.tokens_field: tf.ragged.constant(
+            words[i:i + chunk], dtype=tf.string, ragged_rank=1)})
+            for i in range(0, len(words), chunk))
+        tags = self._predict_tags(model, packed, sequence_length, batch_size)
         return [{"entities": self.entities(ex[self.text_field], t), "tags": t}
                 for ex, t in zip(examples, tags)]
 
