@@ -266,7 +266,8 @@ class FinetunedRun:
                 raise KplmError(f"{adapters_path} is there but finetune.lora_rank is not set")
             backbone, _ = load_base(self.config, key="the run's base checkpoint")
         model = self.head.build_model(backbone)
-        lora.enable_lora(backbone, options["lora_rank"], options.get("lora_alpha"))
+        lora.enable_lora(backbone, options["lora_rank"], options.get("lora_alpha"),
+                         options.get("lora_targets"))
         lora.load_variables(model.trainable_variables,
                             os.path.join(self.run_dir, lora.ADAPTERS), "LoRA adapters")
         return lora.merged_copy(model)

@@ -133,6 +133,10 @@ def test_a_lora_run_whose_base_checkpoint_is_gone_is_one_line(lora_run, tmp_path
     ({"finetune": {"lora_alpha": 8, "lora_rank": None}}, "finetune.lora_alpha"),
     ({"finetune": {"lora_rank": 0}}, "finetune.lora_rank"),
     ({"finetune": {"lora_rank": 4, "freeze_backbone": True}}, "finetune.freeze_backbone"),
+    ({"finetune": {"lora_targets": ["query", "querry"]}}, "finetune.lora_targets"),
+    ({"finetune": {"lora_targets": []}}, "finetune.lora_targets"),
+    ({"finetune": {"lora_rank": None, "lora_alpha": None, "lora_targets": ["key"]}},
+     "finetune.lora_targets"),
     ({"tokenizer": {"name": "wordpiece", "vocabulary_size": 300},
       "backbone": {"name": "encoder", "num_layers": 1, "num_heads": 2, "hidden_dim": 16,
                    "intermediate_dim": 32, "sequence_length": 48}}, "finetune.lora_rank"),
@@ -151,3 +155,40 @@ def test_bad_lora_settings_are_refused_before_anything_is_written(tmp_path, chan
         finetune(config, echo=None, progress=False)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_targets_adapt_the_named_projections_and_merge_exactly():
+    """``finetune.lora_targets``: every projection of a block can carry factors (EinsumDense in
+    the attention, Dense in the feed-forward), and the merged copy computes what the adapted
+    model computes."""
+    from kplm.errors import ConfigError
+    from kplm.models import lora
+    from kplm.models.classifier import SequenceClassifier
+    from kplm.models.encoder import Encoder
+
+    def model():
+        backbone = Encoder(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=8,
+                           intermediate_dim=16, sequence_length=8)
+        return SequenceClassifier(backbone, num_classes=2)
+
+    every = ["attention_output", "feedforward_intermediate_dense",
+             "feedforward_output_dense", "key", "query", "value"]
+    plain = model()
+    assert set(every) <= set(lora.adaptable_names(plain.backbone))
+    assert len(lora.enable_lora(plain.backbone, rank=2)) == 2 * 2  # query, value x 2 blocks
+    adapted = model()
+    layers = lora.enable_lora(adapted.backbone, rank=2, alpha=4, targets=every)
+    assert sorted(layer.name for layer in layers) == sorted(every * 2)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(1, 50, (3, 8)).astype("int32"),
+         "segment_ids": np.zeros((3, 8), "int32"), "padding_mask": np.ones((3, 8), "int32")}
+    before = np.asarray(adapted(x))
+    for variable in adapted.weights:
+        if variable.path.endswith("lora_kernel_b"):  # zero at the start: as if trained
+            variable.assign(rng.normal(0, 0.3, variable.shape).astype("float32"))
+    assert not np.allclose(adapted(x), before, atol=1e-4)  # the factors are used
+    merged = lora.merged_copy(adapted)
+    assert not lora.is_adapted(merged)
+    np.testing.assert_allclose(merged(x), adapted(x), atol=1e-5)
+    with pytest.raises(ConfigError, match="finetune.lora_targets.*'token_embedding'.*query"):
+        lora.enable_lora(model().backbone, rank=2, targets=["token_embedding"])

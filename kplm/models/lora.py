@@ -1,8 +1,9 @@
 """Low-rank adaptation (LoRA, Hu et al. 2021) of a pretrained backbone, with Keras' own LoRA.
 
-``enable_lora(backbone, rank, alpha)`` calls keras_hub's ``Backbone.enable_lora``: every
-backbone weight is frozen and the query and value projections of every attention layer get
-Keras' LoRA factors (``EinsumDense.enable_lora``: ``kernel + alpha / rank * A @ B``, ``A``
+``enable_lora(backbone, rank, alpha, targets)`` calls keras_hub's ``Backbone.enable_lora``:
+every backbone weight is frozen and the projections named in ``targets`` (by default the query
+and value projections of every attention layer) get Keras' LoRA factors
+(``EinsumDense.enable_lora`` / ``Dense.enable_lora``: ``kernel + alpha / rank * A @ B``, ``A``
 He-uniform, ``B`` zero, so training starts from the pretrained model exactly). Those
 projections' biases stay trainable (keras_hub marks the whole projection trainable), as does the
 task head outside the backbone.
@@ -50,16 +51,34 @@ def lora_layers(model):
     return [layer for layer in sublayers(model) if getattr(layer, "lora_enabled", False)]
 
 
-def enable_lora(backbone, rank, alpha=None, key="finetune.lora_rank"):
-    """Freeze ``backbone`` and adapt its attention query/value projections with rank ``rank``
-    and scale ``alpha / rank`` (``alpha`` defaults to ``rank``: scale 1, Keras' default);
-    returns the adapted layers. A backbone without such projections is one ``ConfigError``
-    naming ``key``."""
+def adaptable_names(backbone):
+    """The names of ``backbone``'s projection layers (``Dense``, ``EinsumDense``) that LoRA
+    can adapt, sorted."""
+    import keras
+
+    from kplm._compat import sublayers
+    kinds = (keras.layers.Dense, keras.layers.EinsumDense)
+    return sorted({layer.name for layer in sublayers(backbone) if isinstance(layer, kinds)})
+
+
+def enable_lora(backbone, rank, alpha=None, targets=None, key="finetune.lora_rank"):
+    """Freeze ``backbone`` and adapt its projections named in ``targets`` (default: the
+    attention's query and value) with rank ``rank`` and scale ``alpha / rank`` (``alpha``
+    defaults to ``rank``: scale 1, Keras' default); returns the adapted layers. A backbone
+    without such projections, or a target name none of its projections has, is one
+    ``ConfigError`` naming the key."""
     from kplm.errors import ConfigError
     if not hasattr(backbone, "enable_lora"):
         raise ConfigError(f"config key '{key}': backbone {type(backbone).__name__} is not a "
                           "keras_hub Backbone; LoRA adapts those")
-    backbone.enable_lora(rank, target_layer_names=list(TARGETS))
+    if targets is not None:
+        known = adaptable_names(backbone)
+        unknown = [t for t in targets if t not in known]
+        if unknown:
+            raise ConfigError(f"config key 'finetune.lora_targets': backbone "
+                              f"{type(backbone).__name__} has no projection layer named "
+                              f"'{unknown[0]}'; it has {', '.join(known)}")
+    backbone.enable_lora(rank, target_layer_names=list(targets or TARGETS))
     layers = lora_layers(backbone)
     if not layers:
         raise ConfigError(f"config key '{key}': backbone {type(backbone).__name__} has no "

@@ -207,7 +207,7 @@ class FinetuneJob(Job):
         if self.options.lora_rank is not None:
             from kplm.models.lora import enable_lora
             self.adapted = enable_lora(self.backbone, self.options.lora_rank,
-                                       self.options.lora_alpha)
+                                       self.options.lora_alpha, self.options.lora_targets)
         if self.distillation is not None:
             model = self._distiller(model)
         if write and not resuming:

@@ -25,6 +25,12 @@ class FinetuneOptions:
             into the weights. See ``kplm.models.lora``. Defaults to None (full fine-tuning).
         lora_alpha: float or None. The factors' scale is ``lora_alpha / lora_rank``. Defaults
             to None: ``lora_rank`` (scale 1).
+        lora_targets: list of str or None. The names of the backbone's projection layers
+            (``Dense`` / ``EinsumDense``) that get LoRA factors, in every block: in kplm's and
+            keras_hub's encoders and decoders ``query``, ``key``, ``value``,
+            ``attention_output``, ``feedforward_intermediate_dense``,
+            ``feedforward_output_dense``. A name no layer has is refused, listing the names
+            there are. Defaults to None: the query and value projections (Hu et al. 2021).
     """
 
     #: Checked by ``kplm.config`` before anything runs (``kplm.checks``), and by ``__init__``.
@@ -36,18 +42,27 @@ class FinetuneOptions:
                  early_stopping_patience: Optional[int] = None,
                  sequence_length: Optional[int] = None, length_bucketing: bool = True,
                  bucket_width: int = 16, lora_rank: Optional[int] = None,
-                 lora_alpha: Optional[float] = None):
+                 lora_alpha: Optional[float] = None,
+                 lora_targets: Optional[list[str]] = None):
         from kplm.checks import check_limits
         from kplm.errors import ConfigError
         check_limits(self.limits, locals(), "finetune")
         if lora_alpha is not None and lora_rank is None:
             raise ConfigError("config key 'finetune.lora_alpha': scales LoRA factors; set "
                               "finetune.lora_rank too")
+        if lora_targets is not None and lora_rank is None:
+            raise ConfigError("config key 'finetune.lora_targets': names the layers LoRA "
+                              "adapts; set finetune.lora_rank too")
+        if lora_targets is not None and (not lora_targets or not all(
+                isinstance(t, str) and t for t in lora_targets)):
+            raise ConfigError("config key 'finetune.lora_targets': expected a non-empty list "
+                              f"of layer names, got {lora_targets!r}")
         if lora_rank is not None and freeze_backbone:
             raise ConfigError("config key 'finetune.freeze_backbone': LoRA (finetune.lora_rank) "
                               "already freezes the backbone and trains its adapters; remove "
                               "one of them")
         self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
+        self.lora_targets = list(lora_targets) if lora_targets is not None else None
         self.freeze_backbone = freeze_backbone
         self.backbone_learning_rate_scale = backbone_learning_rate_scale
         self.early_stopping_patience = early_stopping_patience
