@@ -201,6 +201,10 @@ class TransferMixture:
                     [tf.cast(seed, tf.int64), index]), replace=self.replace,
                     neighbours=replacer), label_field: unlabelled}
             streams.append(train.repeat(self.augment).enumerate().map(perturbed))
+        # Equal weights: the labelled rows run out early in a pass and the perturbed copies
+        # fill the rest, clean sentences first. Measured against weights in proportion to the
+        # streams' sizes (labelled rows spread over the pass): SST-2 student 0.819 against
+        # 0.831, validation distillation loss 0.168 against 0.154 (docs/recipes.md).
         return tf.data.Dataset.sample_from_datasets(streams, seed=self.seed,
                                                     stop_on_empty_dataset=False)
 
