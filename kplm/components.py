@@ -234,3 +234,16 @@ class Head(Component):
     def baseline(self, train_source, eval_source):
         """A trivial baseline's metrics on ``eval_source`` (e.g. majority class), or None."""
         return None
+
+    def traced(self, name, tokenizer, sequence_length, build, **function_options):
+        """``tf.function(build())`` kept on the head under ``name`` for this tokenizer and
+        length, so that repeated ``predict`` calls reuse one traced graph (tokenizing and
+        packing traced anew each call cost more than the model itself with small models).
+        ``function_options`` go to ``tf.function`` (``input_signature``,
+        ``reduce_retracing``)."""
+        import tensorflow as tf
+        cache = self.__dict__.setdefault("_traced_functions", {})
+        key = (name, id(tokenizer), sequence_length)
+        if key not in cache or cache[key][0] is not tokenizer:
+            cache[key] = (tokenizer, tf.function(build(), **function_options))
+        return cache[key][1]

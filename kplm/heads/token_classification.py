@@ -157,14 +157,11 @@ class TokenClassificationHead(Head):
         tokenizer and length, so that repeated ``predict`` calls reuse its traced graph instead
         of tracing it into a new ``tf.data`` pipeline each call."""
         import tensorflow as tf
-        cache = self.__dict__.setdefault("_encoders", {})
-        key = (id(tokenizer), sequence_length)
-        if key not in cache or cache[key][0] is not tokenizer:
-            words = tf.RaggedTensorSpec([None, None], tf.string, ragged_rank=1)
-            cache[key] = (tokenizer, tf.function(
-                self._batch_encoder(tokenizer, sequence_length, with_labels=False),
-                input_signature=[{self.tokens_field: words}]))
-        return cache[key][1]
+        words = tf.RaggedTensorSpec([None, None], tf.string, ragged_rank=1)
+        return self.traced("encoder", tokenizer, sequence_length,
+                           lambda: self._batch_encoder(tokenizer, sequence_length,
+                                                       with_labels=False),
+                           input_signature=[{self.tokens_field: words}])
 
     def dataset(self, source_ds, tokenizer, *, batch_size, sequence_length, seed=0,
                 training=True, with_labels=True):
