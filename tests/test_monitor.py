@@ -44,6 +44,11 @@ def test_mfu_is_model_flops_times_throughput_over_peak(tmp_path):
     from kplm.training.monitor import flops_per_token
     monitor, model = _run(tmp_path, "mfu", 5, flops_per_token=1000.0, peak_flops=2e6)
     assert flops_per_token(model) == 6 * 4  # a 3 -> 1 dense layer: 4 parameters
+    # The attention term counts the rows' length, not the backbone's position table.
+    from types import SimpleNamespace
+    backbone = SimpleNamespace(num_layers=2, hidden_dim=8, sequence_length=512)
+    assert flops_per_token(model, backbone) == 6 * 4 + 12 * 2 * 8 * 512
+    assert flops_per_token(model, backbone, 64) == 6 * 4 + 12 * 2 * 8 * 64
     for _, values in monitor.history[1:]:
         assert values["mfu"] == pytest.approx(1000.0 * values["tokens_per_second"] / 2e6)
         assert values["examples_per_second"] == pytest.approx(values["tokens_per_second"] / 3)

@@ -210,9 +210,10 @@ PEAK_TFLOPS = (
 )
 
 
-def flops_per_token(model, backbone=None):
+def flops_per_token(model, backbone=None, sequence_length=None):
     """Training FLOPs per token, PaLM's estimate: ``6 N + 12 L d s`` (``N`` trainable parameters,
-    ``L`` layers, ``d`` hidden size, ``s`` sequence length; forward + backward, with attention).
+    ``L`` layers, ``d`` hidden size, ``s`` the length of the rows trained on, else the
+    backbone's ``sequence_length``; forward + backward, with attention).
 
     Example:
     >>> import keras
@@ -224,7 +225,7 @@ def flops_per_token(model, backbone=None):
     attention = 0
     layers = getattr(backbone, "num_layers", None)
     hidden = getattr(backbone, "hidden_dim", None)
-    length = getattr(backbone, "sequence_length", None)
+    length = sequence_length or getattr(backbone, "sequence_length", None)
     if layers and hidden and length:
         attention = 12 * layers * hidden * length
     return 6 * n + attention

@@ -115,10 +115,11 @@ def _run(job, *, overwrite, echo, progress):
 
     # --- the loop ------------------------------------------------------------------------------
     from kplm.training.monitor import TrainingMonitor, flops_per_token, peak_flops
+    row = job.tokens_per_row()  # the rows' length, not the position table's (512 in BERT)
     monitor = TrainingMonitor(os.path.join(run_dir, runs.TENSORBOARD),
-                              trainer.batch_size * job.tokens_per_row(), trainer.batch_size,
+                              trainer.batch_size * row, trainer.batch_size,
                               trainer.log_every, trainer.steps, config_text=config_text,
-                              echo=echo, flops_per_token=flops_per_token(model, job.backbone),
+                              echo=echo, flops_per_token=flops_per_token(model, job.backbone, row),
                               peak_flops=peak_flops(trainer, strategy), write=write)
     options = job.loop_options(model, run_dir, write)
     callbacks = list(options.pop("callbacks", []))
