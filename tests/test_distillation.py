@@ -236,6 +236,16 @@ def test_cached_teacher_outputs_train_the_same_student(teacher, tmp_path):
     (lambda c, t: c["distillation"].update(replace_words=0.3), "distillation.replace_words"),
     (lambda c, t: c["distillation"].update(hidden_weight=-1), "distillation.hidden_weight"),
     (lambda c, t: c["distillation"].update(hidden_weight=1, cache=True), "distillation.cache"),
+    # weight selection: heads as wide as the teacher's (32), one teacher block per student block
+    (lambda c, t: c["distillation"].update(select_weights=[0]), "backbone.num_heads"),
+    (lambda c, t: (c["distillation"].update(select_weights=[1]),
+                   c["backbone"].update(num_heads=1)), "distillation.select_weights"),
+    (lambda c, t: (c["distillation"].update(select_weights=[0, 0])),
+     "distillation.select_weights"),
+    (lambda c, t: (c["distillation"].update(select_weights=[0], project_embeddings=True)),
+     "distillation.select_weights"),
+    (lambda c, t: (c["distillation"].update(select_weights=[0]),
+                   c["backbone"].update(num_heads=1, hidden_dim=128)), "backbone.hidden_dim"),
 ])
 def test_bad_distillation_configs_are_refused_before_anything_is_written(teacher, tmp_path,
                                                                          change, key):
@@ -483,3 +493,77 @@ def test_projected_embeddings_keep_the_teachers_geometry():
                                cosines(low_rank), atol=1e-4)
     spread = float(np.std(student.token_embedding.embeddings.numpy()))
     assert 0.005 < spread < 0.1  # the student's own initial scale, not the teacher's
+
+
+def random_encoder(seed, **shape):
+    """An ``Encoder`` whose every weight is random, so each teacher coordinate is unique."""
+    from kplm.models.encoder import Encoder
+    model = Encoder(vocabulary_size=40, sequence_length=8, **shape)
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        variable.assign(rng.normal(size=variable.shape).astype("float32"))
+    return model
+
+
+def test_selected_weights_keep_one_set_of_the_teachers_coordinates():
+    """Weight selection (Xu et al. 2023): the student's hidden units, heads and feed-forward
+    units are the same subset of the teacher's in every weight; at the teacher's own widths
+    it is the teacher's chosen blocks exactly (the same outputs as ``select_layers``)."""
+    from kplm.models.distiller import select_weights
+    from kplm.models.encoder import Encoder
+    from kplm.models.select_layers import select_layers
+    shape = {"num_heads": 4, "hidden_dim": 16, "intermediate_dim": 32}
+    teacher = random_encoder(0, num_layers=3, **shape)
+    same = Encoder(vocabulary_size=40, sequence_length=8, num_layers=2, **shape)
+    select_weights(same, teacher, [0, 2])
+    inputs = {"token_ids": np.array([[2, 7, 9, 3, 0]]), "segment_ids": np.zeros((1, 5), int),
+              "padding_mask": np.array([[1, 1, 1, 1, 0]])}
+    np.testing.assert_allclose(same(inputs)["sequence_output"],
+                               select_layers(teacher, [0, 2])(inputs)["sequence_output"],
+                               atol=1e-5)
+
+    student = Encoder(vocabulary_size=40, sequence_length=4, num_layers=1, num_heads=2,
+                      hidden_dim=8, intermediate_dim=16)
+    select_weights(student, teacher, [1])
+    tokens, theirs = student.token_embedding.embeddings.numpy(), teacher.token_embedding
+    hidden = [int(np.argmin(np.abs(theirs.embeddings.numpy() - column[:, None]).sum(0)))
+              for column in tokens.T]  # which teacher unit each student unit is
+    assert sorted(set(hidden)) == hidden and len(hidden) == 8 and hidden[0] == 0
+    block, source = student.transformer_layers[0], teacher.transformer_layers[1]
+    mine = {v.path.split("/", 1)[1]: v.numpy() for v in block.weights}
+    taught = {v.path.split("/", 1)[1]: v.numpy() for v in source.weights}
+    kernel = taught["self_attention_layer/query/kernel"][hidden]  # [8, 4 heads, 4]
+    heads = [int(np.argmin([np.abs(kernel[:, h] - column).sum() for h in range(4)]))
+             for column in np.moveaxis(mine["self_attention_layer/query/kernel"], 1, 0)]
+    assert sorted(set(heads)) == heads and len(heads) == 2
+    np.testing.assert_array_equal(mine["self_attention_layer/query/kernel"], kernel[:, heads])
+    np.testing.assert_array_equal(
+        mine["self_attention_layer/attention_output/kernel"],
+        taught["self_attention_layer/attention_output/kernel"][heads][:, :, hidden])
+    inner = taught["feedforward_intermediate_dense/kernel"][hidden]  # [8, 32]
+    units = [int(np.argmin(np.abs(inner - column[:, None]).sum(0)))
+             for column in mine["feedforward_intermediate_dense/kernel"].T]
+    assert sorted(set(units)) == units and len(units) == 16
+    np.testing.assert_array_equal(mine["feedforward_intermediate_dense/kernel"],
+                                  inner[:, units])
+    np.testing.assert_array_equal(mine["feedforward_output_dense/kernel"],  # the same units
+                                  taught["feedforward_output_dense/kernel"][units][:, hidden])
+    np.testing.assert_array_equal(student.position_embedding.position_embeddings.numpy(),
+                                  teacher.position_embedding.position_embeddings.numpy()[
+                                      :4, hidden])
+    np.testing.assert_array_equal(student.embeddings_layer_norm.gamma.numpy(),
+                                  teacher.embeddings_layer_norm.gamma.numpy()[hidden])
+
+
+def test_a_student_starts_from_the_teachers_selected_weights(teacher, tmp_path):
+    """``distillation.select_weights`` in a run: said in its description, and it trains."""
+    from kplm.training.finetune import finetune
+    lines = []
+    config = student_config(str(tmp_path / "student"), teacher)
+    config["backbone"].update(num_heads=1)  # 32 wide, as the teacher's heads
+    config["distillation"]["select_weights"] = [0]
+    config["trainer"].update(steps=10, eval_every=10, log_every=10)
+    metrics = finetune(config, echo=lines.append, progress=False)
+    described = next(line for line in lines if line.startswith("fine-tuning"))
+    assert "weights selected from the teacher's blocks 0" in described, described
+    assert np.isfinite(metrics["validation"]["accuracy"])

@@ -237,6 +237,121 @@ def layer_map(student_layers, teacher_layers):
     return [(i, round(i * teacher_layers / student_layers)) for i in range(student_layers + 1)]
 
 
+def selection_problem(student, teacher, layers):
+    """Why ``select_weights`` cannot start ``student`` from ``teacher`` (two ``Encoder``
+    configurations as dicts, ``layers`` the teacher blocks to take): ``(config key, reason)``,
+    or None when it can. The student's blocks must be as many as ``layers``, its widths no
+    larger than the teacher's, its attention heads exactly as wide (a head is kept whole), its
+    activation and layer-norm placement the same.
+
+    Example:
+    >>> teacher = {"num_layers": 6, "hidden_dim": 384, "num_heads": 12,
+    ...            "intermediate_dim": 1536}
+    >>> selection_problem({"num_layers": 2, "hidden_dim": 128, "num_heads": 4,
+    ...                    "intermediate_dim": 512}, teacher, [0, 5]) is None
+    True
+    >>> selection_problem({"num_layers": 2, "hidden_dim": 128, "num_heads": 2,
+    ...                    "intermediate_dim": 512}, teacher, [0, 5])[1]
+    "the student's attention heads are 64 wide, the teacher's 32: set num_heads to 4"
+    """
+    if len(layers) != student["num_layers"]:
+        return ("distillation.select_weights",
+                f"lists {len(layers)} teacher blocks for a student of {student['num_layers']}; "
+                "give one per student block")
+    if layers[-1] >= teacher["num_layers"]:
+        return ("distillation.select_weights",
+                f"block {layers[-1]} does not exist; the teacher has {teacher['num_layers']} "
+                f"(0-{teacher['num_layers'] - 1})")
+    for key in ("hidden_dim", "intermediate_dim", "num_heads"):
+        if student[key] > teacher[key]:
+            return (f"backbone.{key}", f"the student's {key} ({student[key]}) exceeds the "
+                    f"teacher's ({teacher[key]}); weight selection keeps part of the teacher's")
+    width, teacher_width = (student["hidden_dim"] // student["num_heads"],
+                            teacher["hidden_dim"] // teacher["num_heads"])
+    if width != teacher_width:
+        hint = (f": set num_heads to {student['hidden_dim'] // teacher_width}"
+                if student["hidden_dim"] % teacher_width == 0 else "")
+        return ("backbone.num_heads", f"the student's attention heads are {width} wide, the "
+                f"teacher's {teacher_width}{hint}")
+    if (teacher["hidden_dim"] == teacher["intermediate_dim"]
+            and student["hidden_dim"] != student["intermediate_dim"]):
+        return ("backbone.intermediate_dim", "the teacher's hidden and feed-forward widths are "
+                "equal, so its weights do not say which axis is which; give the student equal "
+                "ones too")
+    for key, default in (("activation", "gelu"), ("normalize_first", False)):
+        if student.get(key, default) != teacher.get(key, default):
+            return (f"backbone.{key}", f"{student.get(key, default)!r} differs from the "
+                    f"teacher's {teacher.get(key, default)!r}; selected weights need the same")
+    return None
+
+
+def select_weights(student, teacher, layers):
+    """Initialise ``student`` (a new kplm ``Encoder``) from ``teacher``'s weights by weight
+    selection (Xu et al. 2023, "Initializing Models with Larger Ones"): student block ``i``
+    from teacher block ``layers[i]``, and every weight (embeddings, their layer norm, the
+    blocks, the pooler) cut to the student's shape by keeping evenly spaced hidden units,
+    attention heads and feed-forward units, the same ones in every layer, so the residual
+    stream keeps one consistent set of the teacher's coordinates; the first rows of the
+    position and segment tables. Nothing is rescaled. Raises ``ValueError`` when the shapes
+    do not allow it (``selection_problem``).
+
+    Example:
+    >>> from kplm.models.encoder import Encoder
+    >>> teacher = Encoder(vocabulary_size=50, num_layers=3, hidden_dim=16, num_heads=4,
+    ...                   intermediate_dim=32, sequence_length=8)
+    >>> student = Encoder(vocabulary_size=50, num_layers=1, hidden_dim=8, num_heads=2,
+    ...                   intermediate_dim=16, sequence_length=8)
+    >>> select_weights(student, teacher, [2])
+    >>> bool((student.token_embedding.embeddings.numpy()
+    ...       == teacher.token_embedding.embeddings.numpy()[:, ::2]).all())
+    True
+    """
+    import numpy as np
+    configs = [m.get_config() for m in (student, teacher)]
+    problem = selection_problem(*configs, list(layers))
+    if problem is None and student.vocabulary_size != teacher.vocabulary_size:
+        problem = ("vocabulary", f"{student.vocabulary_size} entries against the teacher's "
+                   f"{teacher.vocabulary_size}")
+    if problem is not None:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
+
+    def evenly(teacher_size, student_size):  # every k-th when k = teacher / student is whole
+        return np.arange(student_size) * teacher_size // student_size
+    kept = {teacher.hidden_dim: evenly(teacher.hidden_dim, student.hidden_dim),
+            teacher.intermediate_dim: evenly(teacher.intermediate_dim,
+                                             student.intermediate_dim),
+            teacher.num_heads: evenly(teacher.num_heads, student.num_heads)}
+
+    def assign(variable, values, first_axis=None):
+        values = np.asarray(values)
+        for axis, (size, teacher_size) in enumerate(zip(variable.shape, values.shape)):
+            if size == teacher_size:
+                continue
+            index = (np.arange(size) if axis == 0 and first_axis == "first"
+                     else kept[teacher_size])
+            values = np.take(values, index, axis=axis)
+        variable.assign(values.astype(variable.dtype))
+
+    assign(student.token_embedding.embeddings, teacher.token_embedding.embeddings.numpy())
+    table = student.position_embedding.position_embeddings
+    positions = teacher.position_embedding.position_embeddings.numpy()
+    if table.shape[0] <= positions.shape[0]:
+        assign(table, positions, "first")
+    if student.segment_embedding is not None and teacher.segment_embedding is not None:
+        segments = teacher.segment_embedding.embeddings.numpy()
+        if student.segment_embedding.embeddings.shape[0] <= segments.shape[0]:
+            assign(student.segment_embedding.embeddings, segments, "first")
+    pairs = [(student.embeddings_layer_norm, teacher.embeddings_layer_norm),
+             (student.pooled_dense, teacher.pooled_dense)]
+    pairs += [(student.transformer_layers[i], teacher.transformer_layers[k])
+              for i, k in enumerate(layers)]
+    if student.final_layer_norm is not None:
+        pairs.append((student.final_layer_norm, teacher.final_layer_norm))
+    for mine, theirs in pairs:
+        for variable, source in zip(mine.weights, theirs.weights, strict=True):
+            assign(variable, source.numpy())
+
+
 def project_embeddings(student, teacher):
     """Initialise ``student``'s token, position and segment embeddings from ``teacher``'s
     (two kplm ``Encoder`` backbones sharing a vocabulary): projected onto the teacher's

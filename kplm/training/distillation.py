@@ -3,6 +3,7 @@ teacher's softened outputs (``kplm.models.distiller.TaskDistiller``), on the lab
 set plus optional unlabelled transfer text (``data.transfer``)."""
 import json
 import os
+from typing import Optional
 
 from kplm.errors import ConfigError, DataError, shown
 
@@ -26,6 +27,13 @@ class DistillationOptions:
             position and segment embeddings from the teacher's, projected onto their leading
             principal directions (``kplm.models.distiller.project_embeddings``). Defaults to
             False.
+        select_weights: list of int or None. Start a new (randomly initialised) student from
+            the teacher's weights: student block ``i`` from teacher block
+            ``select_weights[i]``, every weight cut to the student's shape by keeping evenly
+            spaced hidden units, attention heads and feed-forward units (weight selection, Xu
+            et al. 2023; ``kplm.models.distiller.select_weights``). Both kplm encoders; the
+            student's attention heads as wide as the teacher's, its widths no larger. Replaces
+            ``project_embeddings``. Defaults to None (off).
         hidden_weight: float. Weight of a hidden-state term (TinyBERT, Jiao et al. 2020):
             the squared difference between the outputs of the student's embeddings and blocks,
             each through a learned projection to the teacher's width, and those of the
@@ -53,9 +61,18 @@ class DistillationOptions:
     def __init__(self, teacher: str, temperature: float = 2.0, gold_weight: float = 0.5,
                  transfer_repeats: int = 1, augment: int = 0,
                  project_embeddings: bool = False, hidden_weight: float = 0.0,
-                 replace_words: float = 0.0, cache: bool = False):
+                 replace_words: float = 0.0, cache: bool = False,
+                 select_weights: Optional[list[int]] = None):
         from kplm.checks import check_limits
         check_limits(self.limits, locals(), "distillation")
+        if select_weights is not None:
+            from kplm.models.select_layers import check_keep_layers
+            check_keep_layers(select_weights, "distillation.select_weights")
+            if project_embeddings:
+                raise ConfigError("config key 'distillation.select_weights': it starts the "
+                                  "embeddings from the teacher's too; set project_embeddings "
+                                  "to false")
+        self.select_weights = select_weights
         self.teacher, self.temperature = teacher, temperature
         self.gold_weight, self.transfer_repeats = gold_weight, transfer_repeats
         self.project_embeddings, self.augment = project_embeddings, augment
@@ -488,6 +505,64 @@ def _check_hf_teacher(path, head_name, head, key):
                                   f"teacher's {labels} ({where} id2label)")
             saved["labels"] = labels
     return saved
+
+
+def check_student_start(spec, options):
+    """Config-time checks of how a student starts from its teacher (``project_embeddings``,
+    ``select_weights``): a new kplm encoder, shaped so the teacher's weights fit. Reads the
+    teacher's configuration files only."""
+    if not (options.project_embeddings or options.select_weights is not None):
+        return
+    from kplm.training.runtime import is_pretrained
+    key = ("distillation.select_weights" if options.select_weights is not None
+           else "distillation.project_embeddings")
+    if spec.init_from is not None or is_pretrained(spec.backbone_cls):
+        raise ConfigError(f"config key '{key}': the student already starts from a checkpoint; "
+                          "it initialises a new backbone only")
+    if options.select_weights is None:
+        return
+    import inspect
+
+    from kplm.models.distiller import selection_problem
+    from kplm.models.encoder import Encoder
+    if spec.backbone_cls is not Encoder:
+        raise ConfigError(f"config key '{key}': the student's backbone "
+                          f"'{spec.backbone['name']}' is not kplm's encoder")
+    student = {name: p.default for name, p in inspect.signature(Encoder).parameters.items()
+               if p.default is not inspect.Parameter.empty}
+    student.update(spec.backbone)
+    teacher = teacher_backbone_config(options.teacher)
+    if teacher is None:
+        raise ConfigError(f"config key '{key}': the teacher {options.teacher} is not a kplm "
+                          "encoder; weights are selected from one")
+    problem = selection_problem(student, teacher, options.select_weights)
+    if problem is not None:
+        raise ConfigError(f"config key '{problem[0]}': {problem[1]}")
+
+
+def teacher_backbone_config(path):
+    """The ``Encoder`` arguments of a teacher (a kplm run's ``model.json``, a Hugging Face
+    directory's ``config.json``), or None when its backbone is not a kplm ``Encoder``."""
+    from kplm.pretrained.hf_io import is_checkpoint
+    if is_checkpoint(path):
+        from kplm.pretrained.huggingface import (backbone_arguments, backbone_family,
+                                                 read_config)
+        family, config = read_config(path)
+        if backbone_family(family) != "encoder":
+            return None
+        return backbone_arguments(family, config, path)
+    from kplm import runs
+    file = os.path.join(path, runs.MODEL_CONFIG)
+    try:
+        with open(file, encoding="utf-8") as f:
+            backbone = json.load(f)["config"]["backbone"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"config key 'distillation.teacher': cannot read the backbone of "
+                          f"{file}: {e}") from None
+    if not isinstance(backbone, dict) or backbone.get("class_name") != "Encoder" or (
+            not isinstance(backbone.get("config"), dict)):
+        return None
+    return backbone["config"]
 
 
 def teacher_tokenizer(path):

@@ -133,9 +133,11 @@ class FinetuneJob(Job):
         self.head = build(spec.head_cls, spec.head)
         self.distillation = None
         if spec.distillation is not None:
-            from kplm.training.distillation import DistillationOptions, check_teacher
+            from kplm.training.distillation import (DistillationOptions, check_student_start,
+                                                   check_teacher)
             self.distillation = DistillationOptions(**spec.distillation)
             check_teacher(self.distillation, spec.head["name"], self.head)
+            check_student_start(spec, self.distillation)
         self.transfer = self.sources.pop("transfer", None)
         for split, source in self.sources.items():
             try:
@@ -234,11 +236,12 @@ class FinetuneJob(Job):
                               f"({length} tokens) are longer than the teacher reads "
                               f"({teacher.model.backbone.sequence_length}); set "
                               "finetune.sequence_length")
+        if options.select_weights is not None and not self.resuming:
+            from kplm.models.distiller import select_weights
+            select_weights(self.backbone, teacher.model.backbone, options.select_weights)
+            self.embedding_note = ("weights selected from the teacher's blocks "
+                                   f"{', '.join(map(str, options.select_weights))}")
         if options.project_embeddings and not self.resuming:
-            if self.loader is not None:
-                raise ConfigError("config key 'distillation.project_embeddings': the student "
-                                  "already starts from a checkpoint; it initialises a new "
-                                  "backbone only")
             from kplm.models.distiller import project_embeddings
             kept = project_embeddings(self.backbone, teacher.model.backbone)
             self.embedding_note = (f"embeddings projected from the teacher's ({kept:.0%} of "
