@@ -565,5 +565,6 @@ def test_a_student_starts_from_the_teachers_selected_weights(teacher, tmp_path):
     config["trainer"].update(steps=10, eval_every=10, log_every=10)
     metrics = finetune(config, echo=lines.append, progress=False)
     described = next(line for line in lines if line.startswith("fine-tuning"))
-    assert "weights selected from the teacher's blocks 0" in described, described
+    assert described.startswith("fine-tuning sequence_classification from the teacher's "
+                                "weights selected (its blocks 0) for 10 steps"), described
     assert np.isfinite(metrics["validation"]["accuracy"])

@@ -197,7 +197,7 @@ class FinetuneJob(Job):
                             {"name": spec.head["name"], **self.head.get_config()})
 
     def build(self, run_dir, resuming, write):
-        self.resuming, self.embedding_note = resuming, None
+        self.resuming, self.embedding_note, self.start_note = resuming, None, None
         self.run_dir, self.write = run_dir, write
         if self.loader is not None:
             self.backbone, self.tokenizer = self.loader()
@@ -239,8 +239,8 @@ class FinetuneJob(Job):
         if options.select_weights is not None and not self.resuming:
             from kplm.models.distiller import select_weights
             select_weights(self.backbone, teacher.model.backbone, options.select_weights)
-            self.embedding_note = ("weights selected from the teacher's blocks "
-                                   f"{', '.join(map(str, options.select_weights))}")
+            self.start_note = ("the teacher's weights selected (its blocks "
+                               f"{', '.join(map(str, options.select_weights))})")
         if options.project_embeddings and not self.resuming:
             from kplm.models.distiller import project_embeddings
             kept = project_embeddings(self.backbone, teacher.model.backbone)
@@ -322,7 +322,7 @@ class FinetuneJob(Job):
         spec = self.spec
         source = (f"init_from {spec.init_from}" if spec.init_from else
                   f"backbone {spec.backbone['name']} {spec.backbone['path']}" if is_pretrained(
-                      spec.backbone_cls) else "random initialisation")
+                      spec.backbone_cls) else self.start_note or "random initialisation")
         line = (f"fine-tuning {spec.head['name']} from {source} for {self.trainer.steps} steps "
                 f"of {self.trainer.batch_size} examples")
         options = self.distillation
