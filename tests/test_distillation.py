@@ -155,7 +155,7 @@ def test_student_learns_the_teachers_answers(teacher, tmp_path):
 
 def test_perturbed_copies_replace_words_by_the_teachers_neighbours(teacher, tmp_path):
     """With ``replace_words``, perturbed copies take words' neighbours in the teacher's token
-    embeddings; the run says so and trains."""
+    embeddings; a run with them (and ``select_weights``) says so and trains."""
     from kplm.data.csv_files import CsvFiles
     from kplm.heads.sequence_classification import SequenceClassificationHead
     from kplm.training.distillation import TransferMixture
@@ -172,13 +172,17 @@ def test_perturbed_copies_replace_words_by_the_teachers_neighbours(teacher, tmp_
     words = {w for copy in copies for w in copy}
     assert not words & {"gripping", "funny"} and words & {"dull", "slow", "boring", "bland"}
 
-    lines = []
+    lines = []  # the same run starts from the teacher's selected weights
     config = student_config(str(tmp_path / "student"), teacher)
-    config["distillation"].update(augment=2, replace_words=0.5)
+    config["distillation"].update(augment=2, replace_words=0.5, select_weights=[0])
+    config["backbone"].update(num_heads=1)  # 32 wide, as the teacher's heads
     config["trainer"].update(steps=10, eval_every=10, log_every=10)
-    finetune(config, echo=lines.append, progress=False)
+    metrics = finetune(config, echo=lines.append, progress=False)
     described = next(line for line in lines if line.startswith("fine-tuning"))
     assert "words replaced with probability 0.5 by neighbours among" in described, described
+    assert described.startswith("fine-tuning sequence_classification from the teacher's "
+                                "weights selected (its blocks 0) for 10 steps"), described
+    assert np.isfinite(metrics["validation"]["accuracy"])
 
 
 def test_cached_teacher_outputs_train_the_same_student(teacher, tmp_path):
@@ -554,17 +558,3 @@ def test_selected_weights_keep_one_set_of_the_teachers_coordinates():
     np.testing.assert_array_equal(student.embeddings_layer_norm.gamma.numpy(),
                                   teacher.embeddings_layer_norm.gamma.numpy()[hidden])
 
-
-def test_a_student_starts_from_the_teachers_selected_weights(teacher, tmp_path):
-    """``distillation.select_weights`` in a run: said in its description, and it trains."""
-    from kplm.training.finetune import finetune
-    lines = []
-    config = student_config(str(tmp_path / "student"), teacher)
-    config["backbone"].update(num_heads=1)  # 32 wide, as the teacher's heads
-    config["distillation"]["select_weights"] = [0]
-    config["trainer"].update(steps=10, eval_every=10, log_every=10)
-    metrics = finetune(config, echo=lines.append, progress=False)
-    described = next(line for line in lines if line.startswith("fine-tuning"))
-    assert described.startswith("fine-tuning sequence_classification from the teacher's "
-                                "weights selected (its blocks 0) for 10 steps"), described
-    assert np.isfinite(metrics["validation"]["accuracy"])
