@@ -521,16 +521,12 @@ def check_student_start(spec, options):
                           "it initialises a new backbone only")
     if options.select_weights is None:
         return
-    import inspect
-
     from kplm.models.distiller import selection_problem
     from kplm.models.encoder import Encoder
     if spec.backbone_cls is not Encoder:
         raise ConfigError(f"config key '{key}': the student's backbone "
                           f"'{spec.backbone['name']}' is not kplm's encoder")
-    student = {name: p.default for name, p in inspect.signature(Encoder).parameters.items()
-               if p.default is not inspect.Parameter.empty}
-    student.update(spec.backbone)
+    student = spec.backbone  # its defaults filled in by check_section
     teacher = teacher_backbone_config(options.teacher)
     if teacher is None:
         raise ConfigError(f"config key '{key}': the teacher {options.teacher} is not a kplm "
