@@ -548,13 +548,9 @@ def teacher_backbone_config(path):
             return None
         return backbone_arguments(family, config, path)
     from kplm import runs
-    file = os.path.join(path, runs.MODEL_CONFIG)
-    try:
-        with open(file, encoding="utf-8") as f:
-            backbone = json.load(f)["config"]["backbone"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"config key 'distillation.teacher': cannot read the backbone of "
-                          f"{file}: {e}") from None
+    saved = runs.read_json(os.path.join(path, runs.MODEL_CONFIG), "a saved model config")
+    model = saved.get("config") if isinstance(saved, dict) else None
+    backbone = model.get("backbone") if isinstance(model, dict) else None
     if not isinstance(backbone, dict) or backbone.get("class_name") != "Encoder" or (
             not isinstance(backbone.get("config"), dict)):
         return None
