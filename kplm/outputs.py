@@ -58,7 +58,8 @@ RUN_NAMES = RUN_MARKERS + ("tokenizer", "tensorboard", "backbone.json", "model.j
                            "model.weights.h5", "best.weights.h5", "best.weights.h5.json",
                            "best.tmp.weights.h5", "export", "precision.json", "status.json",
                            "adapters.safetensors", "adapters.json",
-                           "best.adapters.safetensors", "best.adapters.safetensors.json")
+                           "best.adapters.safetensors", "best.adapters.safetensors.json",
+                           "teacher_outputs.tfrecord")  # distillation.cache, until the run ends
 #: What ``kplm data prepare`` writes (``kplm.data.prepare``).
 SHARDS_NAMES = ("manifest.json", "tokenizer", "*.tfrecord")
 _CHECKPOINT_MARKERS = ("ckpt.index", "checkpoint", "state.json")

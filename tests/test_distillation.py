@@ -3,6 +3,9 @@ real SST-2 text (with unlabelled transfer text), and bad configs refused before 
 written."""
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +20,22 @@ SST = {split: {"name": "csv", "paths": [os.path.join(ROOT, "data", "sst2", f"{sp
 DATA = {"train": SST["train"], "validation": SST["dev"]}
 SMALL = {"name": "encoder", "num_layers": 1, "num_heads": 2, "hidden_dim": 32,
          "intermediate_dim": 64, "sequence_length": 48, "dropout": 0.0}
+
+
+#: ``python -c KILLED_IN_CACHE CONFIG.json``: fine-tunes, SIGKILLed while writing the cache.
+KILLED_IN_CACHE = """
+import json, os, signal, sys
+from kplm.training import distillation
+from kplm.training.finetune import finetune
+example, written = distillation._example, []
+def killed(row):
+    written.append(row)
+    if len(written) > 100:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return example(row)
+distillation._example = killed
+finetune(json.load(open(sys.argv[1])), echo=None, progress=False)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +208,8 @@ def test_cached_teacher_outputs_train_the_same_student(teacher, tmp_path):
     """``distillation.cache``: one pass of the rows (labelled + perturbed copies) with the
     teacher's outputs goes to ``teacher_outputs.tfrecord``; training on it gives the losses
     of the run whose teacher runs in each step (up to float rounding: the cache's batches
-    are padded differently)."""
+    are padded differently). A run stopped while writing the cache (as by kill -9: its
+    half-written file left behind) is started again by the same command."""
     from kplm.training.finetune import finetune
     losses = {}
     for cache in (False, True):
@@ -198,6 +218,13 @@ def test_cached_teacher_outputs_train_the_same_student(teacher, tmp_path):
         config = student_config(run_dir, teacher)
         config["distillation"].update(augment=1, cache=cache, gold_weight=0.2)
         config["trainer"].update(steps=20, eval_every=20, log_every=5)
+        if cache:  # killed while writing the cache, then the same command
+            path = tmp_path / "student.json"
+            path.write_text(json.dumps(config))
+            killed = subprocess.run([sys.executable, "-c", KILLED_IN_CACHE, str(path)], cwd=ROOT,
+                                    capture_output=True, text=True)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+            assert "teacher_outputs.tfrecord.tmp" in os.listdir(run_dir)
         finetune(config, echo=lines.append, progress=False)
         losses[cache] = logged(lines, "distillation_loss")
     # the finished run removed its cache (only a resume reads it): written again here
