@@ -115,6 +115,33 @@ def max_difference(a, b):
                for u, v in zip(a, b))
 
 
+def finetune_under(strategy_name):
+    """A 60-step SST-2 fine-tuning run under ``trainer.strategy``; returns its validation
+    metrics and those of its saved model evaluated again on one device."""
+    import tempfile
+
+    from kplm.runs import FinetunedRun
+    from kplm.training.finetune import finetune
+    root = os.path.dirname(os.path.dirname(HERE))
+    sst = {split: {"name": "csv", "paths": [os.path.join(root, "data", "sst2", f"{split}.tsv")],
+                   "columns": {"text": "sentence", "label": "label"}}
+           for split in ("train", "dev")}
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = os.path.join(scratch, "run")
+        metrics = finetune({
+            "run_dir": run_dir, "seed": 0,
+            "tokenizer": {"name": "wordpiece", "vocabulary_size": 1000},
+            "backbone": {"name": "encoder", "num_layers": 1, "num_heads": 2, "hidden_dim": 32,
+                         "intermediate_dim": 64, "sequence_length": 32, "dropout": 0.0},
+            "data": {"train": sst["train"], "validation": sst["dev"]},
+            "head": {"name": "sequence_classification", "pooling": "mean"},
+            "trainer": {"steps": 60, "batch_size": 32, "learning_rate": 3e-3,
+                        "eval_every": 60, "strategy": strategy_name}}, echo=None, progress=False)
+        run = FinetunedRun(run_dir)
+        reloaded = run.evaluate(run.source([sst["dev"]["paths"][0]]))
+    return metrics["validation"], reloaded
+
+
 # --- subprocess entry points ------------------------------------------------------------------
 
 def mirrored_main():
@@ -149,7 +176,16 @@ def mirrored_main():
         # constant time, not found by re-reading the batches done
         iterator_saved = any(name.startswith("iterator")
                              for name, _ in tf.train.list_variables(newest))
+    # one batch in, one row out per input row (Keras' predict_on_batch gives each replica's
+    # copy of the whole batch)
+    from kplm.models.inference import batch_predictor
+    x, _, _ = batches(steps=1, batch=5)
+    _, _, two_model = train(mirrored, steps=1)
+    predicted = batch_predictor(two_model)(x)
+    called = np.asarray(two_model(x, training=False))
     print("RESULT " + json.dumps({
+        "predicted_rows": len(predicted), "predicted_vs_call": max_difference([predicted],
+                                                                              [called]),
         "replicas": mirrored.num_replicas_in_sync, "auto": type(strategy_for("auto")).__name__,
         "one": one_losses, "two": two_losses, "naive": naive_losses,
         "weights": max_difference(one_weights, two_weights),
@@ -160,6 +196,16 @@ def mirrored_main():
         "resumed_weights": max_difference(resumed_weights, full_weights),
         "resumed_vs_start": max_difference(resumed_weights, one_weights),
         "resumed_checkpoints": checkpoints, "iterator_saved": iterator_saved}))
+
+
+def mirrored_finetune_main():
+    """A fine-tuning run under ``mirrored`` on two logical CPUs (its own process: TF's
+    collectives keep state between the strategies of one process)."""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    finetuned, reloaded = finetune_under("mirrored")
+    print("RESULT " + json.dumps({"finetuned": finetuned, "reloaded": reloaded}))
 
 
 def worker_main(index, ports, out):
@@ -241,6 +287,27 @@ def test_resume_under_mirrored_equals_the_uninterrupted_run(mirrored):
     assert mirrored["resumed_weights"] < 1e-6
     assert mirrored["iterator_saved"]
     assert mirrored["resumed_vs_start"] > 1e-3  # it did train past step 2
+
+
+def test_prediction_under_mirrored_gives_each_row_once(mirrored):
+    assert mirrored["predicted_rows"] == 5 and mirrored["predicted_vs_call"] < 1e-6
+
+
+def test_finetuning_under_mirrored_evaluates_like_one_device():
+    """The run's closing evaluation (872 dev sentences, predicted under the strategy) equals
+    its saved model's on one device; it used to fail: each prediction came back once per
+    replica."""
+    process = run_python(["mirrored_finetune"])
+    try:
+        output, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"mirrored fine-tuning timed out:\n{output[-3000:]}")
+    assert process.returncode == 0, output[-3000:]
+    result = result_of(output)
+    assert result["finetuned"]["accuracy"] > 0.55  # not one label for every sentence
+    assert result["finetuned"] == pytest.approx(result["reloaded"], abs=1e-6)
 
 
 def test_accumulation_under_mirrored_equals_one_device_batch(mirrored):
@@ -358,5 +425,7 @@ def test_chief_and_output_dir(tmp_path):
 if __name__ == "__main__":
     if sys.argv[1] == "mirrored":
         mirrored_main()
+    elif sys.argv[1] == "mirrored_finetune":
+        mirrored_finetune_main()
     elif sys.argv[1] == "worker":
         worker_main(int(sys.argv[2]), [int(sys.argv[3]), int(sys.argv[4])], sys.argv[5])

@@ -5,6 +5,7 @@ from kplm.checks import check_limits
 from kplm.components import Head
 from kplm.errors import ConfigError, DataError
 from kplm.hookspecs import hookimpl
+from kplm.models.inference import batch_predictor
 
 _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
                (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
@@ -259,8 +260,9 @@ class QuestionAnsweringHead(Head):
         windows = self.encode(examples, tokenizer, sequence_length)
         x = {k: np.asarray(windows[k], dtype=np.int32).reshape(-1, sequence_length)
              for k in ("token_ids", "segment_ids", "padding_mask")}
+        predict = batch_predictor(model)
         logits = np.concatenate([
-            np.asarray(model.predict_on_batch({k: v[i:i + batch_size] for k, v in x.items()}))
+            np.asarray(predict({k: v[i:i + batch_size] for k, v in x.items()}))
             for i in range(0, len(x["token_ids"]), batch_size)])
         return self.postprocess(logits, windows, [ex["context"] for ex in examples])
 

@@ -4,6 +4,7 @@ from typing import Literal, Optional
 from kplm.errors import DataError, shown
 from kplm.heads.sequence_classification import SequenceClassificationHead
 from kplm.hookspecs import hookimpl
+from kplm.models.inference import batch_predictor
 
 
 class RegressionHead(SequenceClassificationHead):
@@ -78,10 +79,10 @@ class RegressionHead(SequenceClassificationHead):
 
     def _scores(self, model, source, tokenizer, batch_size, sequence_length):
         import numpy as np
-        gold, predicted = [], []
+        gold, predicted, predict = [], [], batch_predictor(model)
         for x, y in self.batches(source.build(), tokenizer, batch_size=batch_size,
                                  sequence_length=sequence_length):
-            predicted.append(np.asarray(model.predict_on_batch(x)).reshape(-1))
+            predicted.append(np.asarray(predict(x)).reshape(-1))
             gold.append(np.asarray(y).reshape(-1))
         return np.concatenate(gold), np.concatenate(predicted)
 

@@ -5,6 +5,7 @@ from kplm.checks import check_limits
 from kplm.components import Head
 from kplm.errors import ConfigError, DataError
 from kplm.hookspecs import hookimpl
+from kplm.models.inference import batch_predictor
 
 
 class SequenceClassificationHead(Head):
@@ -137,10 +138,10 @@ class SequenceClassificationHead(Head):
 
         from kplm.metrics import classification_metrics
         self.prepare(source)
-        labels, predictions = [], []
+        labels, predictions, predict = [], [], batch_predictor(model)
         for x, y in self.batches(source.build(), tokenizer, batch_size=batch_size,
                                  sequence_length=sequence_length):
-            predictions.append(np.argmax(model.predict_on_batch(x), axis=-1))
+            predictions.append(np.argmax(predict(x), axis=-1))
             labels.append(np.asarray(y))
         return classification_metrics(np.concatenate(labels), np.concatenate(predictions),
                                       len(self.labels))
@@ -162,10 +163,10 @@ class SequenceClassificationHead(Head):
         chunk = 4096
         packed = (inputs(*(tf.constant(columns[f][i:i + chunk]) for f in fields))
                   for i in range(0, len(examples), chunk))
-        unsorted = None
+        unsorted, predict = None, batch_predictor(model)
         for rows, x in sorted_by_length(packed, sequence_length=sequence_length,
                                         batch_size=batch_size):
-            out = np.asarray(model.predict_on_batch(x))
+            out = np.asarray(predict(x))
             if unsorted is None:
                 unsorted = np.empty((len(examples),) + out.shape[1:], out.dtype)
             unsorted[rows] = out

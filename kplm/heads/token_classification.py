@@ -6,6 +6,7 @@ from kplm.checks import check_limits
 from kplm.components import Head
 from kplm.errors import ConfigError, DataError
 from kplm.hookspecs import hookimpl
+from kplm.models.inference import batch_predictor
 
 IGNORED = -1  # label of the pieces that carry no tag: later pieces of a word, [CLS], [SEP], padding
 
@@ -191,11 +192,11 @@ class TokenClassificationHead(Head):
         import numpy as np
 
         from kplm.data.bucketing import sorted_by_length
-        out = {}
+        out, predict = {}, batch_predictor(model)
         for rows, batch in sorted_by_length(batches, sequence_length=sequence_length,
                                             batch_size=batch_size):
             x = {k: batch[k] for k in ("token_ids", "segment_ids", "padding_mask")}
-            predicted = np.argmax(model.predict_on_batch(x), axis=-1)
+            predicted = np.argmax(predict(x), axis=-1)
             out.update(zip(rows.tolist(), self.postprocess(predicted, batch["word_ids"],
                                                            batch["num_words"])))
         return [out[i] for i in range(len(out))]

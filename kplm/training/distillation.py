@@ -6,6 +6,7 @@ import os
 from typing import Optional
 
 from kplm.errors import ConfigError, DataError, shown
+from kplm.models.inference import batch_predictor
 
 
 class DistillationOptions:
@@ -320,10 +321,10 @@ class CachedTeacherOutputs:
                               with_labels=False)
         # the teacher reads rows sorted by length (batches cut to their longest row: perturbed
         # copies are often a few words); its outputs are put back in the rows' order
-        found = {}
+        found, predict = {}, batch_predictor(teacher)
         for positions, x in sorted_by_length(inputs, sequence_length=sequence_length,
                                              batch_size=batch_size):
-            outputs = np.asarray(teacher.predict_on_batch(x), np.float32)
+            outputs = np.asarray(predict(x), np.float32)
             found.update(zip(positions.tolist(), outputs.reshape(len(positions), -1)))
         temporary, written, outputs = self.path + ".tmp", 0, ()
         with tf.io.TFRecordWriter(temporary) as out:
