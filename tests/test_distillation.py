@@ -3,6 +3,7 @@ real SST-2 text (with unlabelled transfer text), and bad configs refused before 
 written."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from kplm.errors import ConfigError
+from kplm.errors import ConfigError, KplmError
 
 from conftest import ROOT, VALIDATION, run_kplm
 
@@ -227,6 +228,14 @@ def test_cached_teacher_outputs_train_the_same_student(teacher, tmp_path):
             assert "teacher_outputs.tfrecord.tmp" in os.listdir(run_dir)
         finetune(config, echo=lines.append, progress=False)
         losses[cache] = logged(lines, "distillation_loss")
+    # killed right after writing metrics.json, before removing its best weights and cache: the
+    # same command removes them, as the run would have, and says the run is finished
+    finished = sorted(os.listdir(run_dir))
+    for name in ("best.weights.h5", "best.weights.h5.json", "teacher_outputs.tfrecord"):
+        shutil.copy(os.path.join(run_dir, "model.weights.h5"), os.path.join(run_dir, name))
+    with pytest.raises(KplmError, match="already holds a finished run"):
+        finetune(config, echo=None, progress=False)
+    assert sorted(os.listdir(run_dir)) == finished
     # the finished run removed its cache (only a resume reads it): written again here
     from kplm.training.distillation import CachedTeacherOutputs, TransferMixture
     from kplm.heads.sequence_classification import SequenceClassificationHead

@@ -401,13 +401,16 @@ class FinetuneJob(Job):
         return metrics
 
     def after_metrics(self, run_dir):
+        """The best weights and the teacher's cached outputs, kept for a resume only: removed
+        once ``metrics.json`` is written (also when a run killed just after it is started
+        again: ``kplm.training.runtime.prepare_run_dir``)."""
         from kplm.training.best_weights import BestWeights
-        BestWeights.remove(self.best_path)  # only now: a run killed before still has them
-        if self.distillation is not None and self.distillation.cache and self.write:
-            from kplm.training.distillation import CACHE_FILE
-            cache = os.path.join(run_dir, CACHE_FILE)  # written by this run, for a resume only
-            if os.path.exists(cache):
-                os.remove(cache)
+        from kplm.training.distillation import CACHE_FILE
+        for name in (BEST_WEIGHTS, BEST_ADAPTERS):
+            BestWeights.remove(os.path.join(run_dir, name))
+        for name in (CACHE_FILE, CACHE_FILE + ".tmp"):
+            if os.path.exists(os.path.join(run_dir, name)):
+                os.remove(os.path.join(run_dir, name))
 
 
 def finetune(config, *, overwrite=False, echo=print, progress=True):

@@ -91,7 +91,8 @@ def _run(job, *, overwrite, echo, progress):
     strategy = strategy_for(trainer.strategy)
     write = is_chief(strategy)
     check_batch_size(trainer.batch_size, trainer.gradient_accumulation_steps, strategy)
-    config_text, resuming = start_run(run_dir, overwrite, job.resolved(), write=write)
+    config_text, resuming = start_run(run_dir, overwrite, job.resolved(), write=write,
+                                      finished=job.after_metrics)
     keras.utils.set_random_seed(job.spec.seed)
     job.prepare(run_dir, resuming, write, echo, progress)
 

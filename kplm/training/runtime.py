@@ -30,12 +30,14 @@ def is_chief(strategy):
     return chief(strategy)
 
 
-def prepare_run_dir(run_dir, overwrite, config_text, inputs=()):
+def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None):
     """Decide what to do with ``run_dir``, touching nothing (``kplm.outputs.check_output``):
     ``"new"`` (missing or empty), ``"resume"`` (an unfinished run of the same config with a
     checkpoint) or ``"replace"`` (``overwrite``, or a run of the same config that stopped before
     its first checkpoint). Replacing never applies to a directory holding files a kplm run does
-    not write, nor to an input of the config (``inputs``). Anything else is refused."""
+    not write, nor to an input of the config (``inputs``). Anything else is refused; a finished
+    run first gets ``finished(run_dir)`` (``Job.after_metrics``: what a run killed right after
+    writing its ``metrics.json`` had still to remove, so it ends as a run that was not)."""
     from kplm import outputs, runs
     from kplm.training.checkpoints import CheckpointDirectory
 
@@ -56,6 +58,8 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=()):
         refuse(f"run_dir {shown} holds files of a kplm run but no {runs.CONFIG}; choose "
                "another run_dir or pass --overwrite")
     if os.path.exists(os.path.join(run_dir, runs.METRICS)):
+        if finished is not None:
+            finished(run_dir)
         refuse(f"run_dir {shown} already holds a finished run; choose another run_dir or pass "
                "--overwrite")
     with open(config_path, encoding="utf-8") as f:
@@ -91,11 +95,11 @@ def _first_difference(previous_text, text):
     return "formatting"
 
 
-def start_run(run_dir, overwrite, resolved, write=True):
+def start_run(run_dir, overwrite, resolved, write=True, finished=None):
     """Check, then create the run directory (or find the interrupted run to resume in it; or move
     a replaced run aside), write the resolved config into it, and silence the Keras warnings that
     are expected in kplm runs; returns ``(config as YAML text, resuming)``. ``write=False`` (a
-    multi-worker non-chief) only looks."""
+    multi-worker non-chief) only looks; ``finished``: see ``prepare_run_dir``."""
     import warnings
 
     import yaml
@@ -109,7 +113,8 @@ def start_run(run_dir, overwrite, resolved, write=True):
         return config_text, bool(
             CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).checkpoints())
     outputs.clean_stale(run_dir, started=run_started, names=outputs.RUN_NAMES)
-    plan = prepare_run_dir(run_dir, overwrite, config_text, outputs.config_inputs(resolved))
+    plan = prepare_run_dir(run_dir, overwrite, config_text, outputs.config_inputs(resolved),
+                           finished=finished)
     if plan != "resume":
         # inside kplm.outputs.in_place_outputs() (pretrain, finetune), a run failing before its
         # first checkpoint leaves run_dir as it was; a replaced run waits in .NAME.old-PID
