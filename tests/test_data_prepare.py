@@ -325,3 +325,58 @@ def test_serialized_examples_equal_protobuf():
     expected = [tf.train.Example(features=tf.train.Features(feature={"ids": tf.train.Feature(
         int64_list=tf.train.Int64List(value=r))})).SerializeToString() for r in rows]
     assert serialize_examples(flat, splits) == expected
+
+
+def _children(pid):
+    """Process ids whose parent is ``pid`` (Linux's /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.isdigit() and fields[1] == str(pid):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
+def test_kill_9_of_prepare_ends_its_workers_and_manager(corpus, tmp_path):
+    """``kplm data prepare --workers 2`` killed (-9) while its workers start: its worker
+    processes and their manager end with it. They used to run on: the workers writing shards
+    nobody waited for, the manager for good (holding the caller's stdout open)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from conftest import ROOT
+    config = tmp_path / "prepare.yaml"
+    config.write_text(yaml.safe_dump(_config(corpus)), encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kplm", "data", "prepare", str(config), "-o",
+         str(tmp_path / "out"), "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    children, deadline = [], time.time() + 240
+    while len(children) < 4 and time.time() < deadline:  # resource tracker, manager, 2 workers
+        children = _children(process.pid)
+        time.sleep(0.05)
+    assert len(children) >= 4 and process.poll() is None, children
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    def running(pid):  # a zombie waiting to be reaped has ended
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    deadline = time.time() + 30
+    while time.time() < deadline and any(running(c) for c in children):
+        time.sleep(0.2)
+    left = [c for c in children if running(c)]
+    for c in left:  # the test's own clean-up
+        os.kill(c, signal.SIGKILL)
+    assert not left, f"still running after the kill: {left}"

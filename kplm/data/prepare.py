@@ -302,10 +302,14 @@ def _run(jobs, workers, report=None):
             yield tokenize_file(job, report)
         return
     import multiprocessing
+    import multiprocessing.managers
     import queue
-    # spawn, not fork: TensorFlow's threads do not survive a fork.
+    # spawn, not fork: TensorFlow's threads do not survive a fork. Each helper process ends
+    # when this one is gone (kill -9 leaves no worker writing shards, no manager running on).
     context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager, context.Pool(workers) as pool:
+    manager = multiprocessing.managers.SyncManager(ctx=context)
+    manager.start(exit_with_parent, (os.getpid(),))
+    with manager, context.Pool(workers, exit_with_parent, (os.getpid(),)) as pool:
         reports = manager.Queue() if report is not None else None
         pending = [pool.apply_async(tokenize_file, (job, reports)) for job in jobs]
         while pending:
@@ -320,6 +324,19 @@ def _run(jobs, workers, report=None):
             for result in [r for r in pending if r.ready()]:
                 pending.remove(result)
                 yield result.get()
+
+
+def exit_with_parent(parent):
+    """In a helper process of ``parent``: exit at once when ``parent`` is gone (killed, it
+    cannot stop its pool; its workers and manager would run on, unseen)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+    threading.Thread(target=watch, name="kplm-exit-with-parent", daemon=True).start()
 
 
 def import_tensorflow():
