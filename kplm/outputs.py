@@ -59,7 +59,8 @@ RUN_NAMES = RUN_MARKERS + ("tokenizer", "tensorboard", "backbone.json", "model.j
                            "best.tmp.weights.h5", "export", "precision.json", "status.json",
                            "adapters.safetensors", "adapters.json",
                            "best.adapters.safetensors", "best.adapters.safetensors.json",
-                           "teacher_outputs.tfrecord")  # distillation.cache, until the run ends
+                           "teacher_outputs.tfrecord",  # distillation.cache, until the run ends
+                           "*.csv")  # the csv_logger callback's log
 #: What ``kplm data prepare`` writes (``kplm.data.prepare``).
 SHARDS_NAMES = ("manifest.json", "tokenizer", "*.tfrecord")
 _CHECKPOINT_MARKERS = ("ckpt.index", "checkpoint", "state.json")

@@ -410,3 +410,25 @@ def test_a_file_output_keeps_its_suffix_while_written(tmp_path):
         assert tmp.endswith(".weights.h5")
         layer.save_weights(tmp)
     assert target.exists() and os.listdir(tmp_path) == ["model.weights.h5"]
+
+
+def test_the_csv_logger_writes_only_into_its_run_dir(tiny_config, tmp_path):
+    """``callbacks: [{name: csv_logger, filename: ...}]``: the log is a file of the run
+    directory; a path elsewhere (a user's file, the training data) is refused before anything
+    is written. Keras' CSVLogger, registered as such, used to replace any file it was given."""
+    notes = tmp_path / "notes.csv"
+    notes.write_text("mine")
+    for filename in (str(notes), "../notes.csv", "log.txt", ".csv"):
+        tiny_config["callbacks"] = [{"name": "csv_logger", "filename": filename}]
+        refused(kplm_cli("pretrain", _write(tmp_path, tiny_config)), "csv_logger",
+                f"filename '{filename}'", "expected a file name ending in .csv")
+        assert notes.read_text() == "mine" and not os.path.exists(tiny_config["run_dir"])
+    from kplm.training.pretrain import pretrain
+    tiny_config["callbacks"] = [{"name": "csv_logger", "filename": "log.csv"}]
+    tiny_config["trainer"].update(steps=4, eval_every=2, validation_steps=1, log_every=2,
+                                 warmup_steps=1)
+    pretrain(tiny_config, echo=None, progress=False)
+    with open(os.path.join(tiny_config["run_dir"], "log.csv"), encoding="utf-8") as f:
+        rows = f.read().splitlines()
+    assert rows[0].split(",")[0] == "epoch" and len(rows) == 3  # a row per validation window
+    assert notes.read_text() == "mine"

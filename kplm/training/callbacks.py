@@ -6,5 +6,5 @@ from kplm.hookspecs import hookimpl
 def register_callbacks(register):
     register("early_stopping", "keras.callbacks:EarlyStopping")
     register("terminate_on_nan", "keras.callbacks:TerminateOnNaN")
-    register("csv_logger", "keras.callbacks:CSVLogger")
+    register("csv_logger", "kplm.training.csv_log:CsvLogger")  # in run_dir only
 

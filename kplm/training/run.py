@@ -124,6 +124,9 @@ def _run(job, *, overwrite, echo, progress):
                               peak_flops=peak_flops(trainer, strategy), write=write)
     options = job.loop_options(model, run_dir, write)
     callbacks = list(options.pop("callbacks", []))
+    for callback in callbacks:  # callbacks that write a file write it into the run directory
+        if hasattr(callback, "place"):
+            callback.place(run_dir, resuming, write)
     if echo:
         echo(job.describe(model, strategy))
     status = {"total_steps": trainer.steps, "kind": job.kind, "started": time.time()}
