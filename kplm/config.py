@@ -382,7 +382,7 @@ def check_data(raw, splits, registry):
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config key 'data': expected a mapping of split names to data "
                           f"sources, got {shown(data)}")
-    if not isinstance(data, dict) or "train" not in data:
+    if not isinstance(data, dict) or data.get("train") is None:
         raise ConfigError("config key 'data.train' is required: the training data source")
     check_keys(data, splits, "data")
     return {split: check_section(data[split], "data_source", f"data.{split}", registry)

@@ -110,6 +110,7 @@ def test_every_shipped_config_is_valid(pretrained_run, tmp_path):
     (["backbone.num_layers=two"], "'backbone.num_layers': expected int"),
     (["data.train.paths=[/nonexistent/*.txt]"], "no file matches '/nonexistent/*.txt'"),
     (["objective.name=causal"], "unknown objective 'causal'"),
+    (["data.train=null"], "config key 'data.train' is required"),
 ])
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path, overrides, message):
     run_dir = tmp_path / "run"
