@@ -48,3 +48,17 @@ def require_finite(model, what):
         raise NonFiniteWeightsError(
             f"not writing {clip(what, 120)}: weight {clip(bad[0], 60)}{more} is NaN or inf "
             "(the training diverged): lower trainer.learning_rate or check the data")
+
+
+def require_finite_input(model, what):
+    """Raise ``KplmError`` when a model just read from ``what`` (a weights file, a checkpoint
+    directory) holds a NaN or an infinity: a damaged input, refused before it is used or
+    trained on (kplm never writes one)."""
+    from kplm.errors import clip
+    bad = non_finite_weights(model.weights)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise KplmError(f"{clip(what, 160)}: weight {clip(bad[0], 60)}{more} is NaN or inf "
+                        "in the file: a damaged checkpoint, not usable")
+    return model
+

@@ -432,3 +432,36 @@ def test_the_csv_logger_writes_only_into_its_run_dir(tiny_config, tmp_path):
         rows = f.read().splitlines()
     assert rows[0].split(",")[0] == "epoch" and len(rows) == 3  # a row per validation window
     assert notes.read_text() == "mine"
+
+
+def test_a_checkpoint_holding_nan_is_refused_when_read(tiny_hf, tmp_path):
+    """A Hugging Face directory or a run's weights file with a NaN (damaged: kplm never writes
+    one) is refused as it is read, naming the file; it used to be predicted with (NaN
+    probabilities) or trained on until the first checkpoint blamed the training."""
+    import h5py
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from kplm import runs
+    from kplm.errors import KplmError
+    from kplm.pretrained import load_pretrained
+    bad_hf = str(tmp_path / "bad_hf")
+    shutil.copytree(tiny_hf, bad_hf)
+    tensors = load_file(os.path.join(bad_hf, "model.safetensors"))
+    name = sorted(tensors)[0]
+    tensors[name] = np.full_like(tensors[name], np.nan)
+    save_file(tensors, os.path.join(bad_hf, "model.safetensors"))
+    with pytest.raises(KplmError, match=f"^{re.escape(bad_hf)}: weight .* is NaN or inf"):
+        load_pretrained(bad_hf)
+    backbone, _ = load_pretrained(tiny_hf)
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    runs.save_backbone(backbone, run)
+    weights = os.path.join(run, "backbone.weights.h5")
+    with h5py.File(weights, "r+") as f:
+        arrays = []
+        f.visititems(lambda n, item: arrays.append(item) if isinstance(item, h5py.Dataset)
+                     and item.dtype.kind == "f" else None)
+        arrays[0][...] = np.nan
+    with pytest.raises(KplmError, match=f"^{re.escape(weights)} .*is NaN or inf in the file"):
+        runs.load_backbone(run)

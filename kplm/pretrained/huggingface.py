@@ -25,6 +25,7 @@ Example:
 import os
 
 from kplm.errors import ConfigError, shown
+from kplm.finite import require_finite_input
 from kplm.pretrained import bart, bert, gpt2, t5
 # Re-exported: what callers import from here.
 from kplm.pretrained.bert import HF_EXPORT_NAMES, encoder_arguments, export_bert  # noqa: F401
@@ -85,7 +86,7 @@ def load_encoder(path, dtype=None):
     if backbone_family(family) != "encoder":
         raise ConfigError(f"{path}: a {family} checkpoint is not an encoder; load it with "
                           "load_backbone (or kplm.load_pretrained)")
-    return bert.convert_encoder(family, config, path, dtype=dtype)
+    return require_finite_input(bert.convert_encoder(family, config, path, dtype=dtype), path)
 
 
 def load_backbone(path, dtype=None):
@@ -93,12 +94,14 @@ def load_backbone(path, dtype=None):
     ``Decoder`` for GPT-2 (``kplm.pretrained.gpt2``)."""
     family, config = read_config(path)
     if backbone_family(family) == "decoder":
-        return gpt2.convert_decoder(config, path, dtype=dtype)
-    if family == "t5":
-        return t5.convert(config, path, dtype=dtype)
-    if backbone_family(family) == "encoder_decoder":
-        return bart.convert_encoder_decoder(config, path, dtype=dtype)
-    return bert.convert_encoder(family, config, path, dtype=dtype)
+        backbone = gpt2.convert_decoder(config, path, dtype=dtype)
+    elif family == "t5":
+        backbone = t5.convert(config, path, dtype=dtype)
+    elif backbone_family(family) == "encoder_decoder":
+        backbone = bart.convert_encoder_decoder(config, path, dtype=dtype)
+    else:
+        backbone = bert.convert_encoder(family, config, path, dtype=dtype)
+    return require_finite_input(backbone, path)
 
 
 def initialize_masked_lm_head(path, model):
