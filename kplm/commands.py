@@ -223,7 +223,9 @@ def generate(run_dir, prompts, prompt_file, sampler, max_length, top_k, top_p, n
     import_tensorflow_quietly()
     from kplm.generation import decode, generate_ids, load_generator
     model, tok = load_generator(run_dir)
-    out = generate_ids(model, tok, prompts, max_length=max_length or model.backbone.sequence_length,
+    out = generate_ids(model, tok, prompts,
+                       max_length=model.backbone.sequence_length if max_length is None
+                       else max_length,
                        sampler=sampler, use_cache=not no_cache, k=top_k, p=top_p,
                        num_beams=num_beams, temperature=temperature, seed=seed)
     texts = decode(tok, out["token_ids"], out["padding_mask"])

@@ -302,3 +302,13 @@ def test_cli_generate_refuses_an_encoder_run(tmp_path, tokenizer):
     result = CliRunner().invoke(cli, ["generate", str(tmp_path), "--prompt", "hello"])
     assert result.exit_code == 1
     assert "needs a decoder run" in result.output and len(result.output.splitlines()) == 1
+
+
+def test_cli_generate_refuses_max_length_0(clm_run):
+    """``--max-length 0`` is a length, not "the default": refused like 1."""
+    from kplm.cli import cli
+    result = CliRunner().invoke(cli, ["generate", clm_run["run_dir"], "--prompt", "the game",
+                                      "--max-length", "0"])
+    assert result.exit_code == 1, result.output
+    assert "max_length must be within [2, 64]" in result.output and "got 0" in result.output
+    assert len(result.output.strip().splitlines()) == 1
