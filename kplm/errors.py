@@ -77,6 +77,15 @@ def listed(names, limit=SHOWN_LIMIT):
     return f"{', '.join(kept)}, ... ({len(names)} in all)"
 
 
+def in_files(source):
+    """`` (FILE, ...)`` naming the files a data source reads, for its error messages; ``""``
+    for a source without ``paths``."""
+    paths = getattr(source, "paths", None)
+    if not isinstance(paths, (list, tuple)) or not paths:
+        return ""
+    return f" ({listed(paths, 160)})"
+
+
 def describe(error):
     """The first line of an exception from a library (h5py, json, ...), clipped: what a
     ``KplmError`` quotes of it."""

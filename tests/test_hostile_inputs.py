@@ -185,6 +185,17 @@ def write_text(text):
     return how
 
 
+def nan_weights(path):
+    """The first float array of a ``.weights.h5`` file set to NaN."""
+    import h5py
+    import numpy as np
+    with h5py.File(path, "r+") as f:
+        arrays = []
+        f.visititems(lambda n, item: arrays.append(item) if isinstance(item, h5py.Dataset)
+                     and item.dtype.kind == "f" else None)
+        arrays[0][...] = np.nan
+
+
 def remove(path):
     os.remove(path) if os.path.isfile(path) else shutil.rmtree(path)
 
@@ -435,6 +446,16 @@ CASES = [
     ("evaluate-data-invalid-utf8", lambda w: ["evaluate", w.runs["clf"], "--data",
                                               w.write("x.tsv", tsv_with(12, b"\xff\tpos", 20))],
      1, r"x\.tsv:12: invalid UTF-8"),
+    ("evaluate-label-unknown-names-the-file", lambda w: [
+        "evaluate", w.runs["clf"], "--data", w.write("x.tsv", tsv_with(3, b"the film\tmeh", 20))],
+     1, r"--data \(.*x\.tsv\): labels \['meh'\] are not in head\.labels \['neg', 'pos'\]"),
+    ("predict-nan-weights", predict_on(damaged("clf", "model.weights.h5", nan_weights)),
+     1, r"model\.weights\.h5 \(model weights\): weight .* is NaN or inf in the file"),
+    ("finetune-label-empty", lambda w: w.finetune({"data.train": w.csv(w.write(
+        "d.tsv", tsv_with(7, b"the film\t")))}),
+     1, r"data\.train \(.*d\.tsv\): example 6: the label \('label'\) is empty"),
+    ("finetune-data-train-null", lambda w: w.finetune({"data.train": None}),
+     1, r"config key 'data\.train' is required"),
     ("evaluate-run-metrics-damaged", lambda w: ["evaluate", damaged(
         "clf", "metrics.json", write_text("[1, 2"))(w), "--data", w.runs["train_tsv"]],
      1, r"metrics\.json: cannot read the run's metrics"),

@@ -66,11 +66,14 @@ class SequenceClassificationHead(Head):
     def prepare(self, source):
         """Learn the label set from a data source (one streaming pass) unless it was given."""
         seen = set()
-        for example in source.build().as_numpy_iterator():
+        for number, example in enumerate(source.build().as_numpy_iterator(), 1):
             if self.label_field not in example:
                 raise DataError(f"the data has no field '{self.label_field}' "
                                 f"(fields: {', '.join(example)}); set head.label_field")
-            seen.add(example[self.label_field].decode("utf-8"))
+            label = example[self.label_field].decode("utf-8")
+            if not label.strip():
+                raise DataError(f"example {number}: the label ('{self.label_field}') is empty")
+            seen.add(label)
         if self.labels is None:
             if len(seen) < 2:
                 raise DataError(f"the training data has {len(seen)} distinct label(s); "
