@@ -3,6 +3,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -288,6 +289,22 @@ def test_pretrain_from_prepared_shards(prepared, tmp_path):
     assert math.isfinite(metrics["validation"]["loss"])
     from kplm.data.tfrecord import check_tokenizer
     check_tokenizer(out, os.path.join(config["run_dir"], "tokenizer"))  # the run's is the same
+    # shards damaged after they were written (same sizes, so the manifest check passes): the
+    # record checksum fails as they are read, one line naming the data, no run left
+    from kplm.errors import DataError
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(out, damaged)
+    for name in os.listdir(damaged):
+        if name.startswith("train-"):
+            with open(os.path.join(damaged, name), "r+b") as f:
+                f.seek(20)
+                f.write(b"\xff" * 8)
+    config.update(run_dir=str(tmp_path / "run2"))
+    config["data"]["train"]["path"] = damaged
+    with pytest.raises(DataError, match=f"^data.train \\({re.escape(damaged)}\\), .*: a "
+                                        r"damaged record \(corrupted record at \d+\); ") as e:
+        pretrain(config, echo=None, progress=False)
+    assert "\n" not in str(e.value) and not os.path.exists(config["run_dir"])
 
 
 def test_cli_prepare(corpus, prepared, tmp_path):

@@ -9,6 +9,7 @@ behind (``job.finish``) and ``metrics.json``. A ``Job`` says only what differs:
 ``kplm.training.pretrain.PretrainJob`` and ``kplm.training.finetune.FinetuneJob``.
 """
 import os
+import re
 import time
 
 from kplm import runs
@@ -75,7 +76,26 @@ def run(job, *, overwrite=False, echo=print, progress=True):
     checkpoint leaves ``run_dir`` as it was (``kplm.outputs.in_place_outputs``)."""
     from kplm.outputs import in_place_outputs
     with restoring_precision_policy(), in_place_outputs():
-        return _run(job, overwrite=overwrite, echo=echo, progress=progress)
+        try:
+            return _run(job, overwrite=overwrite, echo=echo, progress=progress)
+        except Exception as e:
+            if type(e).__name__ != "DataLossError":  # tf.errors.DataLossError: TF was imported
+                raise
+            raise _damaged_data(job, e) from None
+
+
+def _damaged_data(job, error):
+    """A record of the run's data that fails its checksum as it is read (a TFRecord shard
+    damaged after ``kplm data prepare`` checked it): one line naming the data's files."""
+    from kplm.errors import DataError, clip, listed
+    data = job.resolved().get("data") or {}
+    where = [f"data.{split} ({section.get('path') or listed(section.get('paths') or [], 120)})"
+             for split, section in data.items() if isinstance(section, dict)]
+    first = str(getattr(error, "message", error)).strip().splitlines()[0]
+    first = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]|\s+name:\s*$", "", first).strip()  # TF's
+    return DataError(f"{', '.join(where) or 'the data'}: a damaged record ({clip(first, 160)}); "
+                     "a TFRecord shard was changed after it was written: prepare it again "
+                     "(kplm data prepare)")
 
 
 def _run(job, *, overwrite, echo, progress):
