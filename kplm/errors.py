@@ -36,6 +36,11 @@ class KplmWarning(UserWarning):
     """Something kplm noticed and went on without: the CLI prints it as one ``Warning:`` line."""
 
 
+class TrainingWarning(KplmWarning, RuntimeWarning):
+    """A run went on past a fault (a step skipped, a checkpoint that cannot be restored, a
+    recovery): a ``RuntimeWarning``, shown by the CLI as one ``Warning:`` line."""
+
+
 class PluginWarning(KplmWarning):
     """A plugin setting names a plugin that is not installed, or a plugin failed to load."""
 

@@ -21,7 +21,7 @@ import shutil
 import warnings
 import zlib
 
-from kplm.errors import KplmError, clip
+from kplm.errors import KplmError, TrainingWarning, clip
 
 _NAME = re.compile(r"^step-(\d{8,})$")
 _TMP_PREFIX = ".tmp-"
@@ -200,12 +200,12 @@ class CheckpointDirectory:
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                 warnings.warn(f"checkpoint {path} cannot be restored ({reason}); "
-                              "falling back to the previous one", RuntimeWarning, stacklevel=2)
+                              "falling back to the previous one", TrainingWarning, stacklevel=2)
                 skipped.append(path)
                 continue
             if accept is not None and not accept():
                 warnings.warn(f"checkpoint {path} is refused (non-finite weights); falling back "
-                              "to the previous one", RuntimeWarning, stacklevel=2)
+                              "to the previous one", TrainingWarning, stacklevel=2)
                 skipped.append(path)
                 continue
             state.pop("files", None)

@@ -52,7 +52,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from kplm.errors import KplmError, clip
+from kplm.errors import KplmError, TrainingWarning, clip
 from kplm.finite import non_finite_weights, require_finite
 from kplm.training.checkpoints import CheckpointDirectory, checkpoint_of
 from kplm.training.step import TrainStep, metric_values
@@ -307,7 +307,7 @@ def _account(out, step, state, monitor, max_loss, max_skipped_steps, echo):
             message = (f"non-finite gradients at step {step + 1}: update skipped "
                        f"({state.in_a_row} in a row, trainer.max_skipped_steps="
                        f"{max_skipped_steps})")
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            warnings.warn(message, TrainingWarning, stacklevel=3)
             if echo:
                 echo(message)
             if monitor is not None:
@@ -392,7 +392,7 @@ def _recover(bad, state, feed, store, restore, monitor, model, max_recoveries, s
                   f"{restored['step']} and skipped the "
                   f"{feed.batches - restored.get('batches', 0)} batch(es) since "
                   f"({len(state.recoveries)}/{max_recoveries} recoveries)",
-                  RuntimeWarning, stacklevel=3)
+                  TrainingWarning, stacklevel=3)
     if echo:
         echo(f"recovered from {what} at step {bad_step}: back to step "
              f"{restored['step']}, skipping the batches in between")
