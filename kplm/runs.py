@@ -251,8 +251,30 @@ class FinetunedRun:
             self.model = rebuild(read_json(model_path, "a saved model config"),
                                  model_path, "model")
             load_weights(self.model, os.path.join(run_dir, MODEL_WEIGHTS), "model weights")
+            self._check_head(model_path)
         self.sequence_length = (finetune["sequence_length"]
                                 or self.model.backbone.sequence_length)
+
+    def _check_head(self, model_path):
+        """``head.json`` and ``model.json`` describe one model (an edited or swapped file would
+        give answers of the wrong shape or kind without a word): the head's own model on the
+        saved backbone must have the saved model's config."""
+        def plain(config):  # layer names are numbered per process: not part of the model
+            if isinstance(config, dict):
+                return {k: plain(v) for k, v in config.items() if k != "name"}
+            return [plain(v) for v in config] if isinstance(config, list) else config
+        expected = self.head.build_model(self.model.backbone)
+        have, want = plain(self.model.get_config()), plain(expected.get_config())
+        if type(expected) is type(self.model) and have == want:
+            return
+        keys = [k for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+        detail = (f"{type(self.model).__name__} in {MODEL_CONFIG}, {type(expected).__name__} "
+                  f"from {HEAD_CONFIG}" if type(expected) is not type(self.model) else
+                  ", ".join(f"{k}: {shown(have.get(k), 40)} in {MODEL_CONFIG}, "
+                            f"{shown(want.get(k), 40)} from {HEAD_CONFIG}" for k in keys[:3]))
+        raise KplmError(f"{os.path.join(self.run_dir, HEAD_CONFIG)} does not match "
+                        f"{model_path} ({detail}); one of them was edited or copied from "
+                        "another run")
 
     def _adapted_model(self, config_path, adapters_path):
         """A LoRA run's model: its head on the checkpoint it started from, the saved adapters

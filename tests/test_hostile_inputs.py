@@ -449,6 +449,10 @@ CASES = [
     ("evaluate-label-unknown-names-the-file", lambda w: [
         "evaluate", w.runs["clf"], "--data", w.write("x.tsv", tsv_with(3, b"the film\tmeh", 20))],
      1, r"--data \(.*x\.tsv\): labels \['meh'\] are not in head\.labels \['neg', 'pos'\]"),
+    ("predict-head-labels-edited", predict_on(damaged(
+        "clf", "head.json", lambda p: edit_json(p, labels=["neg", "pos", "meh"]))),
+     1, r"head\.json does not match .*model\.json \(num_classes: 2 in model\.json, 3 from "
+        r"head\.json\); one of them was edited"),
     ("predict-nan-weights", predict_on(damaged("clf", "model.weights.h5", nan_weights)),
      1, r"model\.weights\.h5 \(model weights\): weight .* is NaN or inf in the file"),
     ("finetune-label-empty", lambda w: w.finetune({"data.train": w.csv(w.write(
