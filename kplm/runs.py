@@ -251,11 +251,11 @@ class FinetunedRun:
             self.model = rebuild(read_json(model_path, "a saved model config"),
                                  model_path, "model")
             load_weights(self.model, os.path.join(run_dir, MODEL_WEIGHTS), "model weights")
-            self._check_head(model_path)
+            self._check_head()
         self.sequence_length = (finetune["sequence_length"]
                                 or self.model.backbone.sequence_length)
 
-    def _check_head(self, model_path):
+    def _check_head(self):
         """``head.json`` and ``model.json`` describe one model (an edited or swapped file would
         give answers of the wrong shape or kind without a word): the head's own model on the
         saved backbone must have the saved model's config."""
@@ -272,9 +272,8 @@ class FinetunedRun:
                   f"from {HEAD_CONFIG}" if type(expected) is not type(self.model) else
                   ", ".join(f"{k}: {shown(have.get(k), 40)} in {MODEL_CONFIG}, "
                             f"{shown(want.get(k), 40)} from {HEAD_CONFIG}" for k in keys[:3]))
-        raise KplmError(f"{os.path.join(self.run_dir, HEAD_CONFIG)} does not match "
-                        f"{model_path} ({detail}); one of them was edited or copied from "
-                        "another run")
+        raise KplmError(f"{self.run_dir}: {HEAD_CONFIG} does not match {MODEL_CONFIG} "
+                        f"({detail}); one was edited or copied from another run")
 
     def _adapted_model(self, config_path, adapters_path):
         """A LoRA run's model: its head on the checkpoint it started from, the saved adapters

@@ -451,8 +451,8 @@ CASES = [
      1, r"--data \(.*x\.tsv\): labels \['meh'\] are not in head\.labels \['neg', 'pos'\]"),
     ("predict-head-labels-edited", predict_on(damaged(
         "clf", "head.json", lambda p: edit_json(p, labels=["neg", "pos", "meh"]))),
-     1, r"head\.json does not match .*model\.json \(num_classes: 2 in model\.json, 3 from "
-        r"head\.json\); one of them was edited"),
+     1, r"clf: head\.json does not match model\.json \(num_classes: 2 in model\.json, 3 from "
+        r"head\.json\); one was edited"),
     ("predict-nan-weights", predict_on(damaged("clf", "model.weights.h5", nan_weights)),
      1, r"model\.weights\.h5 \(model weights\): weight .* is NaN or inf in the file"),
     ("finetune-label-empty", lambda w: w.finetune({"data.train": w.csv(w.write(
