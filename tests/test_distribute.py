@@ -259,17 +259,22 @@ def free_ports(n):
 
 # --- tests ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def mirrored():
-    process = run_python(["mirrored"])
+def result_of_mode(mode, timeout=300):
+    """Run this file as ``python test_distribute.py MODE``; its RESULT line."""
+    process = run_python([mode])
     try:
-        output, _ = process.communicate(timeout=300)
+        output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
-        pytest.fail(f"mirrored run timed out:\n{output[-3000:]}")
+        pytest.fail(f"{mode} run timed out:\n{output[-3000:]}")
     assert process.returncode == 0, output[-3000:]
     return result_of(output)
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    return result_of_mode("mirrored")
 
 
 def test_two_logical_cpus_train_like_one_device(mirrored):
@@ -297,15 +302,7 @@ def test_finetuning_under_mirrored_evaluates_like_one_device():
     """The run's closing evaluation (872 dev sentences, predicted under the strategy) equals
     its saved model's on one device; it used to fail: each prediction came back once per
     replica."""
-    process = run_python(["mirrored_finetune"])
-    try:
-        output, _ = process.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        pytest.fail(f"mirrored fine-tuning timed out:\n{output[-3000:]}")
-    assert process.returncode == 0, output[-3000:]
-    result = result_of(output)
+    result = result_of_mode("mirrored_finetune")
     assert result["finetuned"]["accuracy"] > 0.55  # not one label for every sentence
     assert result["finetuned"] == pytest.approx(result["reloaded"], abs=1e-6)
 
