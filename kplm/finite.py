@@ -61,4 +61,3 @@ def require_finite_input(model, what):
         raise KplmError(f"{clip(what, 160)}: weight {clip(bad[0], 60)}{more} is NaN or inf "
                         "in the file: a damaged checkpoint, not usable")
     return model
-

@@ -11,6 +11,7 @@ import os
 import warnings
 
 from kplm.errors import KplmError, describe, reading, shown
+from kplm.finite import require_finite_input
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer"
@@ -138,7 +139,6 @@ def load_weights(model, path, what="weights"):
                         f"{describe(skipped[0].message)}")
     for w in caught:  # anything else Keras had to say, as it would have said it
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    from kplm.finite import require_finite_input
     require_finite_input(model, f"{path} ({what})")
     return model
 
