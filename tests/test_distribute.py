@@ -298,6 +298,7 @@ def test_prediction_under_mirrored_gives_each_row_once(mirrored):
     assert mirrored["predicted_rows"] == 5 and mirrored["predicted_vs_call"] < 1e-6
 
 
+@pytest.mark.slow  # a whole fine-tuning run: not repeated with the oldest Keras/keras-hub
 def test_finetuning_under_mirrored_evaluates_like_one_device():
     """The run's closing evaluation (872 dev sentences, predicted under the strategy) equals
     its saved model's on one device; it used to fail: each prediction came back once per
