@@ -83,9 +83,12 @@ def listed(names, limit=SHOWN_LIMIT):
 
 
 def in_files(source):
-    """`` (FILE, ...)`` naming the files a data source reads, for its error messages; ``""``
-    for a source without ``paths``."""
-    paths = getattr(source, "paths", None)
+    """`` (FILE, ...)`` naming the files a data source reads (a source, or its config section:
+    its ``paths``, or its ``path`` for prepared shards), for its error messages; ``""`` for a
+    source without either."""
+    def get(key):
+        return source.get(key) if isinstance(source, dict) else getattr(source, key, None)
+    paths = get("paths") or ([get("path")] if isinstance(get("path"), str) else None)
     if not isinstance(paths, (list, tuple)) or not paths:
         return ""
     return f" ({listed(paths, 160)})"

@@ -318,6 +318,18 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
 
 
 @contextlib.contextmanager
+def poison_weights_file(path):
+    """Set the first float array of the ``.weights.h5`` file ``path`` to NaN (a damaged file,
+    which kplm never writes)."""
+    import h5py
+    import numpy as np
+    with h5py.File(path, "r+") as f:
+        arrays = []
+        f.visititems(lambda n, item: arrays.append(item) if isinstance(item, h5py.Dataset)
+                     and item.dtype.kind == "f" else None)
+        arrays[0][...] = np.nan
+
+
 def registered(*plugins):
     """Load plugin modules in this process for the duration of a ``with`` block, without
     installing them: what a plugin's own tests need to run ``kplm.pretrain`` / ``finetune`` on

@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from kplm import plugins
-from kplm.testing import tiny_vocabulary
+from kplm.testing import poison_weights_file, tiny_vocabulary
 
 from conftest import run_kplm
 
@@ -183,17 +183,6 @@ def write_text(text):
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     return how
-
-
-def nan_weights(path):
-    """The first float array of a ``.weights.h5`` file set to NaN."""
-    import h5py
-    import numpy as np
-    with h5py.File(path, "r+") as f:
-        arrays = []
-        f.visititems(lambda n, item: arrays.append(item) if isinstance(item, h5py.Dataset)
-                     and item.dtype.kind == "f" else None)
-        arrays[0][...] = np.nan
 
 
 def remove(path):
@@ -453,7 +442,7 @@ CASES = [
         "clf", "head.json", lambda p: edit_json(p, labels=["neg", "pos", "meh"]))),
      1, r"clf: head\.json does not match model\.json \(num_classes: 2 in model\.json, 3 from "
         r"head\.json\); one was edited"),
-    ("predict-nan-weights", predict_on(damaged("clf", "model.weights.h5", nan_weights)),
+    ("predict-nan-weights", predict_on(damaged("clf", "model.weights.h5", poison_weights_file)),
      1, r"model\.weights\.h5 \(model weights\): weight .* is NaN or inf in the file"),
     ("finetune-label-empty", lambda w: w.finetune({"data.train": w.csv(w.write(
         "d.tsv", tsv_with(7, b"the film\t")))}),

@@ -438,13 +438,13 @@ def test_a_checkpoint_holding_nan_is_refused_when_read(tiny_hf, tmp_path):
     """A Hugging Face directory or a run's weights file with a NaN (damaged: kplm never writes
     one) is refused as it is read, naming the file; it used to be predicted with (NaN
     probabilities) or trained on until the first checkpoint blamed the training."""
-    import h5py
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
     from kplm import runs
     from kplm.errors import KplmError
     from kplm.pretrained import load_pretrained
+    from kplm.testing import poison_weights_file
     bad_hf = str(tmp_path / "bad_hf")
     shutil.copytree(tiny_hf, bad_hf)
     tensors = load_file(os.path.join(bad_hf, "model.safetensors"))
@@ -458,10 +458,6 @@ def test_a_checkpoint_holding_nan_is_refused_when_read(tiny_hf, tmp_path):
     os.makedirs(run)
     runs.save_backbone(backbone, run)
     weights = os.path.join(run, "backbone.weights.h5")
-    with h5py.File(weights, "r+") as f:
-        arrays = []
-        f.visititems(lambda n, item: arrays.append(item) if isinstance(item, h5py.Dataset)
-                     and item.dtype.kind == "f" else None)
-        arrays[0][...] = np.nan
+    poison_weights_file(weights)
     with pytest.raises(KplmError, match=f"^{re.escape(weights)} .*is NaN or inf in the file"):
         runs.load_backbone(run)

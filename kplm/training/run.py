@@ -87,9 +87,9 @@ def run(job, *, overwrite=False, echo=print, progress=True):
 def _damaged_data(job, error):
     """A record of the run's data that fails its checksum as it is read (a TFRecord shard
     damaged after ``kplm data prepare`` checked it): one line naming the data's files."""
-    from kplm.errors import DataError, clip, listed
+    from kplm.errors import DataError, clip, in_files
     data = job.resolved().get("data") or {}
-    where = [f"data.{split} ({section.get('path') or listed(section.get('paths') or [], 120)})"
+    where = [f"data.{split}{in_files(section)}"
              for split, section in data.items() if isinstance(section, dict)]
     first = str(getattr(error, "message", error)).strip().splitlines()[0]
     first = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]|\s+name:\s*$", "", first).strip()  # TF's
