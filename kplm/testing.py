@@ -317,7 +317,6 @@ def write_tiny_hf_checkpoint(directory, model_type="bert", seed=0, hidden_size=3
     return config
 
 
-@contextlib.contextmanager
 def poison_weights_file(path):
     """Set the first float array of the ``.weights.h5`` file ``path`` to NaN (a damaged file,
     which kplm never writes)."""
@@ -330,6 +329,7 @@ def poison_weights_file(path):
         arrays[0][...] = np.nan
 
 
+@contextlib.contextmanager
 def registered(*plugins):
     """Load plugin modules in this process for the duration of a ``with`` block, without
     installing them: what a plugin's own tests need to run ``kplm.pretrain`` / ``finetune`` on
