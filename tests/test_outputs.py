@@ -300,6 +300,29 @@ def test_run_dir_holding_a_users_file_is_never_replaced(tiny_config, tmp_path):
     no_siblings(tmp_path)
 
 
+def test_overwrite_replaces_only_a_run_of_the_same_kind(tiny_config, tiny_hf, tmp_path):
+    """``kplm finetune --overwrite`` never replaces a pretrained model, nor ``kplm pretrain
+    --overwrite`` a fine-tuned one: both are runs, but not of the writer's kind."""
+    from kplm.errors import KplmError
+    from kplm.training.finetune import finetune
+    from kplm.training.pretrain import pretrain
+    pretrained = fake_run(str(tmp_path / "mlm"),
+                          {"config.yaml": "run_dir: x\nobjective: {name: mlm}\n"})
+    tuned = fake_run(str(tmp_path / "sst2"), {"head.json": "{}"})
+    before = snapshot(tmp_path)
+    ft = {"run_dir": pretrained, "init_from": tiny_hf, "seed": 0,
+          "data": {"train": {"name": "csv", "paths": [SST_TRAIN],
+                             "columns": {"text": "sentence", "label": "label"}}},
+          "head": {"name": "sequence_classification"}, "trainer": {"steps": 2, "batch_size": 4}}
+    for overwrite in (False, True):
+        with pytest.raises(KplmError, match=r"holds a pretraining run; a fine-tuning run never"):
+            finetune(ft, overwrite=overwrite, echo=None, progress=False)
+        tiny_config["run_dir"] = tuned
+        with pytest.raises(KplmError, match=r"holds a fine-tuning run; a pretraining run never"):
+            pretrain(tiny_config, overwrite=overwrite, echo=None, progress=False)
+    assert snapshot(tmp_path) == before
+
+
 def _bad_weights(tiny_hf, tmp_path):
     bad = str(tmp_path / "bad_bert")
     shutil.copytree(tiny_hf, bad)

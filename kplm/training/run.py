@@ -112,7 +112,7 @@ def _run(job, *, overwrite, echo, progress):
     write = is_chief(strategy)
     check_batch_size(trainer.batch_size, trainer.gradient_accumulation_steps, strategy)
     config_text, resuming = start_run(run_dir, overwrite, job.resolved(), write=write,
-                                      finished=job.after_metrics)
+                                      finished=job.after_metrics, kind=job.kind)
     keras.utils.set_random_seed(job.spec.seed)
     job.prepare(run_dir, resuming, write, echo, progress)
 

@@ -30,14 +30,16 @@ def is_chief(strategy):
     return chief(strategy)
 
 
-def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None):
+def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None, kind=None):
     """Decide what to do with ``run_dir``, touching nothing (``kplm.outputs.check_output``):
     ``"new"`` (missing or empty), ``"resume"`` (an unfinished run of the same config with a
     checkpoint) or ``"replace"`` (``overwrite``, or a run of the same config that stopped before
     its first checkpoint). Replacing never applies to a directory holding files a kplm run does
-    not write, nor to an input of the config (``inputs``). Anything else is refused; a finished
-    run first gets ``finished(run_dir)`` (``Job.after_metrics``: what a run killed right after
-    writing its ``metrics.json`` had still to remove, so it ends as a run that was not)."""
+    not write, nor to an input of the config (``inputs``), nor to a run of another ``kind``
+    (``"pretraining"``, ``"fine-tuning"``: ``kplm finetune --overwrite`` does not replace a
+    pretrained model). Anything else is refused; a finished run first gets
+    ``finished(run_dir)`` (``Job.after_metrics``: what a run killed right after writing its
+    ``metrics.json`` had still to remove, so it ends as a run that was not)."""
     from kplm import outputs, runs
     from kplm.training.checkpoints import CheckpointDirectory
 
@@ -45,6 +47,10 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None):
     outputs.check_output(run_dir, overwrite=overwrite, resume=True, **check)
     if not os.path.isdir(run_dir) or not os.listdir(run_dir):
         return "new"
+    held = run_kind(run_dir)
+    if kind in ("pretraining", "fine-tuning") and held not in (None, kind):
+        raise KplmError(f"run_dir {outputs.show(run_dir)} holds a {held} run; a {kind} run never "
+                        f"replaces it, --overwrite or not: choose another run_dir")
     if overwrite:
         return "replace"
     shown = outputs.show(run_dir)
@@ -75,6 +81,28 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None):
     return "replace"
 
 
+def run_kind(run_dir):
+    """``"pretraining"`` or ``"fine-tuning"``: the kind of the run in ``run_dir`` as its
+    ``config.yaml`` (or ``head.json``) tells; None when neither does."""
+    import yaml
+
+    from kplm import runs
+    if os.path.exists(os.path.join(run_dir, runs.HEAD_CONFIG)):
+        return "fine-tuning"
+    try:
+        with open(os.path.join(run_dir, runs.CONFIG), encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    if "head" in config:
+        return "fine-tuning"
+    if "objective" in config or "objectives" in config:
+        return "pretraining"
+    return None
+
+
 def run_started(run_dir):
     """Whether ``run_dir`` holds something worth keeping: a checkpoint, or a finished run."""
     from kplm import runs
@@ -95,11 +123,11 @@ def _first_difference(previous_text, text):
     return "formatting"
 
 
-def start_run(run_dir, overwrite, resolved, write=True, finished=None):
+def start_run(run_dir, overwrite, resolved, write=True, finished=None, kind=None):
     """Check, then create the run directory (or find the interrupted run to resume in it; or move
     a replaced run aside), write the resolved config into it, and silence the Keras warnings that
     are expected in kplm runs; returns ``(config as YAML text, resuming)``. ``write=False`` (a
-    multi-worker non-chief) only looks; ``finished``: see ``prepare_run_dir``."""
+    multi-worker non-chief) only looks; ``finished``, ``kind``: see ``prepare_run_dir``."""
     import warnings
 
     import yaml
@@ -114,7 +142,7 @@ def start_run(run_dir, overwrite, resolved, write=True, finished=None):
             CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).checkpoints())
     outputs.clean_stale(run_dir, started=run_started, names=outputs.RUN_NAMES)
     plan = prepare_run_dir(run_dir, overwrite, config_text, outputs.config_inputs(resolved),
-                           finished=finished)
+                           finished=finished, kind=kind)
     if plan != "resume":
         # inside kplm.outputs.in_place_outputs() (pretrain, finetune), a run failing before its
         # first checkpoint leaves run_dir as it was; a replaced run waits in .NAME.old-PID
