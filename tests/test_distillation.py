@@ -212,11 +212,14 @@ def test_cached_teacher_outputs_train_the_same_student(teacher, tmp_path):
     are padded differently). A run stopped while writing the cache (as by kill -9: its
     half-written file left behind) is started again by the same command."""
     from kplm.training.finetune import finetune
+    with open(SST["train"]["paths"][0], encoding="utf-8") as f:  # 1,000 sentences: 2,000 rows
+        (tmp_path / "train.tsv").write_text("".join(f.readlines()[:1001]), encoding="utf-8")
+    train = {**SST["train"], "paths": [str(tmp_path / "train.tsv")]}
     losses = {}
     for cache in (False, True):
         lines = []
         run_dir = str(tmp_path / f"cache_{cache}")
-        config = student_config(run_dir, teacher)
+        config = student_config(run_dir, teacher, data={**DATA, "train": train})
         config["distillation"].update(augment=1, cache=cache, gold_weight=0.2)
         config["trainer"].update(steps=20, eval_every=20, log_every=5)
         if cache:  # killed while writing the cache, then the same command
@@ -243,12 +246,12 @@ def test_cached_teacher_outputs_train_the_same_student(teacher, tmp_path):
     from kplm.runs import FinetunedRun, load_tokenizer
     assert not os.path.exists(tmp_path / "cache_True" / "teacher_outputs.tfrecord")
     head = SequenceClassificationHead(labels=["negative", "positive"])
-    source = TransferMixture(CsvFiles(**{k: v for k, v in SST["train"].items() if k != "name"}),
+    source = TransferMixture(CsvFiles(**{k: v for k, v in train.items() if k != "name"}),
                              None, head, augment=1)
     cache = CachedTeacherOutputs(source, str(tmp_path / "cache.tfrecord"))
     master = FinetunedRun(teacher)
     assert cache.write(master.model, head, load_tokenizer(teacher), batch_size=64,
-                       sequence_length=48) == 2 * 6920  # the sentences and a copy of each
+                       sequence_length=48) == 2 * 1000  # the sentences and a copy of each
     cached = list(cache.build().take(3).as_numpy_iterator())
     fresh = master.predict([{"text": row["text"].decode()} for row in cached])
     for row, prediction in zip(cached, fresh):
