@@ -305,7 +305,13 @@ def test_finetuning_under_mirrored_evaluates_like_one_device():
     replica."""
     result = result_of_mode("mirrored_finetune")
     assert result["finetuned"]["accuracy"] > 0.55  # not one label for every sentence
-    assert result["finetuned"] == pytest.approx(result["reloaded"], abs=1e-6)
+    # per-replica batches sum in another order than one device's: a prediction within float
+    # rounding of a tie (rare: none seen here) may flip, so two of 872 may differ
+    finetuned, reloaded = result["finetuned"], result["reloaded"]
+    assert finetuned.keys() == reloaded.keys()
+    for key in finetuned:
+        assert finetuned[key] == pytest.approx(reloaded[key], rel=1e-5,
+                                               abs=2 / 872 if key == "accuracy" else 1e-6), key
 
 
 def test_accumulation_under_mirrored_equals_one_device_batch(mirrored):
@@ -316,7 +322,7 @@ def test_accumulation_under_mirrored_equals_one_device_batch(mirrored):
 def test_non_finite_gate_under_mirrored_skips_on_every_replica(mirrored):
     # a NaN on one replica: the all-reduced decision skips the update on both, with
     # accumulation; the weights equal a run that never saw the batch
-    assert mirrored["gate"]
+    assert set(mirrored["gate"]) == {"2"}  # JSON keys
     for k, gate in mirrored["gate"].items():
         assert gate["finite"] and gate["iterations"] == 2, (k, gate)
         assert gate["weights"] < 1e-5, (k, gate)

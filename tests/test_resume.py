@@ -94,8 +94,8 @@ def test_sigterm_and_sigkill_then_same_command_equals_uninterrupted_run(resume_c
     process.kill()
     process.wait(timeout=60)
     assert f"(step {terminated_at}," in log.read_text()
-    killed_at = _steps(run_dir)[-1]
-    assert 30 <= killed_at < 40
+    killed_at = _steps(run_dir)[-1]  # 30, or 40 where a fast CPU got there before the signal
+    assert 30 <= killed_at <= 40 and not os.path.exists(os.path.join(run_dir, "metrics.json"))
 
     # 3. The same command again finishes the run.
     process = _start(config_path, log)
