@@ -2,11 +2,15 @@
 
 Answers are normalised (lowercase, punctuation removed, the articles a/an/the removed, whitespace
 collapsed) before comparing; each prediction scores the maximum over its gold answers, and the
-totals are percentages over all questions.
+totals are percentages over all questions. A question without gold answers (SQuAD v2's
+unanswerable, read with ``squad``'s ``require_answers: false``) scores as the official
+``evaluate-v2.0.py`` scores it: 100 for an empty prediction, else 0.
 
 Example:
 >>> squad_scores(["The Broncos!"], [["Denver Broncos", "Broncos"]])
 {'exact_match': 100.0, 'f1': 100.0}
+>>> squad_scores(["Denver", ""], [[], []])  # two unanswerable questions
+{'exact_match': 50.0, 'f1': 50.0}
 """
 import collections
 import re
@@ -53,6 +57,10 @@ def squad_scores(predictions, gold_answers):
         raise ValueError(f"{len(predictions)} predictions for {len(gold_answers)} questions")
     exact = f1 = 0.0
     for prediction, golds in zip(predictions, gold_answers):
+        if not len(golds):  # unanswerable: only "no answer" is right
+            exact += float(not normalize_answer(prediction))
+            f1 += float(not normalize_answer(prediction))
+            continue
         exact += metric_max_over_ground_truths(exact_match_score, prediction, golds)
         f1 += metric_max_over_ground_truths(f1_score, prediction, golds)
     total = max(len(predictions), 1)

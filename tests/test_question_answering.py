@@ -97,6 +97,39 @@ def test_squad_source_refuses_a_misaligned_answer(tmp_path):
     assert example["context"].numpy().decode()[start:start + len(text)] == text
 
 
+def _squad_v2(path):
+    """Two questions on one paragraph: one answerable, one SQuAD v2 unanswerable."""
+    context = "Warsaw is the capital of Poland."
+    qas = [{"id": "a1", "question": "What is the capital of Poland?", "is_impossible": False,
+            "answers": [{"text": "Warsaw", "answer_start": 0}]},
+           {"id": "u1", "question": "What is the capital of Mars?", "is_impossible": True,
+            "answers": [], "plausible_answers": [{"text": "Warsaw", "answer_start": 0}]}]
+    path.write_text(json.dumps({"version": "v2.0",
+                                "data": [{"paragraphs": [{"context": context, "qas": qas}]}]}))
+    return str(path)
+
+
+def test_squad_v2_unanswerable_questions_are_named_or_scored_as_v2(tmp_path):
+    from kplm.heads.question_answering import QuestionAnsweringHead
+    path = _squad_v2(tmp_path / "v2.json")
+    with pytest.raises(DataError, match=r"id u1\): expected a non-empty 'answers' list \(an "
+                       r"unanswerable SQuAD v2 question \(is_impossible\)\? set "
+                       r"require_answers: false"):
+        SquadFiles(paths=[path]).check()
+    source = SquadFiles(paths=[path], require_answers=False)
+    assert [len(x["answer_texts"]) for x in source.build()] == [1, 0]
+    # the official v2 rule: an unanswerable question is right only for an empty answer
+    assert squad_scores(["Warsaw", "Warsaw"], [["Warsaw"], []]) == {"exact_match": 50.0,
+                                                                      "f1": 50.0}
+    assert squad_scores(["Warsaw", " the "], [["Warsaw"], []])["f1"] == 100.0
+
+    class Fixed(QuestionAnsweringHead):  # answers "Warsaw" to every question
+        def _answers(self, model, examples, tokenizer, batch_size, sequence_length):
+            return [{"answer": "Warsaw"} for _ in examples]
+    scores = Fixed().evaluate(None, source, None, batch_size=2, sequence_length=32)
+    assert scores == {"exact_match": 50.0, "f1": 50.0, "questions": 2}
+
+
 @pytest.fixture(scope="session")
 def qa_run(tmp_path_factory):
     from kplm.training.finetune import finetune

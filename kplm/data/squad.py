@@ -18,8 +18,11 @@ class SquadFiles(FileSource):
 
     Args:
         paths: list of str. Files or glob patterns.
-        require_answers: bool. Refuse questions without answers (extractive training needs
-            them). Defaults to True.
+        require_answers: bool. Refuse questions without answers. False reads SQuAD v2's
+            unanswerable questions (``is_impossible``, empty ``answers``): the
+            ``question_answering`` head trains their windows to point at ``[CLS]`` ("no span
+            here") and scores them as SQuAD v2 does (right only for an empty answer; the head
+            always answers with a span, so they count against it). Defaults to True.
 
     Example:
     >>> import json, os, tempfile
@@ -79,8 +82,13 @@ class SquadFiles(FileSource):
         qid = str(qa.get("id", "?"))
         where = f"{where} (id {qid})"
         answers = qa.get("answers", [])
-        if not isinstance(answers, list) or (self.require_answers and not answers):
-            raise DataError(f"{where}: expected a non-empty 'answers' list")
+        if not isinstance(answers, list):
+            raise DataError(f"{where}: expected an 'answers' list")
+        if self.require_answers and not answers:
+            flagged = " (is_impossible)" if qa.get("is_impossible") else ""
+            raise DataError(f"{where}: expected a non-empty 'answers' list (an unanswerable "
+                            f"SQuAD v2 question{flagged}? set require_answers: false to read "
+                            "it without a span)")
         texts, starts = [], []
         for k, answer in enumerate(answers):
             text = answer.get("text") if isinstance(answer, dict) else None
