@@ -43,6 +43,18 @@ def test_csv_source_columns_and_errors(tmp_path):
         source.check()
     with pytest.raises(DataError, match=rf"{path}:1: no column 'sentence'"):
         CsvFiles(paths=[str(path)], columns={"text": "sentence"}).check()
+    # a tab inside a sentence (or one missing) would shift the columns: refused, not read as
+    # a third label
+    shifted = tmp_path / "c.tsv"
+    shifted.write_text("sentence\tlabel\ngood\t1\na stray\ttab inside\t1\n")
+    with pytest.raises(DataError, match=rf"{shifted}:3: 3 columns where the header has 2: a "
+                       r"delimiter too many or too few in this row \(delimiter '\\t'\)"):
+        CsvFiles(paths=[str(shifted)], columns={"text": "sentence", "label": "label"}).check()
+    spaced = tmp_path / "d.txt"  # "label sentence" split on spaces: rows of many widths
+    spaced.write_text("\n1 a fine film\n0 dull\n")
+    with pytest.raises(DataError, match=rf"{spaced}:3: 2 columns where line 2 has 4"):
+        CsvFiles(paths=[str(spaced)], columns={"text": 1, "label": 0}, header=False,
+                 delimiter=" ").check()
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ class CsvFiles(FileSource):
     """Streams examples from CSV/TSV files, one row each, as ``{field: string}`` dicts.
 
     ``columns`` maps example fields (``text``, ``text_pair``, ``label``, ...) to a column, by header
-    name (``header: true``) or 0-based number. Every row must have every mapped column; a short row,
-    an unknown column or invalid UTF-8 is refused with the file and line.
+    name (``header: true``) or 0-based number. Every row must have as many cells as the header
+    (or, without one, as the file's first row): a row with a delimiter too many or too few
+    (a tab inside a sentence, a missing one) would shift its columns, so it is refused with the
+    file and line, as are an unknown column and invalid UTF-8.
 
     Args:
         paths: list of str. Files or glob patterns (``.gz`` read transparently).
@@ -85,18 +87,20 @@ class CsvFiles(FileSource):
                     yield decode_line(path, number, raw)
 
             reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting, strict=True)
-            index = None
+            index = width = None
             start = 1
             try:
                 for row in reader:
                     line, start = start, reader.line_num + 1
                     if index is None:
                         index = self._index(path, row if self.header else None)
+                        width = (len(row), "the header") if self.header else None
                         if self.header:
                             continue
                     if not row or not any(cell.strip() for cell in row):
                         continue
-                    yield path, line, self._pick(path, line, row, index)
+                    width = width or (len(row), f"line {line}")
+                    yield path, line, self._pick(path, line, row, index, width)
             except csv.Error as e:
                 raise DataError(f"{path}:{start}: malformed row ({describe(e)})") from None
 
@@ -112,10 +116,15 @@ class CsvFiles(FileSource):
                                 f"(columns: {listed(header, 120)})")
         return index
 
-    def _pick(self, path, line, row, index):
+    def _pick(self, path, line, row, index, width):
         need = max(index.values()) + 1
         if len(row) < need:
             raise DataError(f"{path}:{line}: expected at least {need} columns, found {len(row)}")
+        if len(row) != width[0]:
+            quoted = "" if self._dialect(path)[1] == csv.QUOTE_NONE else " or a quote"
+            raise DataError(f"{path}:{line}: {len(row)} columns where {width[1]} has "
+                            f"{width[0]}: a delimiter{quoted} too many or too few in this row "
+                            f"(delimiter {self._dialect(path)[0]!r})")
         return {field: row[i].strip() for field, i in index.items()}
 
     def check(self):
