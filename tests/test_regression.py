@@ -49,6 +49,14 @@ def test_sentence_pair_regression_learns_similarity(tmp_path):
     baseline_mse = run.head.baseline(run.source([STS_TRAIN], split="train"),
                                      run.source([STS_TRAIN], split="train"))["mse"]
     assert fitted["mse"] < 0.8 * baseline_mse and fitted["pearson"] > 0.5, (fitted, baseline_mse)
+    # a split whose scores are placeholders (GLUE's test files: -1 everywhere) is refused,
+    # not scored with a correlation of 0
+    placeholder = tmp_path / "test.tsv"
+    placeholder.write_text("sentence1\tsentence2\tscore\na\tb\t-1\nc\td\t-1\n")
+    from kplm.errors import DataError
+    with pytest.raises(DataError, match=rf"--data \({placeholder}\): every one of the 2 labels "
+                       r"is -1: nothing to correlate with"):
+        run.evaluate(run.source([str(placeholder)]))
     (prediction,) = run.predict([{"text": "A dog runs.", "text_pair": "A dog is running."}])
     assert isinstance(prediction["score"], float)
     # the exported SavedModel takes the raw sentence pairs and scores them as predict does

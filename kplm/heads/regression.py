@@ -49,10 +49,13 @@ class RegressionHead(SequenceClassificationHead):
         return config
 
     def prepare(self, source):
-        """Every label must be a finite number. The first source prepared (the training data)
-        sets ``initial_score``, the output's starting value, to its mean unless it was given."""
+        """Every label must be a finite number, and not all the same (a correlation with a
+        constant is undefined: a test split whose labels are placeholders, say). The first
+        source prepared (the training data) sets ``initial_score``, the output's starting value,
+        to its mean unless it was given."""
         import math
         total = count = 0
+        seen = set()
         for number, example in enumerate(source.build().as_numpy_iterator(), 1):
             if self.label_field not in example:
                 raise DataError(f"the data has no field '{self.label_field}' "
@@ -65,6 +68,11 @@ class RegressionHead(SequenceClassificationHead):
             if not math.isfinite(value):
                 raise DataError(f"example {number}: label {shown(raw)} is not a number")
             total, count = total + value, count + 1
+            if len(seen) < 2:
+                seen.add(value)
+        if count > 1 and len(seen) == 1:
+            raise DataError(f"every one of the {count:,} labels is {seen.pop():g}: nothing to "
+                            "correlate with (a split whose labels are placeholders?)")
         if self.initial_score is None and count:
             self.initial_score = total / count
 
