@@ -64,11 +64,14 @@ def test_jsonl_field_and_errors(tmp_path):
 
 def test_jsonl_fields_for_fine_tuning(tmp_path):
     path = tmp_path / "reviews.jsonl"
-    path.write_text('{"review": "great", "stars": 5}\n{"review": "awful", "stars": 1}\n')
+    path.write_text('{"review": "great", "stars": 5}\n{"review": "awful", "stars": 1}\n'
+                    '\n{"review": "", "stars": 3}\n')  # an empty review is an example, kept
     source = JsonLines(paths=[str(path)], fields={"text": "review", "label": "stars"})
     source.check()
     assert [(x["text"].numpy(), x["label"].numpy()) for x in source.build()] == [
-        (b"great", b"5"), (b"awful", b"1")]
+        (b"great", b"5"), (b"awful", b"1"), (b"", b"3")]
+    corpus = JsonLines(paths=[str(path)], text_field="review")  # a corpus: no empty lines
+    assert [x["text"].numpy() for x in corpus.build()] == [b"great", b"awful"]
     nested = tmp_path / "nested.jsonl"
     nested.write_text('{"review": "ok", "stars": [1, 2]}\n')
     with pytest.raises(DataError, match=rf"{nested}:1: field 'stars' must be a string or a number"):

@@ -13,7 +13,8 @@ class JsonLines(FileSource):
     By default each example is ``{"text": record[text_field]}``. ``fields`` maps example fields
     to JSON keys instead (e.g. ``{text: review, label: stars}`` for fine-tuning); numbers and
     booleans in those keys are turned into strings (labels are strings in kplm). Blank lines are
-    skipped; a line that is not a JSON object, lacks a key, or holds a list or object there is
+    skipped, and so is a record with an empty text when the text is all it gives (a corpus);
+    with ``fields`` naming more (a label, a pair), it is an example and kept. A line that is not a JSON object, lacks a key, or holds a list or object there is
     refused with the file and line number.
 
     Args:
@@ -98,10 +99,11 @@ class JsonLines(FileSource):
         import tensorflow as tf
 
         fields = list(self.fields)
+        labelled = len(fields) > 1  # an example, kept as the CSV reader keeps it: not a corpus line
 
         def generate():
             for _, _, example in self._records():
-                if example[self.text_field].strip():
+                if labelled or example[self.text_field].strip():
                     yield {f: example[f].encode("utf-8") for f in fields}
 
         return generator_dataset(generate, {f: tf.TensorSpec([], tf.string) for f in fields})
