@@ -91,8 +91,8 @@ def evaluate(run_dir, paths, output, overwrite):
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--input", "-i", "input_path", type=click.File("rb"), default="-",
-              help="One example per line; two-input heads take FIRST<TAB>SECOND (QA: "
-                   "QUESTION<TAB>CONTEXT); - is stdin.")
+              help="One example per line (no TAB in it); two-input heads take "
+                   "FIRST<TAB>SECOND (QA: QUESTION<TAB>CONTEXT); - is stdin.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write JSON lines here instead of stdout: a new file in an existing folder "
                    "(written atomically).")
@@ -107,6 +107,7 @@ def predict(run_dir, input_path, output, overwrite):
     from kplm.data.files import input_lines
     name = getattr(input_path, "name", "-")  # stdin under click.testing has no name
     given = list(input_lines(input_path, name))  # UTF-8, checked before loading
+    name = "stdin" if name in ("-", "<stdin>") else name
     import_tensorflow_quietly()
     from kplm.errors import DataError
     from kplm.runs import FinetunedRun
@@ -122,6 +123,9 @@ def predict(run_dir, input_path, output, overwrite):
                 raise DataError(f"{name}:{number}: expected "
                                 f"{head.text_field.upper()}<TAB>{head.pair_field.upper()}")
             examples.append({head.text_field: parts[0], head.pair_field: parts[1]})
+        elif "\t" in line:  # a TSV row (its header, an index column) read as one text
+            raise DataError(f"{name}:{number}: a TAB in the line, but this head takes one text "
+                            "per line; give a TSV file's text column alone (cut -f N FILE)")
         else:
             examples.append({head.text_field: line})
     lines = [json.dumps({**ex, **p}, ensure_ascii=False)

@@ -456,6 +456,9 @@ CASES = [
      2, r"'RUN_DIR'.*does not exist.*kplm predict --help"),
     ("predict-stdin-invalid-utf8", predict_on(lambda w: w.runs["clf"], b"fine\nbad \xff\n"),
      1, r"stdin:2: invalid UTF-8 \(byte 0xff at column 5\)"),
+    ("predict-tsv-row-on-a-one-text-head",  # GLUE's test TSV: header and index read as text
+     predict_on(lambda w: w.runs["clf"], "index\tsentence\n0\ta film\n"),
+     1, r"stdin:1: a TAB in the line, but this head takes one text per line"),
     ("predict-input-file-nul", lambda w: ["predict", w.runs["clf"], "--input",
                                           w.write("in.txt", b"a\nb\n\x00\n")],
      1, r"in\.txt:3: a NUL byte at column 1"),
