@@ -14,8 +14,9 @@ class JsonLines(FileSource):
     to JSON keys instead (e.g. ``{text: review, label: stars}`` for fine-tuning); numbers and
     booleans in those keys are turned into strings (labels are strings in kplm). Blank lines are
     skipped, and so is a record with an empty text when the text is all it gives (a corpus);
-    with ``fields`` naming more (a label, a pair), it is an example and kept. A line that is not a JSON object, lacks a key, or holds a list or object there is
-    refused with the file and line number.
+    with ``fields`` naming more (a label, a pair), it is an example and kept. A line that is
+    not a JSON object, lacks a key, or holds a list or object there is refused with the file
+    and line number.
 
     Args:
         paths: list of str. Files or glob patterns.
@@ -99,7 +100,7 @@ class JsonLines(FileSource):
         import tensorflow as tf
 
         fields = list(self.fields)
-        labelled = len(fields) > 1  # an example, kept as the CSV reader keeps it: not a corpus line
+        labelled = len(fields) > 1  # an example (kept, as CSV rows are), not a corpus line
 
         def generate():
             for _, _, example in self._records():
