@@ -1,4 +1,5 @@
 """Pretraining end to end: loss goes down on real text, TensorBoard scalars, run directory."""
+import copy
 import glob
 import json
 import os
@@ -80,9 +81,22 @@ def test_saved_backbone_and_tokenizer_reload(pretrained_run):
                                again(inputs)["sequence_output"], atol=1e-6)
 
 
-def test_existing_run_dir_is_refused(pretrained_run):
-    config = dict(pretrained_run["config"])
-    with pytest.raises(KplmError, match="already holds a finished run"):
+def test_a_finished_run_is_done_and_another_config_refused(pretrained_run):
+    """The same command on its finished run (as after a kill at its very end) trains nothing
+    and answers the run's metrics; another config there is refused, naming the difference."""
+    config = copy.deepcopy(pretrained_run["config"])
+    run_dir = config["run_dir"]
+    before = {n: os.path.getmtime(os.path.join(run_dir, n)) for n in os.listdir(run_dir)}
+    lines = []
+    metrics = pretrain(config, echo=lines.append, progress=False)
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        assert metrics == json.load(f)
+    assert lines == [f"run_dir {run_dir} already holds this run, finished: nothing to do (its "
+                     "metrics: metrics.json; --overwrite trains it again)"]
+    assert {n: os.path.getmtime(os.path.join(run_dir, n)) for n in os.listdir(run_dir)} == before
+    config["trainer"] = {**config["trainer"], "learning_rate": 0.5}
+    with pytest.raises(KplmError, match=r"already holds a finished run of another config "
+                                        r"\(trainer.learning_rate: .* in the run, 0.5 now\)"):
         pretrain(config, echo=None, progress=False)
 
 

@@ -123,15 +123,19 @@ def test_sigterm_and_sigkill_then_same_command_equals_uninterrupted_run(resume_c
     assert sorted({s for s, _ in validation["validation/loss"]}) == [20, 40]
 
 
-def test_finished_run_dir_is_refused_and_changed_config_names_the_key(resume_config, tmp_path):
+def test_finished_run_dir_is_done_and_changed_config_names_the_key(resume_config, tmp_path):
     base, config = resume_config
     config = copy.deepcopy(config)
     config["run_dir"] = str(tmp_path / "run")
     config["trainer"].update(steps=4, eval_every=4, checkpoint_every=2, log_every=2,
                              warmup_steps=1)
-    pretrain(config, echo=None, progress=False)
-    with pytest.raises(KplmError, match="already holds a finished run"):
+    metrics = pretrain(config, echo=None, progress=False)
+    assert pretrain(config, echo=None, progress=False) == json.loads(json.dumps(metrics))
+    config["trainer"]["steps"] = 8
+    with pytest.raises(KplmError, match=r"already holds a finished run of another config "
+                                        r"\(trainer.steps: 4 in the run, 8 now\)"):
         pretrain(config, echo=None, progress=False)
+    config["trainer"]["steps"] = 4
     os.remove(os.path.join(config["run_dir"], "metrics.json"))  # as if killed before the end
     config["trainer"]["steps"] = 8
     with pytest.raises(KplmError, match=r"unfinished run with a different config "

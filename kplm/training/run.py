@@ -111,8 +111,14 @@ def _run(job, *, overwrite, echo, progress):
     strategy = strategy_for(trainer.strategy)
     write = is_chief(strategy)
     check_batch_size(trainer.batch_size, trainer.gradient_accumulation_steps, strategy)
-    config_text, resuming = start_run(run_dir, overwrite, job.resolved(), write=write,
-                                      finished=job.after_metrics, kind=job.kind)
+    config_text, plan = start_run(run_dir, overwrite, job.resolved(), write=write,
+                                  finished=job.after_metrics, kind=job.kind)
+    if plan == "finished":  # the same command again after the run ended: nothing to do
+        if echo:
+            echo(f"run_dir {run_dir} already holds this run, finished: nothing to do (its "
+                 f"metrics: {runs.METRICS}; --overwrite trains it again)")
+        return runs.read_json(os.path.join(run_dir, runs.METRICS), "the run's metrics")
+    resuming = plan == "resume"
     keras.utils.set_random_seed(job.spec.seed)
     job.prepare(run_dir, resuming, write, echo, progress)
 

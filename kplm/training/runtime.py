@@ -33,13 +33,15 @@ def is_chief(strategy):
 def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None, kind=None):
     """Decide what to do with ``run_dir``, touching nothing (``kplm.outputs.check_output``):
     ``"new"`` (missing or empty), ``"resume"`` (an unfinished run of the same config with a
-    checkpoint) or ``"replace"`` (``overwrite``, or a run of the same config that stopped before
-    its first checkpoint). Replacing never applies to a directory holding files a kplm run does
+    checkpoint), ``"finished"`` (a finished run of the same config: nothing to do, so a
+    command killed after it wrote ``metrics.json`` and run again ends as it would have) or
+    ``"replace"`` (``overwrite``, or a run of the same config that stopped before its first
+    checkpoint). Replacing never applies to a directory holding files a kplm run does
     not write, nor to an input of the config (``inputs``), nor to a run of another ``kind``
     (``"pretraining"``, ``"fine-tuning"``: ``kplm finetune --overwrite`` does not replace a
     pretrained model). Anything else is refused; a finished run first gets
     ``finished(run_dir)`` (``Job.after_metrics``: what a run killed right after writing its
-    ``metrics.json`` had still to remove, so it ends as a run that was not)."""
+    ``metrics.json`` had still to remove, so it ends as a run that was not killed)."""
     from kplm import outputs, runs
     from kplm.training.checkpoints import CheckpointDirectory
 
@@ -63,13 +65,16 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None, k
     if not os.path.exists(config_path):
         refuse(f"run_dir {shown} holds files of a kplm run but no {runs.CONFIG}; choose "
                "another run_dir or pass --overwrite")
-    if os.path.exists(os.path.join(run_dir, runs.METRICS)):
-        if finished is not None:
-            finished(run_dir)
-        refuse(f"run_dir {shown} already holds a finished run; choose another run_dir or pass "
-               "--overwrite")
     with open(config_path, encoding="utf-8") as f:
         previous = f.read()
+    if os.path.exists(os.path.join(run_dir, runs.METRICS)):
+        if previous == config_text:  # the same command again (a kill at its very end): done
+            if finished is not None:
+                finished(run_dir)
+            return "finished"
+        refuse(f"run_dir {shown} already holds a finished run of another config "
+               f"({_first_difference(previous, config_text)}); choose another run_dir or pass "
+               "--overwrite")
     if previous != config_text:
         refuse(f"run_dir {shown} holds an unfinished run with a different config "
                f"({_first_difference(previous, config_text)}); use the same config to resume "
@@ -126,8 +131,9 @@ def _first_difference(previous_text, text):
 def start_run(run_dir, overwrite, resolved, write=True, finished=None, kind=None):
     """Check, then create the run directory (or find the interrupted run to resume in it; or move
     a replaced run aside), write the resolved config into it, and silence the Keras warnings that
-    are expected in kplm runs; returns ``(config as YAML text, resuming)``. ``write=False`` (a
-    multi-worker non-chief) only looks; ``finished``, ``kind``: see ``prepare_run_dir``."""
+    are expected in kplm runs; returns ``(config as YAML text, plan)``, the plan one of
+    ``prepare_run_dir``'s. ``write=False`` (a multi-worker non-chief) only looks; ``finished``,
+    ``kind``: see ``prepare_run_dir``."""
     import warnings
 
     import yaml
@@ -137,18 +143,31 @@ def start_run(run_dir, overwrite, resolved, write=True, finished=None, kind=None
     # Expected: a pooler gets no gradient from a token-level objective.
     warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
     config_text = yaml.safe_dump(resolved, sort_keys=False)
-    if not write:
-        return config_text, bool(
-            CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).checkpoints())
+    if not write:  # a multi-worker non-chief: as the chief will find it
+        if not overwrite and _finished_with(run_dir, config_text):
+            return config_text, "finished"
+        return config_text, "resume" if CheckpointDirectory(
+            os.path.join(run_dir, runs.CHECKPOINTS)).checkpoints() else "new"
     outputs.clean_stale(run_dir, started=run_started, names=outputs.RUN_NAMES)
     plan = prepare_run_dir(run_dir, overwrite, config_text, outputs.config_inputs(resolved),
                            finished=finished, kind=kind)
-    if plan != "resume":
+    if plan not in ("resume", "finished"):
         # inside kplm.outputs.in_place_outputs() (pretrain, finetune), a run failing before its
         # first checkpoint leaves run_dir as it was; a replaced run waits in .NAME.old-PID
         outputs.open_in_place(run_dir, replace=plan == "replace", started=run_started)
         write_text(os.path.join(run_dir, runs.CONFIG), config_text)
-    return config_text, plan == "resume"
+    return config_text, plan
+
+
+def _finished_with(run_dir, config_text):
+    """Whether ``run_dir`` holds a finished run of exactly this config."""
+    from kplm import runs
+    try:
+        with open(os.path.join(run_dir, runs.CONFIG), encoding="utf-8") as f:
+            return (f.read() == config_text
+                    and os.path.exists(os.path.join(run_dir, runs.METRICS)))
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def write_text(path, text):
