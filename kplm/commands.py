@@ -24,6 +24,30 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
                           help="Override a config key, e.g. --set trainer.steps=100 (repeatable).")
 
 
+def _check_file_output(output, rule):
+    """Refuse a bad ``--output`` file before any work (``kplm.outputs.check_output``). An
+    existing file without ``--overwrite`` waits: the same command run again (killed after its
+    rename) finds it holding exactly what it would write; anything else is refused then
+    (``_write_file_output``)."""
+    from kplm.outputs import check_output
+    waits = not rule["overwrite"] and os.path.isfile(output)
+    check_output(output, **{**rule, "overwrite": rule["overwrite"] or waits})
+
+
+def _write_file_output(output, rule, text):
+    """Write ``text`` to ``output`` atomically; False (nothing written) where the file holds
+    exactly ``text`` already."""
+    from kplm.outputs import atomic_output, check_output
+    if not rule["overwrite"] and os.path.isfile(output):
+        with open(output, "rb") as f:
+            if f.read() == text.encode("utf-8"):
+                return False
+        check_output(output, **rule)  # another output there: refused, as without the wait
+    with atomic_output(output, **rule) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    return True
+
+
 @click.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @set_option
@@ -62,10 +86,9 @@ def finetune(config, overrides, overwrite):
 @click.option("--overwrite", is_flag=True, help="Replace the --output file if it exists.")
 def evaluate(run_dir, paths, output, overwrite):
     """Evaluate a fine-tuned RUN_DIR on labelled data; print and write the metrics."""
-    from kplm.outputs import atomic_output, check_output
     rule = dict(what="--output", file=True, overwrite=overwrite, inputs=[run_dir, *paths])
     if output:
-        check_output(output, **rule)  # before the model is loaded
+        _check_file_output(output, rule)  # before the model is loaded
     else:  # the run's metrics.json takes the result: read (and check) it before evaluating
         from kplm.errors import KplmError
         from kplm.runs import read_json
@@ -80,8 +103,7 @@ def evaluate(run_dir, paths, output, overwrite):
     metrics = run.evaluate(run.source(paths))
     result = {"data": list(paths), **metrics}
     if output:
-        with atomic_output(output, **rule) as tmp:
-            write_json(tmp, result)
+        _write_file_output(output, rule, json.dumps(result, indent=2, sort_keys=True) + "\n")
     else:
         existing.setdefault("evaluate", {})[",".join(paths)] = metrics
         write_json(path, existing)
@@ -99,11 +121,10 @@ def evaluate(run_dir, paths, output, overwrite):
 @click.option("--overwrite", is_flag=True, help="Replace the --output file if it exists.")
 def predict(run_dir, input_path, output, overwrite):
     """Predict with a fine-tuned RUN_DIR; writes one JSON object per input line."""
-    from kplm.outputs import atomic_output, check_output
     rule = dict(what="--output", file=True, overwrite=overwrite,
                 inputs=[run_dir, getattr(input_path, "name", None)])
     if output:
-        check_output(output, **rule)  # before the model is loaded
+        _check_file_output(output, rule)  # before the model is loaded
     from kplm.data.files import input_lines
     name = getattr(input_path, "name", "-")  # stdin under click.testing has no name
     given = list(input_lines(input_path, name))  # UTF-8, checked before loading
@@ -131,8 +152,8 @@ def predict(run_dir, input_path, output, overwrite):
     lines = [json.dumps({**ex, **p}, ensure_ascii=False)
              for ex, p in zip(examples, run.predict(examples))]
     if output:
-        with atomic_output(output, **rule) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
+        if not _write_file_output(output, rule, "".join(line + "\n" for line in lines)):
+            click.echo(f"{output} already holds these predictions: nothing to do", err=True)
     else:
         for line in lines:
             click.echo(line)
@@ -147,7 +168,8 @@ def predict(run_dir, input_path, output, overwrite):
                    "directory.")
 @click.option("--output", "-o", type=click.Path(file_okay=False),
               help="Directory to write (default: RUN_DIR/export/FORMAT): new or empty; written "
-                   "under a temporary name and renamed when complete.")
+                   "under a temporary name and renamed when complete (the same command again "
+                   "finds it done).")
 @click.option("--overwrite", is_flag=True,
               help="Replace a previous export of the same format in OUTPUT (never other files, "
                    "a run, a checkpoint or prepared shards).")
@@ -156,7 +178,7 @@ def export(run_dir, fmt, output, overwrite):
 
     RUN_DIR is a fine-tuned run; for --format keras_hub or hf it may also be a pretraining run,
     a keras-hub preset or a Hugging Face directory (converting between the formats)."""
-    from kplm.outputs import check_output
+    from kplm.outputs import check_output, source_state, stamp, stamped
     from kplm.pretrained.huggingface import HF_EXPORT_NAMES
     from kplm.pretrained.presets import PRESET_NAMES
     from kplm.serving import SAVED_MODEL_NAMES
@@ -166,12 +188,20 @@ def export(run_dir, fmt, output, overwrite):
     names = {"saved_model": SAVED_MODEL_NAMES, "keras_hub": PRESET_NAMES,
              "hf": tuple(sorted(set(HF_EXPORT_NAMES) | set(BART_EXPORT_NAMES)
                                 | set(T5_EXPORT_NAMES)))}
+    # the same command again on its complete export (killed after the rename): nothing to do
+    record = {"format": fmt, "source": os.path.realpath(run_dir),
+              "source_state": source_state(run_dir)}
+    if not overwrite and stamped(output, record):
+        click.echo(f"{output} already holds this export of {run_dir} ({fmt}): nothing to do "
+                   "(--overwrite exports it again)")
+        return
     check_output(output, what="--output", overwrite=overwrite, inputs=[run_dir],
                  names=names[fmt])  # before anything is loaded
     import_tensorflow_quietly()
     if fmt == "saved_model":
         from kplm.serving import export_saved_model
         export_saved_model(run_dir, output, echo=click.echo, overwrite=overwrite)
+        stamp(output, record)
         return
     from kplm.runs import HEAD_CONFIG, FinetunedRun
     if os.path.exists(os.path.join(run_dir, HEAD_CONFIG)):
@@ -194,6 +224,7 @@ def export(run_dir, fmt, output, overwrite):
         else:
             from kplm.pretrained.huggingface import export_bert
             export_bert(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
+    stamp(output, record)
     click.echo(f"exported the backbone and tokenizer of {run_dir} to {output} ({fmt})")
 
 

@@ -454,3 +454,50 @@ def config_inputs(config, skip=("run_dir", "callbacks")):
 
     walk(config)
     return found
+
+
+# --- the provenance of a complete output: the same command again has nothing to do ----------------
+
+#: The record ``kplm export`` leaves beside an export (``stamp``): its source, that source's
+#: state and the format, so the same command run again on its complete export (a kill after the
+#: export's rename) answers "nothing to do" instead of refusing an output that exists.
+EXPORT_STAMP = "kplm_export.json"
+
+
+def source_state(path, skip=("export", "metrics.json", "status.json")):
+    """A digest of every file under ``path`` (relative name, size, modification time), except
+    the top-level names in ``skip`` (what a finished run still changes: its exports, the
+    metrics ``kplm evaluate`` adds). Any change to the source changes it."""
+    import hashlib
+    import json
+    found = []
+    for root, dirs, files in os.walk(path):
+        if root == path:
+            dirs[:] = [d for d in dirs if d not in skip]
+            files = [f for f in files if f not in skip]
+        for name in files:
+            full = os.path.join(root, name)
+            info = os.stat(full)
+            found.append([os.path.relpath(full, path), info.st_size, info.st_mtime_ns])
+    return hashlib.sha256(json.dumps(sorted(found)).encode("utf-8")).hexdigest()
+
+
+def stamp(output, record, name=EXPORT_STAMP):
+    """Write ``record`` (a JSON object) into the complete directory ``output`` as ``name``,
+    atomically (a killed write leaves no stamp: the next run refuses, as without one)."""
+    import json
+    path = os.path.join(output, name)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def stamped(output, record, name=EXPORT_STAMP):
+    """Whether the directory ``output`` holds the stamp ``record`` (written by ``stamp``)."""
+    import json
+    try:
+        with open(os.path.join(output, name), encoding="utf-8") as f:
+            return json.load(f) == record
+    except (OSError, ValueError):
+        return False

@@ -11,11 +11,12 @@ Each head defines its endpoint (``Head.serving_endpoint``); this module holds th
 and the in-graph helpers the heads share. See ``docs/serving.md``.
 """
 from kplm.errors import KplmError
+from kplm.outputs import EXPORT_STAMP
 
 
 #: What a SavedModel directory holds: ``--overwrite`` replaces a directory holding only these.
 SAVED_MODEL_NAMES = ("saved_model.pb", "variables", "assets", "fingerprint.pb",
-                     "keras_metadata.pb")
+                     "keras_metadata.pb", EXPORT_STAMP)
 
 
 def export_saved_model(run_dir, output, *, echo=print, overwrite=False):

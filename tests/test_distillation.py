@@ -202,7 +202,8 @@ def test_perturbed_copies_replace_words_by_the_teachers_neighbours(teacher, tmp_
     assert "words replaced with probability 0.5 by neighbours among" in described, described
     assert described.startswith("fine-tuning sequence_classification from the teacher's "
                                 "weights selected (its blocks 0) for 10 steps"), described
-    assert metrics["train_steps"] == 10 and set(metrics["validation"]) >= {"accuracy", "loss"}
+    assert metrics["train_steps"] == 10
+    assert set(metrics["validation"]) >= {"accuracy", "matthews_correlation"}
 
 
 def test_cached_teacher_outputs_train_the_same_student(teacher, tmp_path):

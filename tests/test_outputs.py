@@ -140,7 +140,18 @@ def test_export_is_complete_or_absent_and_overwrite_replaces_a_previous_export(t
     assert sorted(os.listdir(out)) == sorted(HF_EXPORT_NAMES)
     assert os.listdir(tmp_path / "exports") == ["hf"]  # no temporary sibling left
     first = snapshot(out)
-    refused(kplm_cli("export", tiny_hf, "--format", "hf", "-o", out), out, "--overwrite")
+    # the same command again (as after a kill once the export was renamed): nothing to do
+    result = kplm_cli("export", tiny_hf, "--format", "hf", "-o", out)
+    assert result.exit_code == 0 and "already holds this export" in result.output, result.output
+    assert snapshot(out) == first
+    # another source, or the same one changed since: refused without --overwrite
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_hf, copy)
+    refused(kplm_cli("export", copy, "--format", "hf", "-o", out), out, "--overwrite")
+    other = tmp_path / "other"
+    assert kplm_cli("export", copy, "--format", "hf", "-o", other).exit_code == 0
+    os.utime(copy / "config.json", ns=(10**9, 10**9))
+    refused(kplm_cli("export", copy, "--format", "hf", "-o", other), other, "--overwrite")
     assert snapshot(out) == first
     result = kplm_cli("export", tiny_hf, "--format", "hf", "-o", out, "--overwrite")
     assert result.exit_code == 0, result.output
@@ -227,12 +238,6 @@ def test_predict_and_evaluate_output_files(tmp_path):
             "folder", tmp_path / "missing", "does not exist")
     refused(kplm_cli("evaluate", run, "--data", SST_TRAIN, "-o", missing),
             "folder", tmp_path / "missing", "does not exist")
-    existing = tmp_path / "predictions.jsonl"
-    existing.write_text("mine\n")
-    refused(kplm_cli("predict", run, "-o", existing, input="a film\n"), existing, "--overwrite")
-    refused(kplm_cli("evaluate", run, "--data", SST_TRAIN, "-o", existing), existing,
-            "--overwrite")
-    assert existing.read_text() == "mine\n"
     inputs = tmp_path / "in.txt"
     inputs.write_text("a film\n")
     refused(kplm_cli("predict", run, "-i", inputs, "-o", inputs, "--overwrite"), "an input")
@@ -241,7 +246,37 @@ def test_predict_and_evaluate_output_files(tmp_path):
     fake_run(str(tmp_path / "other"))
     refused(kplm_cli("evaluate", run, "--data", SST_TRAIN, "-o", tmp_path / "other" /
                      "metrics.json", "--overwrite"), "part of a kplm run")
-    assert set(os.listdir(tmp_path)) == {"run", "predictions.jsonl", "in.txt", "other"}
+    assert set(os.listdir(tmp_path)) == {"run", "in.txt", "other"}
+
+
+def test_predict_and_evaluate_again_find_their_output_done(tiny_hf, tmp_path):
+    """The same command again on its complete ``-o`` file (a kill after the rename) has
+    nothing to do; a file holding anything else is refused, and left as it was."""
+    from kplm.training.finetune import finetune
+    run = str(tmp_path / "run")
+    dev = tmp_path / "dev.tsv"
+    with open(SST_TRAIN, encoding="utf-8") as f:
+        dev.write_text("".join(f.readlines()[:9]), encoding="utf-8")
+    finetune({"run_dir": run, "init_from": tiny_hf, "seed": 0,
+              "data": {"train": {"name": "csv", "paths": [str(dev)],
+                                 "columns": {"text": "sentence", "label": "label"}}},
+              "head": {"name": "sequence_classification"},
+              "trainer": {"steps": 2, "batch_size": 4, "eval_every": 2}},
+             echo=None, progress=False)
+    written = {"predict": tmp_path / "predictions.jsonl", "evaluate": tmp_path / "scores.json"}
+    commands = {"predict": (["predict", run, "-o", written["predict"]], "a film\nbad\n"),
+                "evaluate": (["evaluate", run, "--data", dev, "-o", written["evaluate"]], None)}
+    for name, (args, text) in commands.items():
+        assert kplm_cli(*args, input=text).exit_code == 0
+        first = snapshot(tmp_path)
+        again = kplm_cli(*args, input=text)
+        assert again.exit_code == 0, again.output
+        assert snapshot(tmp_path) == first
+        if name == "predict":
+            assert "already holds these predictions: nothing to do" in again.output
+        written[name].write_text("mine\n")
+        refused(kplm_cli(*args, input=text), written[name], "--overwrite")
+        assert written[name].read_text() == "mine\n"
 
 
 # --- tokenizer train, data prepare ------------------------------------------------------------

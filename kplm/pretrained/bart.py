@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from kplm.errors import ConfigError, DataError
+from kplm.outputs import EXPORT_STAMP
 from kplm.pretrained.hf_io import (activation, assign_weights, config_value,
                                    hf_activation_name, load_state_dict)
 
@@ -35,7 +36,7 @@ MODEL_TYPES = {"bart": "bart"}
 POSITION_OFFSET = 2
 #: What ``export_bart`` writes: ``overwrite`` replaces a directory holding only these.
 EXPORT_NAMES = ("config.json", "model.safetensors", "vocab.json", "merges.txt",
-                "tokenizer_config.json", "special_tokens_map.json")
+                "tokenizer_config.json", "special_tokens_map.json", EXPORT_STAMP)
 
 
 def encoder_decoder_arguments(config, path="."):

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from kplm.errors import ConfigError, DataError
+from kplm.outputs import EXPORT_STAMP
 from kplm.pretrained.hf_io import activation, assign_weights, config_value, \
     fast_tokenizer_model, hf_activation_name, load_state_dict, read_tokenizer_config, \
     strip_prefix
@@ -280,7 +281,7 @@ def _load_byte_bpe(path):
 # --- export ----------------------------------------------------------------------------------
 #: What ``export_bert`` writes: ``overwrite`` replaces a directory holding only these.
 HF_EXPORT_NAMES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json",
-                   "special_tokens_map.json")
+                   "special_tokens_map.json", EXPORT_STAMP)
 
 
 def export_bert(encoder, tokenizer, directory, *, overwrite=False, inputs=()):

@@ -17,6 +17,7 @@ import json
 import os
 
 from kplm.errors import ConfigError, describe, reading
+from kplm.outputs import EXPORT_STAMP
 
 _BERT = "keras_hub>BertBackbone"
 _KPLM = "kplm>Encoder"
@@ -79,7 +80,7 @@ def _load_tokenizer(path):
 #: What a preset directory holds: ``overwrite`` replaces a directory holding only these.
 PRESET_NAMES = ("config.json", "metadata.json", "tokenizer.json", "preprocessor.json",
                 "task.json", "assets", "model.weights.h5", "model_*.weights.h5",
-                "model.weights.json", "task.weights.h5")
+                "model.weights.json", "task.weights.h5", EXPORT_STAMP)
 
 
 def save_preset(backbone, tokenizer, directory, *, overwrite=False, inputs=()):

@@ -25,12 +25,13 @@ Example:
 import numpy as np
 
 from kplm.errors import ConfigError, DataError
+from kplm.outputs import EXPORT_STAMP
 from kplm.pretrained.hf_io import assign_weights, config_value, load_state_dict
 
 #: ``model_type`` -> the family this module converts.
 MODEL_TYPES = {"t5": "t5"}
 #: What ``export_t5`` writes: ``overwrite`` replaces a directory holding only these.
-EXPORT_NAMES = ("config.json", "model.safetensors", "spiece.model", "tokenizer_config.json")
+EXPORT_NAMES = ("config.json", "model.safetensors", "spiece.model", "tokenizer_config.json", EXPORT_STAMP)
 _ACTIVATIONS = {"relu": ("relu", False), "gated-gelu": ("gelu_approximate", True),
                 "gated-relu": ("relu", True), "gated-silu": ("silu", True)}
 
