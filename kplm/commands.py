@@ -24,14 +24,31 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
                           help="Override a config key, e.g. --set trainer.steps=100 (repeatable).")
 
 
-def _check_file_output(output, rule):
+def _check_file_output(output, rule, may_be_ours):
     """Refuse a bad ``--output`` file before any work (``kplm.outputs.check_output``). An
-    existing file without ``--overwrite`` waits: the same command run again (killed after its
-    rename) finds it holding exactly what it would write; anything else is refused then
-    (``_write_file_output``)."""
+    existing file without ``--overwrite`` that ``may_be_ours(text)`` (what this very command
+    writes, as far as can be told before the work: the same command run again after a kill
+    that followed the rename) waits for ``_write_file_output``, which leaves it as it is when it
+    holds exactly what would be written and refuses it otherwise."""
     from kplm.outputs import check_output
-    waits = not rule["overwrite"] and os.path.isfile(output)
+    waits = False
+    if not rule["overwrite"] and os.path.isfile(output):
+        try:
+            with open(output, encoding="utf-8") as f:
+                waits = bool(may_be_ours(f.read()))
+        except (OSError, ValueError):  # unreadable, not UTF-8, not JSON: not this output
+            waits = False
     check_output(output, **{**rule, "overwrite": rule["overwrite"] or waits})
+
+
+def _holds_predictions_of(text, given):
+    """Whether ``text`` may be ``kplm predict``'s output for the input lines ``given``: one JSON
+    object per non-blank line, holding that line's text(s)."""
+    lines = [line for _, line in given if line.strip()]
+    rows = [json.loads(row) for row in text.splitlines()]
+    return len(rows) == len(lines) and all(
+        isinstance(row, dict) and set(line.split("\t")) <= set(map(str, row.values()))
+        for row, line in zip(rows, lines))
 
 
 def _write_file_output(output, rule, text):
@@ -87,8 +104,9 @@ def finetune(config, overrides, overwrite):
 def evaluate(run_dir, paths, output, overwrite):
     """Evaluate a fine-tuned RUN_DIR on labelled data; print and write the metrics."""
     rule = dict(what="--output", file=True, overwrite=overwrite, inputs=[run_dir, *paths])
-    if output:
-        _check_file_output(output, rule)  # before the model is loaded
+    if output:  # before the model is loaded
+        _check_file_output(output, rule, lambda text: isinstance(found := json.loads(text), dict)
+                           and found.get("data") == list(paths))
     else:  # the run's metrics.json takes the result: read (and check) it before evaluating
         from kplm.errors import KplmError
         from kplm.runs import read_json
@@ -97,13 +115,14 @@ def evaluate(run_dir, paths, output, overwrite):
         if not isinstance(existing, dict) or not isinstance(existing.get("evaluate", {}), dict):
             raise KplmError(f"{path}: expected a JSON object of the run's metrics")
     import_tensorflow_quietly()
-    from kplm.runs import write_json
+    from kplm.runs import json_text, write_json
     from kplm.runs import FinetunedRun
     run = FinetunedRun(run_dir)
     metrics = run.evaluate(run.source(paths))
     result = {"data": list(paths), **metrics}
     if output:
-        _write_file_output(output, rule, json.dumps(result, indent=2, sort_keys=True) + "\n")
+        if not _write_file_output(output, rule, json_text(result)):
+            click.echo(f"{output} already holds these metrics: nothing to do", err=True)
     else:
         existing.setdefault("evaluate", {})[",".join(paths)] = metrics
         write_json(path, existing)
@@ -123,12 +142,11 @@ def predict(run_dir, input_path, output, overwrite):
     """Predict with a fine-tuned RUN_DIR; writes one JSON object per input line."""
     rule = dict(what="--output", file=True, overwrite=overwrite,
                 inputs=[run_dir, getattr(input_path, "name", None)])
-    if output:
-        _check_file_output(output, rule)  # before the model is loaded
-    from kplm.data.files import input_lines
-    name = getattr(input_path, "name", "-")  # stdin under click.testing has no name
+    from kplm.data.files import input_lines, shown_input
+    name = shown_input(getattr(input_path, "name", "-"))  # stdin under click.testing: no name
     given = list(input_lines(input_path, name))  # UTF-8, checked before loading
-    name = "stdin" if name in ("-", "<stdin>") else name
+    if output:  # before the model is loaded
+        _check_file_output(output, rule, lambda text: _holds_predictions_of(text, given))
     import_tensorflow_quietly()
     from kplm.errors import DataError
     from kplm.runs import FinetunedRun
@@ -178,7 +196,9 @@ def export(run_dir, fmt, output, overwrite):
 
     RUN_DIR is a fine-tuned run; for --format keras_hub or hf it may also be a pretraining run,
     a keras-hub preset or a Hugging Face directory (converting between the formats)."""
-    from kplm.outputs import check_output, source_state, stamp, stamped
+    import hashlib
+
+    from kplm.outputs import check_output, source_state, stamped
     from kplm.pretrained.huggingface import HF_EXPORT_NAMES
     from kplm.pretrained.presets import PRESET_NAMES
     from kplm.serving import SAVED_MODEL_NAMES
@@ -189,8 +209,8 @@ def export(run_dir, fmt, output, overwrite):
              "hf": tuple(sorted(set(HF_EXPORT_NAMES) | set(BART_EXPORT_NAMES)
                                 | set(T5_EXPORT_NAMES)))}
     # the same command again on its complete export (killed after the rename): nothing to do
-    record = {"format": fmt, "source": os.path.realpath(run_dir),
-              "source_state": source_state(run_dir)}
+    where = hashlib.sha256(os.path.realpath(run_dir).encode("utf-8")).hexdigest()
+    record = {"format": fmt, "source": where, "source_state": source_state(run_dir)}
     if not overwrite and stamped(output, record):
         click.echo(f"{output} already holds this export of {run_dir} ({fmt}): nothing to do "
                    "(--overwrite exports it again)")
@@ -200,8 +220,7 @@ def export(run_dir, fmt, output, overwrite):
     import_tensorflow_quietly()
     if fmt == "saved_model":
         from kplm.serving import export_saved_model
-        export_saved_model(run_dir, output, echo=click.echo, overwrite=overwrite)
-        stamp(output, record)
+        export_saved_model(run_dir, output, echo=click.echo, overwrite=overwrite, stamp=record)
         return
     from kplm.runs import HEAD_CONFIG, FinetunedRun
     if os.path.exists(os.path.join(run_dir, HEAD_CONFIG)):
@@ -212,19 +231,22 @@ def export(run_dir, fmt, output, overwrite):
         backbone, tok = load_pretrained(run_dir, key="RUN_DIR")
     if fmt == "keras_hub":
         from kplm.pretrained.presets import save_preset
-        save_preset(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
+        save_preset(backbone, tok, output, overwrite=overwrite, inputs=[run_dir],
+                    stamp=record)
     else:
         from kplm.models.t5 import T5EncoderDecoder
         if isinstance(backbone, T5EncoderDecoder):
             from kplm.pretrained.t5 import export_t5
-            export_t5(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
+            export_t5(backbone, tok, output, overwrite=overwrite, inputs=[run_dir],
+                      stamp=record)
         elif getattr(backbone, "family", None) == "encoder_decoder":
             from kplm.pretrained.bart import export_bart
-            export_bart(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
+            export_bart(backbone, tok, output, overwrite=overwrite, inputs=[run_dir],
+                        stamp=record)
         else:
             from kplm.pretrained.huggingface import export_bert
-            export_bert(backbone, tok, output, overwrite=overwrite, inputs=[run_dir])
-    stamp(output, record)
+            export_bert(backbone, tok, output, overwrite=overwrite, inputs=[run_dir],
+                        stamp=record)
     click.echo(f"exported the backbone and tokenizer of {run_dir} to {output} ({fmt})")
 
 

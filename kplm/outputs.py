@@ -310,12 +310,15 @@ def _make_parents(directory):
 
 
 @contextlib.contextmanager
-def atomic_output(path, *, what="output", file=False, overwrite=False, inputs=(), names=None):
+def atomic_output(path, *, what="output", file=False, overwrite=False, inputs=(), names=None,
+                  stamp=None):
     """Check ``path`` (``check_output``), then yield a temporary sibling ``.NAME.tmp-PID`` to
     write into: a new empty directory, or with ``file=True`` a file name to create. When the
     block ends it is renamed to ``path``; a previous output replaced (``overwrite``) is moved
     aside first and deleted after. When the block raises, the temporary is removed and ``path``
-    is as it was. The writer a plugin command uses:
+    is as it was. ``stamp`` (a JSON object; directories only) is written into the finished
+    directory before the rename (``write_stamp``), so the output appears with it. The writer a
+    plugin command uses:
 
         with kplm.atomic_output(output, what="--output", overwrite=overwrite,
                                 inputs=[run_dir]) as tmp:
@@ -331,6 +334,8 @@ def atomic_output(path, *, what="output", file=False, overwrite=False, inputs=()
         if not file:
             os.mkdir(tmp)
         yield tmp
+        if stamp is not None and not file:
+            write_stamp(tmp, stamp)
         if file:
             if os.path.lexists(tmp):
                 check_output(real, **rule)  # nothing may have appeared meanwhile
@@ -458,46 +463,61 @@ def config_inputs(config, skip=("run_dir", "callbacks")):
 
 # --- the provenance of a complete output: the same command again has nothing to do ----------------
 
-#: The record ``kplm export`` leaves beside an export (``stamp``): its source, that source's
-#: state and the format, so the same command run again on its complete export (a kill after the
-#: export's rename) answers "nothing to do" instead of refusing an output that exists.
+#: The record an export holds (``kplm export``, through ``atomic_output(stamp=...)``): what it
+#: was made from and what it holds, so the same command run again on its complete export (a
+#: kill after the rename) answers "nothing to do" instead of refusing an output that exists.
 EXPORT_STAMP = "kplm_export.json"
 
 
-def source_state(path, skip=("export", "metrics.json", "status.json")):
-    """A digest of every file under ``path`` (relative name, size, modification time), except
-    the top-level names in ``skip`` (what a finished run still changes: its exports, the
-    metrics ``kplm evaluate`` adds). Any change to the source changes it."""
+def _digest(entries):
     import hashlib
     import json
+    return hashlib.sha256(json.dumps(sorted(entries)).encode("utf-8")).hexdigest()
+
+
+def _listing(path, skip=(), times=True):
+    """``[relative name, size(, mtime)]`` of every entry under ``path`` (symbolic links as
+    themselves, never followed), except the top-level names in ``skip``."""
     found = []
     for root, dirs, files in os.walk(path):
         if root == path:
             dirs[:] = [d for d in dirs if d not in skip]
             files = [f for f in files if f not in skip]
-        for name in files:
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             full = os.path.join(root, name)
-            info = os.stat(full)
-            found.append([os.path.relpath(full, path), info.st_size, info.st_mtime_ns])
-    return hashlib.sha256(json.dumps(sorted(found)).encode("utf-8")).hexdigest()
+            try:
+                info = os.lstat(full)
+            except OSError:  # gone meanwhile
+                continue
+            found.append([os.path.relpath(full, path), info.st_size]
+                         + ([info.st_mtime_ns] if times else []))
+    return found
 
 
-def stamp(output, record, name=EXPORT_STAMP):
-    """Write ``record`` (a JSON object) into the complete directory ``output`` as ``name``,
-    atomically (a killed write leaves no stamp: the next run refuses, as without one)."""
+def source_state(path, skip=("export", "metrics.json", "status.json")):
+    """A digest of the source ``path`` of an output: every file's relative name, size and
+    modification time, except the top-level names in ``skip`` (what a finished run still
+    changes: its exports, the metrics ``kplm evaluate`` adds). Any change to it changes this."""
+    return _digest(_listing(path, skip))
+
+
+def write_stamp(directory, record, name=EXPORT_STAMP):
+    """Write ``record`` (a JSON object) into the complete ``directory`` as ``name``, with the
+    names and sizes of what the directory holds (``stamped`` compares both)."""
     import json
-    path = os.path.join(output, name)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    entries = _listing(directory, skip=(name,), times=False)
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+        json.dump({**record, "holds": _digest(entries)}, f, indent=2, sort_keys=True)
 
 
-def stamped(output, record, name=EXPORT_STAMP):
-    """Whether the directory ``output`` holds the stamp ``record`` (written by ``stamp``)."""
+def stamped(directory, record, name=EXPORT_STAMP):
+    """Whether ``directory`` holds the stamp ``record`` (``write_stamp``) and still holds what
+    it held when stamped."""
     import json
     try:
-        with open(os.path.join(output, name), encoding="utf-8") as f:
-            return json.load(f) == record
+        with open(os.path.join(directory, name), encoding="utf-8") as f:
+            found = json.load(f)
     except (OSError, ValueError):
         return False
+    entries = _listing(directory, skip=(name,), times=False)
+    return found == {**record, "holds": _digest(entries)}

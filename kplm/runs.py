@@ -26,12 +26,16 @@ MODEL_WEIGHTS = "model.weights.h5"
 STATUS = "status.json"
 
 
+def json_text(data):
+    """``data`` as the JSON text kplm writes (indented, keys sorted, a final newline)."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path, data):
     """Write JSON atomically (temporary name in the same directory, then rename)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(json_text(data))
     os.replace(tmp, path)
 
 

@@ -19,7 +19,7 @@ SAVED_MODEL_NAMES = ("saved_model.pb", "variables", "assets", "fingerprint.pb",
                      "keras_metadata.pb", EXPORT_STAMP)
 
 
-def export_saved_model(run_dir, output, *, echo=print, overwrite=False):
+def export_saved_model(run_dir, output, *, echo=print, overwrite=False, stamp=None):
     """Write the fine-tuned run in ``run_dir`` as a SavedModel directory ``output``, complete or
     not at all (``kplm.outputs.atomic_output``: checked first, written under a temporary name,
     renamed; ``overwrite`` replaces a previous SavedModel there, never anything else). A model
@@ -52,7 +52,7 @@ def export_saved_model(run_dir, output, *, echo=print, overwrite=False):
     archive.track(layer)
     for name, (fn, signature) in endpoints.items():
         archive.add_endpoint(name=name, fn=fn, input_signature=signature)
-    with atomic_output(output, **rule) as tmp:
+    with atomic_output(output, **rule, stamp=stamp) as tmp:
         archive.write_out(tmp, verbose=False)
     names = [spec.name for spec in endpoints["serving_default"][1]]
     if echo:

@@ -50,6 +50,15 @@ def test_csv_source_columns_and_errors(tmp_path):
     with pytest.raises(DataError, match=rf"{shifted}:3: 3 columns where the header has 2: a "
                        r"delimiter too many or too few in this row \(delimiter '\\t'\)"):
         CsvFiles(paths=[str(shifted)], columns={"text": "sentence", "label": "label"}).check()
+    trailing = tmp_path / "e.tsv"  # a trailing delimiter moves no column
+    trailing.write_text("sentence\tlabel\t\ngood\t1\nbad\t0\t\n")
+    assert [r for _, _, r in CsvFiles(paths=[str(trailing)], columns={
+        "text": "sentence", "label": "label"}).records()] == [
+        {"text": "good", "label": "1"}, {"text": "bad", "label": "0"}]
+    blank = tmp_path / "f.tsv"
+    blank.write_text("\nsentence\tlabel\ngood\t1\n")
+    with pytest.raises(DataError, match=rf"{blank}:1: an empty header line"):
+        CsvFiles(paths=[str(blank)], columns={"text": 0, "label": 1}).check()
     spaced = tmp_path / "d.txt"  # "label sentence" split on spaces: rows of many widths
     spaced.write_text("\n1 a fine film\n0 dull\n")
     with pytest.raises(DataError, match=rf"{spaced}:3: 2 columns where line 2 has 4"):

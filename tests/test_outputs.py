@@ -153,6 +153,11 @@ def test_export_is_complete_or_absent_and_overwrite_replaces_a_previous_export(t
     os.utime(copy / "config.json", ns=(10**9, 10**9))
     refused(kplm_cli("export", copy, "--format", "hf", "-o", other), other, "--overwrite")
     assert snapshot(out) == first
+    (out / "vocab.txt").write_text("edited\n")  # the export is not what it was: refused too
+    refused(kplm_cli("export", tiny_hf, "--format", "hf", "-o", out), out, "--overwrite")
+    with open(out / "kplm_export.json", encoding="utf-8") as f:
+        assert str(tmp_path) not in f.read()  # no path of this machine in a shipped export
+    (out / "vocab.txt").write_bytes(first["vocab.txt"])
     result = kplm_cli("export", tiny_hf, "--format", "hf", "-o", out, "--overwrite")
     assert result.exit_code == 0, result.output
     assert snapshot(out) == first  # the same input: the same bytes, in place of the old ones
@@ -238,6 +243,12 @@ def test_predict_and_evaluate_output_files(tmp_path):
             "folder", tmp_path / "missing", "does not exist")
     refused(kplm_cli("evaluate", run, "--data", SST_TRAIN, "-o", missing),
             "folder", tmp_path / "missing", "does not exist")
+    existing = tmp_path / "predictions.jsonl"  # not what these commands write: refused at once
+    existing.write_text("mine\n")
+    refused(kplm_cli("predict", run, "-o", existing, input="a film\n"), existing, "--overwrite")
+    refused(kplm_cli("evaluate", run, "--data", SST_TRAIN, "-o", existing), existing,
+            "--overwrite")
+    assert existing.read_text() == "mine\n"
     inputs = tmp_path / "in.txt"
     inputs.write_text("a film\n")
     refused(kplm_cli("predict", run, "-i", inputs, "-o", inputs, "--overwrite"), "an input")
@@ -246,7 +257,7 @@ def test_predict_and_evaluate_output_files(tmp_path):
     fake_run(str(tmp_path / "other"))
     refused(kplm_cli("evaluate", run, "--data", SST_TRAIN, "-o", tmp_path / "other" /
                      "metrics.json", "--overwrite"), "part of a kplm run")
-    assert set(os.listdir(tmp_path)) == {"run", "in.txt", "other"}
+    assert set(os.listdir(tmp_path)) == {"run", "predictions.jsonl", "in.txt", "other"}
 
 
 def test_predict_and_evaluate_again_find_their_output_done(tiny_hf, tmp_path):
@@ -272,8 +283,8 @@ def test_predict_and_evaluate_again_find_their_output_done(tiny_hf, tmp_path):
         again = kplm_cli(*args, input=text)
         assert again.exit_code == 0, again.output
         assert snapshot(tmp_path) == first
-        if name == "predict":
-            assert "already holds these predictions: nothing to do" in again.output
+        assert f"already holds these {'predictions' if name == 'predict' else 'metrics'}: " \
+            "nothing to do" in again.output
         written[name].write_text("mine\n")
         refused(kplm_cli(*args, input=text), written[name], "--overwrite")
         assert written[name].read_text() == "mine\n"

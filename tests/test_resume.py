@@ -131,6 +131,8 @@ def test_finished_run_dir_is_done_and_changed_config_names_the_key(resume_config
                              warmup_steps=1)
     metrics = pretrain(config, echo=None, progress=False)
     assert pretrain(config, echo=None, progress=False) == json.loads(json.dumps(metrics))
+    spelled = {**config, "run_dir": config["run_dir"] + os.sep}  # the same directory
+    assert pretrain(spelled, echo=None, progress=False) == json.loads(json.dumps(metrics))
     config["trainer"]["steps"] = 8
     with pytest.raises(KplmError, match=r"already holds a finished run of another config "
                                         r"\(trainer.steps: 4 in the run, 8 now\)"):

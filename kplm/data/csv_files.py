@@ -12,9 +12,10 @@ class CsvFiles(FileSource):
 
     ``columns`` maps example fields (``text``, ``text_pair``, ``label``, ...) to a column, by header
     name (``header: true``) or 0-based number. Every row must have as many cells as the header
-    (or, without one, as the file's first row): a row with a delimiter too many or too few
-    (a tab inside a sentence, a missing one) would shift its columns, so it is refused with the
-    file and line, as are an unknown column and invalid UTF-8.
+    (or, without one, as the file's first row; empty cells beyond them, a trailing delimiter,
+    are fine): a row with a delimiter too many or too few (a tab inside a sentence, a missing
+    one) would shift its columns, so it is refused with the file and line, as are an unknown
+    column and invalid UTF-8.
 
     Args:
         paths: list of str. Files or glob patterns (``.gz`` read transparently).
@@ -93,8 +94,14 @@ class CsvFiles(FileSource):
                 for row in reader:
                     line, start = start, reader.line_num + 1
                     if index is None:
+                        if self.header and not any(cell.strip() for cell in row):
+                            raise DataError(f"{path}:{line}: an empty header line; expected "
+                                            "the column names (or set header: false)")
                         index = self._index(path, row if self.header else None)
-                        width = (len(row), "the header") if self.header else None
+                        names = len(row)
+                        while self.header and names and not row[names - 1].strip():
+                            names -= 1  # a trailing delimiter names no column
+                        width = (names, "the header") if self.header else None
                         if self.header:
                             continue
                     if not row or not any(cell.strip() for cell in row):
@@ -120,7 +127,7 @@ class CsvFiles(FileSource):
         need = max(index.values()) + 1
         if len(row) < need:
             raise DataError(f"{path}:{line}: expected at least {need} columns, found {len(row)}")
-        if len(row) != width[0]:
+        if len(row) < width[0] or any(cell.strip() for cell in row[width[0]:]):
             quoted = "" if self._dialect(path)[1] == csv.QUOTE_NONE else " or a quote"
             raise DataError(f"{path}:{line}: {len(row)} columns where {width[1]} has "
                             f"{width[0]}: a delimiter{quoted} too many or too few in this row "

@@ -120,11 +120,16 @@ def check_text_file(path, strict_utf8=True, max_bytes=None):
     return count
 
 
+def shown_input(name):
+    """How errors name an input stream: ``stdin`` for ``-`` / ``<stdin>``, else ``name``."""
+    return "stdin" if name in ("-", "<stdin>") else name
+
+
 def input_lines(stream, name):
     """Yield ``(line number, text)`` for each line of a binary ``stream`` (``kplm predict
     --input``, ``kplm generate --file``, stdin), line end removed; invalid UTF-8, a NUL byte or
     a line over ``MAX_LINE_BYTES`` is a ``DataError`` naming ``name`` and the line."""
-    name = "stdin" if name in ("-", "<stdin>") else name
+    name = shown_input(name)
     number = 0
     while True:
         try:

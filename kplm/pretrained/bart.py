@@ -140,7 +140,7 @@ def convert_encoder_decoder(config, path, dtype=None):
     return model
 
 
-def export_bart(model, tokenizer, output, *, overwrite=False, inputs=()):
+def export_bart(model, tokenizer, output, *, overwrite=False, inputs=(), stamp=None):
     """Write a kplm ``EncoderDecoder`` (post-layer-norm, as BART) and its byte-level BPE
     tokenizer as a Hugging Face ``BartModel`` directory ``output`` (``config.json``,
     ``model.safetensors``, ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``),
@@ -188,7 +188,7 @@ def export_bart(model, tokenizer, output, *, overwrite=False, inputs=()):
               "forced_eos_token_id": tokenizer.special_id("sep"),
               "tie_word_embeddings": True, "torch_dtype": "float32"}
     vocab = {t: i for i, t in enumerate(tokenizer.tokens) if t}
-    with atomic_output(output, **rule) as tmp:
+    with atomic_output(output, **rule, stamp=stamp) as tmp:
         save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         for name, data in (("config.json", config), ("vocab.json", vocab),
                            ("tokenizer_config.json",

@@ -284,7 +284,7 @@ HF_EXPORT_NAMES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_c
                    "special_tokens_map.json", EXPORT_STAMP)
 
 
-def export_bert(encoder, tokenizer, directory, *, overwrite=False, inputs=()):
+def export_bert(encoder, tokenizer, directory, *, overwrite=False, inputs=(), stamp=None):
     """Write ``encoder`` and ``tokenizer`` as a Hugging Face ``BertModel`` directory
     (``config.json``, ``model.safetensors``, ``vocab.txt``, ``tokenizer_config.json``,
     ``special_tokens_map.json``), complete or not at all (``kplm.outputs.atomic_output``;
@@ -338,7 +338,7 @@ def export_bert(encoder, tokenizer, directory, *, overwrite=False, inputs=()):
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
     specials = {k: tok_config[k] for k in ("unk_token", "sep_token", "pad_token", "cls_token",
                                              "mask_token")}
-    with atomic_output(directory, **rule) as tmp:
+    with atomic_output(directory, **rule, stamp=stamp) as tmp:
         save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         for name, data in (("config.json", config), ("tokenizer_config.json", tok_config),
                            ("special_tokens_map.json", specials)):

@@ -83,7 +83,7 @@ PRESET_NAMES = ("config.json", "metadata.json", "tokenizer.json", "preprocessor.
                 "model.weights.json", "task.weights.h5", EXPORT_STAMP)
 
 
-def save_preset(backbone, tokenizer, directory, *, overwrite=False, inputs=()):
+def save_preset(backbone, tokenizer, directory, *, overwrite=False, inputs=(), stamp=None):
     """Write ``backbone`` and ``tokenizer`` as a keras-hub preset directory, complete or not at
     all (``kplm.outputs.atomic_output``: written under a temporary name, then renamed;
     ``overwrite`` replaces a previous preset, never other files; ``inputs``: paths it may not
@@ -100,7 +100,7 @@ def save_preset(backbone, tokenizer, directory, *, overwrite=False, inputs=()):
     layer = (tokenizer.as_layer(EncoderTokenizer) if isinstance(tokenizer, WordPiece)
              else tokenizer.build())
     require_finite(backbone, directory)
-    with atomic_output(directory, **rule) as tmp:
+    with atomic_output(directory, **rule, stamp=stamp) as tmp:
         backbone.save_to_preset(tmp)
         layer.save_to_preset(tmp)
     return directory

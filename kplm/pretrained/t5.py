@@ -31,7 +31,8 @@ from kplm.pretrained.hf_io import assign_weights, config_value, load_state_dict
 #: ``model_type`` -> the family this module converts.
 MODEL_TYPES = {"t5": "t5"}
 #: What ``export_t5`` writes: ``overwrite`` replaces a directory holding only these.
-EXPORT_NAMES = ("config.json", "model.safetensors", "spiece.model", "tokenizer_config.json", EXPORT_STAMP)
+EXPORT_NAMES = ("config.json", "model.safetensors", "spiece.model", "tokenizer_config.json",
+                EXPORT_STAMP)
 _ACTIVATIONS = {"relu": ("relu", False), "gated-gelu": ("gelu_approximate", True),
                 "gated-relu": ("relu", True), "gated-silu": ("silu", True)}
 
@@ -129,7 +130,7 @@ def _original_pieces(tokenizer):
     return model.SerializeToString()
 
 
-def export_t5(model, tokenizer, output, *, overwrite=False, inputs=()):
+def export_t5(model, tokenizer, output, *, overwrite=False, inputs=(), stamp=None):
     """Write a ``T5EncoderDecoder`` and its SentencePiece tokenizer as a Hugging Face
     ``T5ForConditionalGeneration`` directory ``output``, complete or not at all."""
     import json
@@ -172,7 +173,7 @@ def export_t5(model, tokenizer, output, *, overwrite=False, inputs=()):
               "pad_token_id": tokenizer.special_id("pad"),
               "eos_token_id": tokenizer.special_id("sep"), "decoder_start_token_id": 0,
               "is_encoder_decoder": True, "torch_dtype": "float32"}
-    with atomic_output(output, **rule) as tmp:
+    with atomic_output(output, **rule, stamp=stamp) as tmp:
         save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)

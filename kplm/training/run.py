@@ -13,6 +13,7 @@ import re
 import time
 
 from kplm import runs
+from kplm.errors import KplmError
 from kplm.training.runtime import restoring_precision_policy, start_run, strategy_for
 
 
@@ -117,7 +118,12 @@ def _run(job, *, overwrite, echo, progress):
         if echo:
             echo(f"run_dir {run_dir} already holds this run, finished: nothing to do (its "
                  f"metrics: {runs.METRICS}; --overwrite trains it again)")
-        return runs.read_json(os.path.join(run_dir, runs.METRICS), "the run's metrics")
+        path = os.path.join(run_dir, runs.METRICS)
+        metrics = runs.read_json(path, "the run's metrics")
+        if not isinstance(metrics, dict):
+            raise KplmError(f"{path}: expected a JSON object of the run's metrics, not "
+                            f"{type(metrics).__name__}")
+        return metrics
     resuming = plan == "resume"
     keras.utils.set_random_seed(job.spec.seed)
     job.prepare(run_dir, resuming, write, echo, progress)

@@ -39,8 +39,8 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None, k
     checkpoint). Replacing never applies to a directory holding files a kplm run does
     not write, nor to an input of the config (``inputs``), nor to a run of another ``kind``
     (``"pretraining"``, ``"fine-tuning"``: ``kplm finetune --overwrite`` does not replace a
-    pretrained model). Anything else is refused; a finished run first gets
-    ``finished(run_dir)`` (``Job.after_metrics``: what a run killed right after writing its
+    pretrained model). Configs are compared without their ``run_dir`` (its spelling). Anything
+    else is refused; a finished run first gets ``finished(run_dir)`` (``Job.after_metrics``: what a run killed right after writing its
     ``metrics.json`` had still to remove, so it ends as a run that was not killed)."""
     from kplm import outputs, runs
     from kplm.training.checkpoints import CheckpointDirectory
@@ -49,10 +49,7 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None, k
     outputs.check_output(run_dir, overwrite=overwrite, resume=True, **check)
     if not os.path.isdir(run_dir) or not os.listdir(run_dir):
         return "new"
-    held = run_kind(run_dir)
-    if kind in ("pretraining", "fine-tuning") and held not in (None, kind):
-        raise KplmError(f"run_dir {outputs.show(run_dir)} holds a {held} run; a {kind} run never "
-                        f"replaces it, --overwrite or not: choose another run_dir")
+    _check_kind(run_dir, kind)
     if overwrite:
         return "replace"
     shown = outputs.show(run_dir)
@@ -68,14 +65,14 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None, k
     with open(config_path, encoding="utf-8") as f:
         previous = f.read()
     if os.path.exists(os.path.join(run_dir, runs.METRICS)):
-        if previous == config_text:  # the same command again (a kill at its very end): done
-            if finished is not None:
-                finished(run_dir)
+        if finished is not None:
+            finished(run_dir)
+        if _same_config(previous, config_text):  # the same command again (killed at its end)
             return "finished"
         refuse(f"run_dir {shown} already holds a finished run of another config "
                f"({_first_difference(previous, config_text)}); choose another run_dir or pass "
                "--overwrite")
-    if previous != config_text:
+    if not _same_config(previous, config_text):
         refuse(f"run_dir {shown} holds an unfinished run with a different config "
                f"({_first_difference(previous, config_text)}); use the same config to resume "
                "it, or another run_dir, or --overwrite")
@@ -84,6 +81,15 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None, k
     # stopped before its first checkpoint: started again, if nothing else is in the directory
     outputs.check_output(run_dir, overwrite=True, **check)
     return "replace"
+
+
+def _check_kind(run_dir, kind):
+    """Refuse a ``run_dir`` holding a run of another kind than ``kind``."""
+    from kplm import outputs
+    held = run_kind(run_dir)
+    if kind in ("pretraining", "fine-tuning") and held not in (None, kind):
+        raise KplmError(f"run_dir {outputs.show(run_dir)} holds a {held} run; a {kind} run never "
+                        f"replaces it, --overwrite or not: choose another run_dir")
 
 
 def run_kind(run_dir):
@@ -116,11 +122,26 @@ def run_started(run_dir):
                 or CheckpointDirectory(os.path.join(run_dir, runs.CHECKPOINTS)).checkpoints())
 
 
-def _first_difference(previous_text, text):
+def _config_of(text):
+    """A run's ``config.yaml`` text as a dict, without ``run_dir`` (the directory it is in,
+    however it was spelled: ``runs/x``, ``runs/x/``, an absolute path)."""
     import yaml
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {"<unreadable config.yaml>": text}
+    config = dict(config) if isinstance(config, dict) else {"<config.yaml>": config}
+    config.pop("run_dir", None)
+    return config
 
+
+def _same_config(previous_text, text):
+    return previous_text == text or _config_of(previous_text) == _config_of(text)
+
+
+def _first_difference(previous_text, text):
     from kplm.config import flatten as flat
-    old, new = flat(yaml.safe_load(previous_text) or {}), flat(yaml.safe_load(text) or {})
+    old, new = flat(_config_of(previous_text)), flat(_config_of(text))
     for key in list(new) + [k for k in old if k not in new]:
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             return (f"{key}: {errors.shown(old.get(key, '<absent>'), 80)} in the run, "
@@ -144,6 +165,8 @@ def start_run(run_dir, overwrite, resolved, write=True, finished=None, kind=None
     warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
     config_text = yaml.safe_dump(resolved, sort_keys=False)
     if not write:  # a multi-worker non-chief: as the chief will find it
+        if os.path.isdir(run_dir):
+            _check_kind(run_dir, kind)
         if not overwrite and _finished_with(run_dir, config_text):
             return config_text, "finished"
         return config_text, "resume" if CheckpointDirectory(
@@ -160,11 +183,11 @@ def start_run(run_dir, overwrite, resolved, write=True, finished=None, kind=None
 
 
 def _finished_with(run_dir, config_text):
-    """Whether ``run_dir`` holds a finished run of exactly this config."""
+    """Whether ``run_dir`` holds a finished run of this config."""
     from kplm import runs
     try:
         with open(os.path.join(run_dir, runs.CONFIG), encoding="utf-8") as f:
-            return (f.read() == config_text
+            return (_same_config(f.read(), config_text)
                     and os.path.exists(os.path.join(run_dir, runs.METRICS)))
     except (OSError, UnicodeDecodeError):
         return False
