@@ -94,24 +94,19 @@ def _check_kind(run_dir, kind):
 
 def run_kind(run_dir):
     """``"pretraining"`` or ``"fine-tuning"``: the kind of the run in ``run_dir`` as its
-    ``config.yaml`` (or ``head.json``) tells; None when neither does."""
-    import yaml
-
+    ``head.json`` or ``config.yaml`` tells (``kplm.run_summary.kind_of``); None when neither
+    does."""
     from kplm import runs
+    from kplm.run_summary import kind_of, read_config
     if os.path.exists(os.path.join(run_dir, runs.HEAD_CONFIG)):
         return "fine-tuning"
-    try:
-        with open(os.path.join(run_dir, runs.CONFIG), encoding="utf-8") as f:
-            config = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    config = read_config(run_dir)
+    if not config:
         return None
-    if not isinstance(config, dict):
-        return None
-    if "head" in config:
+    kind, task = kind_of(config)
+    if kind == "finetune":
         return "fine-tuning"
-    if "objective" in config or "objectives" in config:
-        return "pretraining"
-    return None
+    return "pretraining" if task != "?" else None
 
 
 def run_started(run_dir):
