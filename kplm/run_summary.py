@@ -77,7 +77,7 @@ def read_config(run_dir):
         with open(os.path.join(run_dir, runs.CONFIG), encoding="utf-8") as f:
             value = yaml.safe_load(f)
         return value if isinstance(value, dict) else {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
 
 

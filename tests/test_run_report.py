@@ -90,6 +90,18 @@ def test_runs_answers_without_importing_tensorflow(runs_root):
     assert done.returncode == 0, done.stderr
 
 
+def test_runs_lists_a_run_whose_config_is_damaged(tmp_path):
+    """A config.yaml that is not UTF-8 (damaged) is a run whose config cannot be read, not a
+    traceback."""
+    from kplm.run_summary import summarize
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "config.yaml").write_bytes(b"run_dir: x\nobjective: {name: \xff}\n")
+    (run / "metrics.json").write_text("{}")
+    row = summarize(str(run))
+    assert row["state"] == "finished" and row["task"] == "?"
+
+
 def test_runs_refuses_a_folder_without_runs_in_one_line(tmp_path):
     for args, expected in (((str(tmp_path / "missing"),), "is not a directory"),
                            ((str(tmp_path),), "no kplm run")):
