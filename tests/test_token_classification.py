@@ -288,3 +288,28 @@ def test_exported_saved_model_tags_raw_lines_like_predict(ner_run, tmp_path):
             [t for t, t_ in zip(q["tags"], tie) if not t_]
     encoder = run.head._cached_encoder(run.tokenizer, run.sequence_length)
     assert encoder.experimental_get_tracing_count() == 1
+
+
+def test_evaluate_scores_unseen_gold_tags_as_missed_entities(ner_run, tmp_path):
+    """A held-out file may hold an entity type the run never saw: conlleval scores its entities
+    as misses (kplm evaluate used to refuse the file); a tag of another scheme is refused."""
+    from kplm.runs import FinetunedRun
+    run = FinetunedRun(ner_run[0])
+    sentences = re.split(r"\n[ \t]*\n", open(WNUT_DEV, encoding="utf-8").read().strip())[:30]
+    known = tmp_path / "known.conll"
+    known.write_text("\n\n".join(sentences) + "\n")
+    unseen = tmp_path / "unseen.conll"
+    unseen.write_text("\n\n".join(sentences + ["Enterprise\tB-spaceship\nD\tI-spaceship\n"
+                                               "docks\tO"]) + "\n")
+    before = run.evaluate(run.source([str(known)]))
+    after = run.evaluate(run.source([str(unseen)]))
+    assert "unseen_tags" not in before
+    assert after["unseen_tags"] == ["B-spaceship", "I-spaceship"]
+    assert after["entities"] == before["entities"] + 1
+    assert after["per_type"]["spaceship"]["support"] == 1
+    assert after["per_type"]["spaceship"]["recall"] == 0.0
+    other = tmp_path / "io.conll"
+    other.write_text("Enterprise\tSHIP\ndocks\tO\n")
+    with pytest.raises(DataError, match=r"tags \['SHIP'\] are not in the run's labels .* not "
+                                        r"IOB tags"):
+        run.evaluate(run.source([str(other)]))

@@ -215,16 +215,29 @@ class TokenClassificationHead(Head):
         return sentences
 
     def evaluate(self, model, source, tokenizer, *, batch_size, sequence_length):
-        """Entity precision/recall/F1 (conlleval), token accuracy, over all of ``source``."""
+        """Entity precision/recall/F1 (conlleval), token accuracy, over all of ``source``.
+
+        Gold ``B-``/``I-`` tags the run was not trained on are scored as conlleval scores them
+        (their entities are missed) and listed under ``unseen_tags``."""
         from kplm.ner_metrics import entity_scores
-        self.prepare(source)
         gold = list(self._tag_sequences(source))
+        unseen = sorted({t for tags in gold for t in tags} - set(self.labels))
+        # conlleval scores a gold entity of a type the tagger never saw as a miss; a tag of no
+        # IOB shape (``PER``, ``ORG``: another tagging scheme) would score as O: refused.
+        shapeless = [t for t in unseen if not re.fullmatch(r"[BI]-\S+", t)]
+        if shapeless:
+            raise DataError(f"tags {shapeless} are not in the run's labels {self.labels} "
+                            "and are not IOB tags (B-TYPE / I-TYPE) that could be scored as "
+                            "missed entities")
         predicted = self._predict_tags(model, self.encode(
             source.build(), tokenizer, batch_size=batch_size, sequence_length=sequence_length,
             with_labels=False), sequence_length, batch_size)
         scores = entity_scores(gold, predicted)
-        return {k: scores[k] for k in ("precision", "recall", "f1", "accuracy", "entities",
-                                       "predicted_entities")} | {"per_type": scores["per_type"]}
+        metrics = {k: scores[k] for k in ("precision", "recall", "f1", "accuracy", "entities",
+                                          "predicted_entities", "per_type")}
+        if unseen:  # counted as misses: the tagger cannot predict them
+            metrics["unseen_tags"] = unseen
+        return metrics
 
     @staticmethod
     def words(text):
