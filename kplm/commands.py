@@ -314,6 +314,10 @@ def tokenizer_train(config, overrides, output, kind, overwrite):
     from kplm.tokenizers.train import train_tokenizer
     with protecting([config]):
         tokens = train_tokenizer(raw, output, kind=kind, overwrite=overwrite)
+    if tokens is None:
+        click.echo(f"{output} already holds the tokenizer this config learns from these files: "
+                   "nothing to do (--overwrite learns it again)")
+        return
     click.echo(f"wrote {len(tokens):,} tokens to {output}")
 
 

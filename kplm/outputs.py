@@ -75,6 +75,12 @@ class OutputError(ConfigError):
     ``run_dir``, ...); nothing was changed."""
 
 
+#: The record an export holds (``kplm export``, through ``atomic_output(stamp=...)``): what it
+#: was made from and what it holds, so the same command run again on its complete export (a
+#: kill after the rename) answers "nothing to do" instead of refusing an output that exists.
+EXPORT_STAMP = "kplm_export.json"
+
+
 def show(path):
     """A path as a message quotes it: one line, at most ~200 characters (``kplm.errors.clip``)."""
     return clip(path)
@@ -311,13 +317,14 @@ def _make_parents(directory):
 
 @contextlib.contextmanager
 def atomic_output(path, *, what="output", file=False, overwrite=False, inputs=(), names=None,
-                  stamp=None):
+                  stamp=None, stamp_name=EXPORT_STAMP):
     """Check ``path`` (``check_output``), then yield a temporary sibling ``.NAME.tmp-PID`` to
     write into: a new empty directory, or with ``file=True`` a file name to create. When the
     block ends it is renamed to ``path``; a previous output replaced (``overwrite``) is moved
     aside first and deleted after. When the block raises, the temporary is removed and ``path``
     is as it was. ``stamp`` (a JSON object; directories only) is written into the finished
-    directory before the rename (``write_stamp``), so the output appears with it. The writer a
+    directory as ``stamp_name`` before the rename (``write_stamp``), so the output appears with
+    it. The writer a
     plugin command uses:
 
         with kplm.atomic_output(output, what="--output", overwrite=overwrite,
@@ -335,7 +342,7 @@ def atomic_output(path, *, what="output", file=False, overwrite=False, inputs=()
             os.mkdir(tmp)
         yield tmp
         if stamp is not None and not file:
-            write_stamp(tmp, stamp)
+            write_stamp(tmp, stamp, stamp_name)
         if file:
             if os.path.lexists(tmp):
                 check_output(real, **rule)  # nothing may have appeared meanwhile
@@ -463,21 +470,24 @@ def config_inputs(config, skip=("run_dir", "callbacks")):
 
 # --- the provenance of a complete output: the same command again has nothing to do ----------------
 
-#: The record an export holds (``kplm export``, through ``atomic_output(stamp=...)``): what it
-#: was made from and what it holds, so the same command run again on its complete export (a
-#: kill after the rename) answers "nothing to do" instead of refusing an output that exists.
-EXPORT_STAMP = "kplm_export.json"
-
-
 def _digest(entries):
     import hashlib
     import json
     return hashlib.sha256(json.dumps(sorted(entries)).encode("utf-8")).hexdigest()
 
 
-def _listing(path, skip=(), times=True):
-    """``[relative name, size(, mtime)]`` of every entry under ``path`` (symbolic links as
-    themselves, never followed), except the top-level names in ``skip``."""
+def _file_digest(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _listing(path, skip=(), times=True, contents=False):
+    """``[relative name, size(, mtime)(, sha256)]`` of every entry under ``path`` (symbolic
+    links as themselves, never followed), except the top-level names in ``skip``."""
     found = []
     for root, dirs, files in os.walk(path):
         if root == path:
@@ -489,8 +499,13 @@ def _listing(path, skip=(), times=True):
                 info = os.lstat(full)
             except OSError:  # gone meanwhile
                 continue
-            found.append([os.path.relpath(full, path), info.st_size]
-                         + ([info.st_mtime_ns] if times else []))
+            entry = [os.path.relpath(full, path), info.st_size]
+            if times:
+                entry.append(info.st_mtime_ns)
+            if contents:
+                entry.append(os.readlink(full) if os.path.islink(full)
+                             else _file_digest(full))
+            found.append(entry)
     return found
 
 
@@ -501,11 +516,27 @@ def source_state(path, skip=("export", "metrics.json", "status.json")):
     return _digest(_listing(path, skip))
 
 
+def inputs_state(paths):
+    """A digest of the input ``paths`` (files or directories) of an output: each one's absolute
+    path and every file's relative name, size and modification time."""
+    entries = []
+    for path in paths:
+        real = os.path.abspath(path)
+        try:
+            info = os.stat(real)
+        except OSError:
+            entries.append([real, None])
+            continue
+        entries.append([real, _listing(real) if os.path.isdir(real)
+                        else [info.st_size, info.st_mtime_ns]])
+    return _digest(entries)
+
+
 def write_stamp(directory, record, name=EXPORT_STAMP):
-    """Write ``record`` (a JSON object) into the complete ``directory`` as ``name``, with the
-    names and sizes of what the directory holds (``stamped`` compares both)."""
+    """Write ``record`` (a JSON object) into the complete ``directory`` as ``name``, with a
+    digest of what the directory holds, contents included (``stamped`` compares both)."""
     import json
-    entries = _listing(directory, skip=(name,), times=False)
+    entries = _listing(directory, skip=(name,), times=False, contents=True)
     with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
         json.dump({**record, "holds": _digest(entries)}, f, indent=2, sort_keys=True)
 
@@ -519,5 +550,10 @@ def stamped(directory, record, name=EXPORT_STAMP):
             found = json.load(f)
     except (OSError, ValueError):
         return False
-    entries = _listing(directory, skip=(name,), times=False)
-    return found == {**record, "holds": _digest(entries)}
+    if not isinstance(found, dict) or {**found, "holds": None} != {**record, "holds": None}:
+        return False  # another record: no need to read what the directory holds
+    try:
+        entries = _listing(directory, skip=(name,), times=False, contents=True)
+    except OSError:  # a file it cannot read: not known to be the same
+        return False
+    return found["holds"] == _digest(entries)

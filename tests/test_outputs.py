@@ -155,6 +155,10 @@ def test_export_is_complete_or_absent_and_overwrite_replaces_a_previous_export(t
     assert snapshot(out) == first
     (out / "vocab.txt").write_text("edited\n")  # the export is not what it was: refused too
     refused(kplm_cli("export", tiny_hf, "--format", "hf", "-o", out), out, "--overwrite")
+    vocab = bytearray(first["vocab.txt"])  # so is an edit that keeps the file's size
+    vocab[-2] ^= 1
+    (out / "vocab.txt").write_bytes(bytes(vocab))
+    refused(kplm_cli("export", tiny_hf, "--format", "hf", "-o", out), out, "--overwrite")
     with open(out / "kplm_export.json", encoding="utf-8") as f:
         assert str(tmp_path) not in f.read()  # no path of this machine in a shipped export
     (out / "vocab.txt").write_bytes(first["vocab.txt"])
@@ -291,6 +295,42 @@ def test_predict_and_evaluate_again_find_their_output_done(tiny_hf, tmp_path):
 
 
 # --- tokenizer train, data prepare ------------------------------------------------------------
+def test_tokenizer_train_again_on_its_complete_output_has_nothing_to_do(tmp_path):
+    """A kill after the rename, or a retry loop: the same command finds its tokenizer done;
+    another config, changed input files or an edited output still need --overwrite."""
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(TRAIN, corpus)
+    config = tmp_path / "config.yaml"
+    section = {"name": "wordpiece", "vocabulary_size": 300}
+    config.write_text(yaml.safe_dump({"data": {"train": {"name": "text_files",
+                                                         "paths": [str(corpus)]}},
+                                      "tokenizer": section}))
+    out = tmp_path / "tok"
+    assert kplm_cli("tokenizer", "train", config, "-o", out).exit_code == 0
+    first = snapshot(out)
+    assert "kplm_tokenizer.json" in first
+    again = kplm_cli("tokenizer", "train", config, "-o", out)
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+    assert snapshot(out) == first
+    refused(kplm_cli("tokenizer", "train", config, "-o", out, "--set",
+                     "tokenizer.vocabulary_size=400"), out, "--overwrite")
+    refused(kplm_cli("tokenizer", "train", config, "-o", out, "--kind", "sentencepiece"),
+            out, "--overwrite")
+    os.utime(corpus, ns=(10**9, 10**9))  # the corpus changed since
+    refused(kplm_cli("tokenizer", "train", config, "-o", out), out, "--overwrite")
+    assert snapshot(out) == first
+    assert kplm_cli("tokenizer", "train", config, "-o", out, "--overwrite").exit_code == 0
+    vocab = bytearray((out / "vocab.txt").read_bytes())  # an edited vocabulary: not done
+    vocab[-2] ^= 1
+    (out / "vocab.txt").write_bytes(bytes(vocab))
+    refused(kplm_cli("tokenizer", "train", config, "-o", out), out, "--overwrite")
+    # the stamp does not get in the way of using the directory as a vocabulary
+    from kplm.plugins import get_registry
+    tokenizer = get_registry().get("tokenizer", "wordpiece")(vocabulary=str(out))
+    assert len(tokenizer.build()(["the film"])[0]) >= 2
+    no_siblings(tmp_path)
+
+
 def test_tokenizer_train_and_data_prepare_refuse_what_they_did_not_write(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data": {"train": {"name": "text_files",

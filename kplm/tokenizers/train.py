@@ -1,11 +1,18 @@
 """``kplm tokenizer train``: learn a vocabulary from a config's training data."""
+import hashlib
+import json
+
 from kplm.config import check_run_keys, check_section
 from kplm.errors import ConfigError
 
 
+#: What ``kplm tokenizer train`` writes with the tokenizer: the digests of the config sections
+#: and input files it learned from, and of what it wrote (``kplm.outputs.write_stamp``), so the
+#: same command run again on its complete output has nothing to do.
+TOKENIZER_STAMP = "kplm_tokenizer.json"
 #: The files kplm's tokenizers save: ``overwrite`` replaces a directory holding only these.
 TOKENIZER_NAMES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt",
-                   "sentencepiece.model")
+                   "sentencepiece.model", TOKENIZER_STAMP)
 
 
 def train_tokenizer(config, output, progress=True, kind=None, overwrite=False):
@@ -15,7 +22,9 @@ def train_tokenizer(config, output, progress=True, kind=None, overwrite=False):
 
     ``output`` follows ``kplm.outputs``: checked before learning, written under a temporary name
     and renamed when complete; ``overwrite`` replaces a previous tokenizer there (a directory
-    holding only ``TOKENIZER_NAMES``), never other files or the config's inputs.
+    holding only ``TOKENIZER_NAMES``), never other files or the config's inputs. Without
+    ``overwrite``, an ``output`` that already holds the tokenizer this config and these input
+    files give (written by this function, unchanged since) is left as it is: returns None.
 
     ``kind`` (e.g. ``"sentencepiece"``) replaces the section's ``name``; of the section's other
     options, those the new kind accepts are kept (``vocabulary_size``, ``lowercase``, ...).
@@ -37,13 +46,19 @@ def train_tokenizer(config, output, progress=True, kind=None, overwrite=False):
     source = source_cls(**{k: v for k, v in source_args.items() if k != "name"})
     tokenizer = tok_cls(**{k: v for k, v in {**tok_args, "vocabulary": None}.items()
                            if k != "name"})
-    from kplm.outputs import atomic_output, check_output, config_inputs
+    from kplm.outputs import atomic_output, check_output, config_inputs, inputs_state, stamped
+    learned_from = {"data": {"train": data["train"]}, "tokenizer": section}
+    record = {"config": hashlib.sha256(json.dumps(learned_from, sort_keys=True, default=str)
+                                       .encode("utf-8")).hexdigest(),
+              "inputs": inputs_state(config_inputs(learned_from))}
+    if not overwrite and stamped(output, record, TOKENIZER_STAMP):
+        return None
     rule = dict(what="--output", overwrite=overwrite, inputs=config_inputs(config),
                 names=TOKENIZER_NAMES)
     check_output(output, **rule)
     source.check()
     tokens = tokenizer.train(source.texts(), progress=progress,
                              total_bytes=getattr(source, "size_bytes", lambda: None)())
-    with atomic_output(output, **rule) as tmp:
+    with atomic_output(output, **rule, stamp=record, stamp_name=TOKENIZER_STAMP) as tmp:
         tokenizer.save(tmp)
     return tokens
