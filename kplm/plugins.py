@@ -131,7 +131,7 @@ def get_plugin_manager():
         _not_installed("KPLM_LOAD_PLUGINS", name, installed)
     for name in sorted(disabled - installed - set(DEFAULT_PLUGINS)):
         _not_installed("KPLM_DISABLE_PLUGINS", name, installed)
-    # pluggy's load_setuptools_entrypoints stops at the first failing plugin (PITFALLS 7), so
+    # pluggy's load_setuptools_entrypoints stops at the first failing plugin, so
     # each entry point is loaded on its own and its failure recorded.
     for ep in entry_points:
         if ep.name in disabled or (only is not None and ep.name not in only):
@@ -233,13 +233,17 @@ def list_plugins():
 def add_plugin(plugin, name, distribution="(added in-process)"):
     """Register ``plugin`` (a module or object with ``@hookimpl`` functions) under ``name`` in
     the running process, as if it were installed; the registry is rebuilt on next use. Used by
-    ``kplm.testing.registered``."""
+    ``kplm.testing.registered``. Returns False, changing nothing, when ``plugin`` itself is
+    already loaded (an installed package's entry point), True when it was added."""
     pm = get_plugin_manager()
+    if pm.is_registered(plugin):
+        return False
     if pm.get_plugin(name) is not None:
         raise PluginError(f"a plugin named {name!r} is already loaded")
     pm.register(plugin, name=name)
     _State.info[name] = {"distribution": distribution, "version": "", "builtin": False}
     _State.registry = None
+    return True
 
 
 def remove_plugin(name):

@@ -334,7 +334,8 @@ def registered(*plugins):
     """Load plugin modules in this process for the duration of a ``with`` block, without
     installing them: what a plugin's own tests need to run ``kplm.pretrain`` / ``finetune`` on
     its components. ``plugins`` are module names or module objects holding ``@hookimpl``
-    functions. Yields the registry.
+    functions. Yields the registry. A plugin that is installed as well (loaded from its entry
+    point) is used as it is, and stays loaded after the block.
 
     Example:
         with kplm.testing.registered("kplm_electra.electra") as registry:
@@ -349,8 +350,8 @@ def registered(*plugins):
         for plugin in plugins:
             module = importlib.import_module(plugin) if isinstance(plugin, str) else plugin
             name = plugin if isinstance(plugin, str) else module.__name__
-            plugin_core.add_plugin(module, name)
-            names.append(name)
+            if plugin_core.add_plugin(module, name):
+                names.append(name)
         yield plugin_core.get_registry()
     finally:
         for name in names:

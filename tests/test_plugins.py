@@ -218,3 +218,31 @@ def test_testing_registered_loads_a_plugin_module_for_a_block():
                    for r in plugins.list_plugins())
     assert "toy" not in plugins.get_registry().names("objective")
     assert "kplm_toy_plugin" not in [r["name"] for r in plugins.list_plugins()]
+
+
+def test_testing_registered_uses_a_plugin_that_is_also_installed():
+    """A plugin's tests run with the package installed too: ``registered`` finds its module
+    already loaded (under its entry point's name) and neither fails nor unloads it."""
+    import types
+
+    from kplm.components import Objective
+    from kplm.hookspecs import hookimpl
+    from kplm.testing import registered
+
+    class Toy(Objective):
+        pass
+
+    module = types.ModuleType("kplm_toy_installed")
+
+    @hookimpl
+    def register_objectives(register):
+        register("toy_installed", Toy)
+    module.register_objectives = register_objectives
+    assert plugins.add_plugin(module, "toy-entry-point")  # as an installed entry point loads it
+    try:
+        with registered(module) as registry:
+            assert registry.get("objective", "toy_installed") is Toy
+        assert plugins.get_registry().get("objective", "toy_installed") is Toy  # still loaded
+    finally:
+        plugins.remove_plugin("toy-entry-point")
+    assert "toy_installed" not in plugins.get_registry().names("objective")

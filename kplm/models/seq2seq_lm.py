@@ -47,7 +47,8 @@ class Seq2SeqLM(keras_hub.models.Seq2SeqLM):
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        # Logits in float32 even under a mixed precision policy (PITFALLS 9).
+        # Logits in float32 even under a mixed precision policy (a float16 softmax over a
+        # vocabulary loses the small probabilities).
         self.logits_output = keras.layers.Activation("linear", dtype="float32", name="logits")
 
         # === Functional Model ===

@@ -1,7 +1,7 @@
 """``trainer.mixed_precision: auto``: bfloat16 only where it is faster on the machine at hand.
 
 Machines that look alike differ here: on one 2-core cloud CPU bfloat16 matmuls ran at half the
-float32 speed (``../shared/bench``: 160 against 309 GFLOP/s), another has ``avx512_bf16`` or AMX,
+float32 speed (160 against 309 GFLOP/s measured), another has ``avx512_bf16`` or AMX,
 and recent GPUs and TPUs run bfloat16 several times faster. So ``auto`` measures instead of
 guessing on CPUs: a short probe (a few 1024 x 1024 matmul chains in each precision, ~0.4 s)
 picks bfloat16 when it is at least 20 % faster, float32 otherwise. On GPUs and TPUs a probe that
