@@ -569,6 +569,14 @@ CASES = [
     ("run-dir-under-a-file", lambda w: w.pretrain(
         {"run_dir": os.path.join(w.write("afile", "x"), "run")}),
      1, r"run_dir: .*afile is a file, so .*afile/run cannot be created"),
+    ("run-dir-config-not-utf8", lambda w: w.pretrain({"run_dir": os.path.dirname(
+        w.write("damaged_run/config.yaml", b"\xff\xfe seed: 0\n"))}),
+     1, r"damaged_run holds a kplm run whose config\.yaml is not UTF-8 text \(damaged\); "
+        r"choose another run_dir or pass --overwrite"),
+    ("run-dir-config-not-a-mapping", lambda w: w.pretrain({"run_dir": os.path.dirname(
+        w.write("damaged_run/config.yaml", "- a list\n"))}),
+     1, r"damaged_run holds an unfinished run with a different config \(the run's config\.yaml "
+        r"is damaged: not a YAML mapping\)"),
     ("export-into-non-empty-dir", lambda w: [
         "export", w.runs["clf"], "-o", os.path.dirname(w.write("full/x.txt", "keep"))],
      1, r"full holds x\.txt"),

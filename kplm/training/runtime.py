@@ -62,8 +62,13 @@ def prepare_run_dir(run_dir, overwrite, config_text, inputs=(), finished=None, k
     if not os.path.exists(config_path):
         refuse(f"run_dir {shown} holds files of a kplm run but no {runs.CONFIG}; choose "
                "another run_dir or pass --overwrite")
-    with open(config_path, encoding="utf-8") as f:
+    with open(config_path, "rb") as f:
         previous = f.read()
+    try:
+        previous = previous.decode("utf-8")
+    except UnicodeDecodeError:
+        refuse(f"run_dir {shown} holds a kplm run whose {runs.CONFIG} is not UTF-8 text "
+               "(damaged); choose another run_dir or pass --overwrite")
     if os.path.exists(os.path.join(run_dir, runs.METRICS)):
         if finished is not None:
             finished(run_dir)
@@ -136,7 +141,10 @@ def _same_config(previous_text, text):
 
 def _first_difference(previous_text, text):
     from kplm.config import flatten as flat
-    old, new = flat(_config_of(previous_text)), flat(_config_of(text))
+    previous = _config_of(previous_text)
+    if set(previous) & {"<config.yaml>", "<unreadable config.yaml>"}:
+        return "the run's config.yaml is damaged: not a YAML mapping"
+    old, new = flat(previous), flat(_config_of(text))
     for key in list(new) + [k for k in old if k not in new]:
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             return (f"{key}: {errors.shown(old.get(key, '<absent>'), 80)} in the run, "
