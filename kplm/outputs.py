@@ -62,7 +62,7 @@ RUN_NAMES = RUN_MARKERS + ("tokenizer", "tensorboard", "backbone.json", "model.j
                            "teacher_outputs.tfrecord",  # distillation.cache, until the run ends
                            "*.csv")  # the csv_logger callback's log
 #: What ``kplm data prepare`` writes (``kplm.data.prepare``).
-SHARDS_NAMES = ("manifest.json", "tokenizer", "*.tfrecord")
+SHARDS_NAMES = ("manifest.json", "tokenizer", "tokenizer_learned_with.json", "*.tfrecord")
 _CHECKPOINT_MARKERS = ("ckpt.index", "checkpoint", "state.json")
 _STEP = re.compile(r"^step-\d{8,}$")  # kplm.training.checkpoints' directories
 #: ``.NAME.tmp-PID`` / ``.NAME.old-PID``, or for a file ``.NAME.tmp-PID.NAME`` (its suffix
@@ -197,19 +197,23 @@ def check_output(path, *, what="output", file=False, overwrite=False, inputs=(),
         raise OutputError(f"{what}: {shown} is a symbolic link; give the path it points to")
     real = os.path.realpath(absolute)
     parent = os.path.dirname(real)
-    if file:
-        if os.path.isdir(real):
-            raise OutputError(f"{what}: {shown} is a directory, expected a file name")
-        if not os.path.isdir(parent):
-            raise OutputError(f"{what}: folder {show(os.path.dirname(absolute))} does not exist; "
-                              "create it first or choose another file")
-    elif os.path.lexists(real) and not os.path.isdir(real):
-        raise OutputError(f"{what}: {shown} is a file, expected a directory")
     existing = parent
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise OutputError(f"{what}: {show(existing)} is a file, so {shown} cannot be created")
+    if file:
+        if os.path.isdir(real) or str(path).endswith(("/", os.sep)):
+            raise OutputError(f"{what}: {shown} is a directory, expected a file name")
+        if os.path.lexists(real) and not os.path.isfile(real):
+            # a device (/dev/null), a pipe or a socket: a rename would put a file in its place
+            raise OutputError(f"{what}: {shown} is not a regular file (a device, a pipe or a "
+                              "socket); expected a file name")
+        if not os.path.isdir(parent):
+            raise OutputError(f"{what}: folder {show(os.path.dirname(absolute))} does not exist; "
+                              "create it first or choose another file")
+    elif os.path.lexists(real) and not os.path.isdir(real):
+        raise OutputError(f"{what}: {shown} is a file, expected a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{what}: cannot write into {show(existing)} (permission denied)")
     inside = _inside(real)

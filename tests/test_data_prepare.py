@@ -397,3 +397,23 @@ def test_kill_9_of_prepare_ends_its_workers_and_manager(corpus, tmp_path):
     for c in left:  # the test's own clean-up
         os.kill(c, signal.SIGKILL)
     assert not left, f"still running after the kill: {left}"
+
+
+def test_a_changed_tokenizer_section_is_learned_again(corpus, prepared, tmp_path):
+    """The tokenizer learned by an earlier run is reused only for the same tokenizer section:
+    another (here lowercase: false) is learned again, and every shard made with it."""
+    from kplm.data.prepare import prepare
+    out = str(tmp_path / "copy")
+    shutil.copytree(prepared["out"], out)
+    log = []
+    prepare(_config(corpus), out, workers=1, echo=log.append)
+    assert any("reusing the tokenizer" in line for line in log)
+    before = _mtimes(out)
+    log = []
+    manifest = prepare(_config(corpus, {**TOKENIZER, "lowercase": False}), out, workers=1,
+                       echo=log.append)
+    assert not any("reusing the tokenizer" in line for line in log)
+    assert any("learning a wordpiece vocabulary" in line for line in log)
+    assert json.load(open(os.path.join(out, "tokenizer", "tokenizer.json")))["lowercase"] is False
+    assert manifest["tokenizer"]["sha256"] != prepared["manifest"]["tokenizer"]["sha256"]
+    assert all(_mtimes(out)[f] != t for f, t in before.items())

@@ -32,6 +32,10 @@ from kplm.errors import ConfigError, DataError, describe, shown
 
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
+#: Beside the learned tokenizer: what it was learned with (the tokenizer and data.train
+#: sections), so that a later run reuses it only for the same ones (a file of data.train
+#: changed since only has its own shard made again, with the same tokenizer).
+LEARNED_WITH = "tokenizer_learned_with.json"
 FEATURE = "ids"
 FORMAT = "kplm-tfrecord"
 SPLITS = ("train", "validation")
@@ -169,7 +173,11 @@ def _prepare(config, output, overwrite, echo, progress, workers):
     # --- the tokenizer: given, reused from an earlier run, or learned ------------------------
     tok_dir = os.path.join(output, TOKENIZER_DIR)
     tok_options = {k: v for k, v in tok_args.items() if k != "name"}
-    if tok_options.get("vocabulary") is None and _saved_kind(tok_dir) == tok_args["name"]:
+    learned_path = os.path.join(output, LEARNED_WITH)
+    learned_with = json.loads(json.dumps({"tokenizer": {"name": tok_args["name"], **tok_options},
+                                          "data.train": sources["train"][1]}, default=str))
+    if (tok_options.get("vocabulary") is None and _saved_kind(tok_dir) == tok_args["name"]
+            and _read_json(learned_path) == learned_with):
         say(f"reusing the tokenizer learned by an earlier run ({tok_dir})")
     else:
         tokenizer = tok_cls(**tok_options)
@@ -181,6 +189,12 @@ def _prepare(config, output, overwrite, echo, progress, workers):
         if os.path.isdir(tok_dir):
             shutil.rmtree(tok_dir)
         tokenizer.save(tok_dir)
+        if tok_options.get("vocabulary") is None:  # learned here: say from what
+            with open(learned_path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(learned_with, f, indent=2, sort_keys=True)
+            os.replace(learned_path + ".tmp", learned_path)
+        elif os.path.exists(learned_path):
+            os.remove(learned_path)  # ours (SHARDS_NAMES): the tokenizer is no longer learned
     tok_sha = tokenizer_hash(tok_dir)
 
     # --- plan: one shard per input file; keep the finished ones ------------------------------
@@ -265,6 +279,14 @@ def _prepare(config, output, overwrite, echo, progress, workers):
 
 #: ``kplm.prepare_data``: the name on the public facade.
 prepare_data = prepare
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _saved_kind(directory):
