@@ -172,6 +172,10 @@ def summarize(run_dir, scalars=None):
     from kplm.events import scalars as read_scalars
     config = read_config(run_dir)
     kind, task = kind_of(config)
+    head = _read_json(os.path.join(run_dir, runs.HEAD_CONFIG))
+    if not config:  # config.yaml missing or damaged: what head.json says, else unknown
+        kind, task = (("finetune", str(head.get("name", "?"))) if head is not None
+                      else ("?", "config.yaml unreadable"))
     metrics = _read_json(os.path.join(run_dir, runs.METRICS))
     status = _read_json(os.path.join(run_dir, runs.STATUS)) or {}
     scalars = read_scalars(run_dir) if scalars is None else scalars
@@ -182,12 +186,14 @@ def summarize(run_dir, scalars=None):
     step = max([logged] + checkpoints[-1:])
 
     row = {"run": run_dir, "kind": kind, "task": task, "step": step, "total_steps": total,
-           "initialised_from": initialised_from(config), "error": None,
+           "initialised_from": initialised_from(config) if config else "?", "error": None,
            "last_checkpoint": checkpoints[-1] if checkpoints else None}
     if metrics is not None:
         row["state"] = "finished"
         step = metrics.get("train_steps", metrics.get("steps", step))
         row["step"] = step if isinstance(step, int) else row["step"]
+    elif os.path.exists(os.path.join(run_dir, runs.METRICS)):
+        row["state"] = "damaged"  # written at the end of a run, unreadable now
     elif status.get("state") == "running" and _alive(status):
         row["state"] = "running"
     elif status.get("state") == "failed":
@@ -200,7 +206,8 @@ def summarize(run_dir, scalars=None):
     row["status"] = {"finished": "finished", "running": f"running, step {row['step']}",
                      "failed": f"failed at step {row['step']}",
                      "interrupted": f"interrupted at step {row['step']}",
-                     "not started": "not started"}[row["state"]]
+                     "not started": "not started",
+                     "damaged": "finished? metrics.json unreadable"}[row["state"]]
 
     # the best validation metric
     name, mode, value = None, "min", None

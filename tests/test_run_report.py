@@ -99,7 +99,15 @@ def test_runs_lists_a_run_whose_config_is_damaged(tmp_path):
     (run / "config.yaml").write_bytes(b"run_dir: x\nobjective: {name: \xff}\n")
     (run / "metrics.json").write_text("{}")
     row = summarize(str(run))
-    assert row["state"] == "finished" and row["task"] == "?"
+    assert row["state"] == "finished"
+    assert (row["kind"], row["task"], row["initialised_from"]) == (
+        "?", "config.yaml unreadable", "?")
+    (run / "head.json").write_text('{"name": "token_classification", "labels": ["O", "B-x"]}')
+    row = summarize(str(run))
+    assert (row["kind"], row["task"]) == ("finetune", "token_classification")
+    (run / "metrics.json").write_text("{")  # damaged: not taken for an interrupted run
+    row = summarize(str(run))
+    assert row["state"] == "damaged" and row["status"] == "finished? metrics.json unreadable"
 
 
 def test_runs_refuses_a_folder_without_runs_in_one_line(tmp_path):
