@@ -104,7 +104,7 @@ def finetune(config, overrides, overwrite):
 def evaluate(run_dir, paths, output, overwrite):
     """Evaluate a fine-tuned RUN_DIR on labelled data; print and write the metrics."""
     rule = dict(what="--output", file=True, overwrite=overwrite, inputs=[run_dir, *paths])
-    if output:  # before the model is loaded
+    if output is not None:  # before the model is loaded ('' is refused: an empty path)
         _check_file_output(output, rule, lambda text: isinstance(found := json.loads(text), dict)
                            and found.get("data") == list(paths))
     else:  # the run's metrics.json takes the result: read (and check) it before evaluating
@@ -120,7 +120,7 @@ def evaluate(run_dir, paths, output, overwrite):
     run = FinetunedRun(run_dir)
     metrics = run.evaluate(run.source(paths))
     result = {"data": list(paths), **metrics}
-    if output:
+    if output is not None:
         if not _write_file_output(output, rule, json_text(result)):
             click.echo(f"{output} already holds these metrics: nothing to do", err=True)
     else:
@@ -145,7 +145,7 @@ def predict(run_dir, input_path, output, overwrite):
     from kplm.data.files import input_lines, shown_input
     name = shown_input(getattr(input_path, "name", "-"))  # stdin under click.testing: no name
     given = list(input_lines(input_path, name))  # UTF-8, checked before loading
-    if output:  # before the model is loaded
+    if output is not None:  # before the model is loaded ('' is refused: an empty path)
         _check_file_output(output, rule, lambda text: _holds_predictions_of(text, given))
     import_tensorflow_quietly()
     from kplm.errors import DataError
@@ -169,7 +169,7 @@ def predict(run_dir, input_path, output, overwrite):
             examples.append({head.text_field: line})
     lines = [json.dumps({**ex, **p}, ensure_ascii=False)
              for ex, p in zip(examples, run.predict(examples))]
-    if output:
+    if output is not None:
         if not _write_file_output(output, rule, "".join(line + "\n" for line in lines)):
             click.echo(f"{output} already holds these predictions: nothing to do", err=True)
     else:
@@ -278,15 +278,14 @@ def generate(run_dir, prompts, prompt_file, sampler, max_length, top_k, top_p, n
     if not prompts:
         raise KplmError("no prompt: give --prompt TEXT or --file PROMPTS.txt")
     import_tensorflow_quietly()
-    from kplm.generation import decode, generate_ids, load_generator
+    from kplm.generation import generate_ids, load_generator, texts_and_completions
     model, tok = load_generator(run_dir)
     out = generate_ids(model, tok, prompts,
                        max_length=model.backbone.sequence_length if max_length is None
                        else max_length,
                        sampler=sampler, use_cache=not no_cache, k=top_k, p=top_p,
                        num_beams=num_beams, temperature=temperature, seed=seed)
-    texts = decode(tok, out["token_ids"], out["padding_mask"])
-    completions = decode(tok, out["token_ids"], out["padding_mask"], out["prompt_lengths"])
+    texts, completions = texts_and_completions(tok, out)
     for prompt, text, completion in zip(prompts, texts, completions):
         click.echo(json.dumps({"prompt": prompt, "text": text, "completion": completion},
                               ensure_ascii=False))

@@ -220,6 +220,33 @@ class Head(Component):
     def prepare(self, source):
         """Learn what the data fixes (label sets, ...). Default: nothing."""
 
+    @staticmethod
+    def checked_labels(labels):
+        """``labels`` (``head.labels``: given in a config, or read back from a run's
+        ``head.json``) as a list, refused (``ConfigError``) unless None or at least 2 distinct,
+        non-empty strings."""
+        from kplm.errors import ConfigError
+        if labels is None:
+            return None
+        labels = list(labels)
+        if len(labels) < 2:
+            raise ConfigError(f"head.labels: at least 2 labels, got {len(labels)}")
+        if any(not isinstance(label, str) or not label.strip() for label in labels):
+            raise ConfigError("head.labels: every label must be a non-empty string")
+        if len(set(labels)) != len(labels):
+            raise ConfigError("head.labels: labels must be distinct")
+        return labels
+
+    def require_fields(self, example, *keys):
+        """Refuse (``DataError``) an ``example`` lacking the field a ``head.KEY`` names, for
+        each of ``keys`` (``"text_field"``, ``"label_field"``, ...) that is set."""
+        from kplm.errors import DataError, listed
+        for key in keys:
+            field = getattr(self, key)
+            if field is not None and field not in example:
+                raise DataError(f"the data has no field '{field}' (fields: "
+                                f"{listed(sorted(example), 120)}); set head.{key}")
+
     def tokens_per_row(self, sequence_length):
         """Tokens one example trains on (for tokens/s). Default: ``sequence_length``."""
         return sequence_length

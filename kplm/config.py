@@ -99,8 +99,8 @@ def load_yaml(path):
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {os.path.getsize(path):,} bytes is too large for a config "
-                          f"(at most {MAX_CONFIG_BYTES:,})")
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES:,} bytes, too large for a "
+                          "config")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

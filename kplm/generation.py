@@ -158,6 +158,30 @@ def encode_prompts(tokenizer, prompts, max_length):
     return {"token_ids": token_ids.numpy(), "padding_mask": padding_mask.numpy()}, lengths
 
 
+def check_sampler_size(backbone, options, *, rows, max_length):
+    """Refuse (``ConfigError``, before any work) a ``k`` or ``num_beams`` above the vocabulary
+    size, and beams whose key/value cache for ``rows`` prompts at a time would not fit in half
+    of this machine's memory (a typo of ``--num-beams`` would otherwise fill it)."""
+    vocabulary = getattr(backbone, "vocabulary_size", None)
+    for key, flag in (("k", "--top-k"), ("num_beams", "--num-beams")):
+        value = options.get(key)
+        if vocabulary and isinstance(value, int) and value > vocabulary:
+            raise ConfigError(f"sampler option {key} ({flag}) must be at most the vocabulary "
+                              f"size ({vocabulary:,}), got {value:,}")
+    beams = options.get("num_beams")
+    layers, width = getattr(backbone, "num_layers", None), getattr(backbone, "hidden_dim", None)
+    if not isinstance(beams, int) or not layers or not width:
+        return
+    from kplm.training.distribute import host_memory_bytes
+    need = rows * beams * (layers * 2 * max_length * width + 2 * (vocabulary or 0)) * 4
+    memory = host_memory_bytes()
+    if memory and need > memory / 2:
+        raise ConfigError(f"sampler option num_beams (--num-beams) {beams:,} would hold about "
+                          f"{need / 2**30:.1f} GiB of decoder cache for {rows} prompt(s) at a "
+                          f"time, more than half of this machine's {memory / 2**30:.1f} GiB; "
+                          "use fewer beams")
+
+
 def generate_ids(model, tokenizer, prompts, *, max_length, sampler="greedy", use_cache=True,
                  stop=True, batch_size=32, **sampler_options):
     """Token ids of the generations: ``{"token_ids", "padding_mask", "prompt_lengths"}`` numpy
@@ -171,6 +195,8 @@ def generate_ids(model, tokenizer, prompts, *, max_length, sampler="greedy", use
     if not 1 < max_length <= limit:
         raise ConfigError(f"max_length must be within [2, {limit}] (the backbone's "
                           f"sequence_length), got {max_length}")
+    check_sampler_size(model.backbone, sampler_options, rows=min(batch_size, len(prompts)),
+                       max_length=max_length)
     use_sampler(model, sampler, use_cache, sampler_options)
     inputs, lengths = encode_prompts(tokenizer, prompts, max_length)
     stop_ids = [tokenizer.special_id("sep")] if stop else None
@@ -200,6 +226,22 @@ def decode(tokenizer, token_ids, padding_mask, start=None):
     return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
 
 
+def texts_and_completions(tokenizer, out):
+    """``(texts, completions)`` of ``generate_ids``' output: each whole text, and what follows
+    its prompt there. A continuation that starts inside the prompt's last word (a ``##`` piece)
+    continues that word: the completion is the rest of the text, not a piece shown as ``##us``.
+    """
+    import numpy as np
+    texts = decode(tokenizer, out["token_ids"], out["padding_mask"])
+    positions = np.arange(out["token_ids"].shape[1])[None, :]
+    in_prompt = out["padding_mask"] * (positions < np.asarray(out["prompt_lengths"])[:, None])
+    prompts = decode(tokenizer, out["token_ids"], in_prompt)
+    tails = decode(tokenizer, out["token_ids"], out["padding_mask"], out["prompt_lengths"])
+    completions = [text[len(prompt):].lstrip() if text.startswith(prompt) else tail
+                   for text, prompt, tail in zip(texts, prompts, tails)]
+    return texts, completions
+
+
 def generate(model, tokenizer, prompts, *, max_length, sampler="greedy", use_cache=True,
              strip_prompt=False, batch_size=32, **sampler_options):
     """Continue each prompt of ``prompts`` (a list of strings); returns the texts (prompt
@@ -220,5 +262,5 @@ def generate(model, tokenizer, prompts, *, max_length, sampler="greedy", use_cac
     """
     out = generate_ids(model, tokenizer, prompts, max_length=max_length, sampler=sampler,
                        use_cache=use_cache, batch_size=batch_size, **sampler_options)
-    start = out["prompt_lengths"] if strip_prompt else None
-    return decode(tokenizer, out["token_ids"], out["padding_mask"], start)
+    texts, completions = texts_and_completions(tokenizer, out)
+    return completions if strip_prompt else texts

@@ -314,3 +314,38 @@ def test_cli_generate_refuses_max_length_0(clm_run):
     assert result.exit_code == 1, result.output
     assert "max_length must be within [2, 64]" in result.output and "got 0" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_completion_that_continues_the_prompts_last_word(generator):
+    """A first new token that is a ``##`` piece continues the prompt's last word: the
+    completion is the rest of the text ("s are"), never the piece itself ("##s are")."""
+    from kplm.generation import texts_and_completions
+    _, tok = generator
+    piece = next(t for t in tok.tokens if t.startswith("##") and len(t) > 2)
+    ids = [tok.special_id("cls"), tok.token_to_id("the"), tok.token_to_id("game"),
+           tok.token_to_id(piece), tok.token_to_id("was"), tok.special_id("sep"),
+           tok.special_id("pad")]
+    out = {"token_ids": np.array([ids, ids]), "padding_mask": np.array([[1] * 6 + [0]] * 2),
+           "prompt_lengths": np.array([3, 4])}
+    texts, completions = texts_and_completions(tok, out)
+    assert texts == [f"the game{piece[2:]} was"] * 2
+    assert completions == [f"{piece[2:]} was", "was"]
+
+
+def test_samplers_larger_than_the_vocabulary_or_the_memory_are_refused(generator):
+    from kplm.errors import ConfigError
+    from kplm.generation import check_sampler_size
+    model, tok = generator
+    vocabulary = model.backbone.vocabulary_size
+    for key, flag in (("k", "top-k"), ("num_beams", "num-beams")):
+        with pytest.raises(ConfigError, match=rf"{key} \(--{flag}\) must be at most the "
+                                              rf"vocabulary size \({vocabulary:,}\)"):
+            generate(model, tok, PROMPTS, max_length=8, sampler="top_k" if key == "k"
+                     else "beam", **{key: vocabulary + 1})
+    check_sampler_size(model.backbone, {"num_beams": vocabulary}, rows=2, max_length=8)
+
+    class Wide:  # the cache of 4 beams of a model this wide would not fit
+        vocabulary_size, num_layers, hidden_dim = 10**6, 10**3, 10**6
+    with pytest.raises(ConfigError, match=r"num_beams \(--num-beams\) 4 would hold about "
+                                          r"[\d.]+ GiB of decoder cache for 2 prompt\(s\)"):
+        check_sampler_size(Wide(), {"num_beams": 4}, rows=2, max_length=8)

@@ -174,6 +174,12 @@ def generate_on(setup, *extra):
     return lambda w: ["generate", setup(w), "--prompt", "the film", "--max-length", "6", *extra]
 
 
+def fifo(path):
+    """A named pipe at ``path`` (a stand-in for /dev/null and other non-regular files)."""
+    os.mkfifo(path)
+    return path
+
+
 def predict_on(setup, text="the film\n"):
     return lambda w: {"args": ["predict", setup(w)], "input": text}
 
@@ -442,6 +448,24 @@ CASES = [
         "clf", "head.json", lambda p: edit_json(p, labels=["neg", "pos", "meh"]))),
      1, r"clf: head\.json does not match model\.json \(num_classes: 2 in model\.json, 3 from "
         r"head\.json\); one was edited"),
+    ("predict-head-labels-empty", predict_on(damaged(
+        "clf", "head.json", lambda p: edit_json(p, labels=[]))),
+     1, r"head\.json: head\.labels: at least 2 labels, got 0"),
+    ("predict-head-label-blank", predict_on(damaged(
+        "clf", "head.json", lambda p: edit_json(p, labels=[" ", "pos"]))),
+     1, r"head\.json: head\.labels: every label must be a non-empty string"),
+    ("finetune-labels-differ-in-case", lambda w: w.finetune({"data.train": w.csv(w.write(
+        "d.tsv", tsv_with(7, b"the film\tPOS")))}),
+     1, r"data\.train \(.*d\.tsv\): labels 'POS', 'pos' differ only in spelling \(case, number "
+        r"format, spaces\) and would be separate classes"),
+    ("finetune-text-field-missing", lambda w: w.finetune({"head.text_field": "nope"}),
+     1, r"data\.train \(.*\): the data has no field 'nope' \(fields: label, text\); set "
+        r"head\.text_field"),
+    ("finetune-pair-field-missing", lambda w: w.finetune({"head.pair_field": "nope"}),
+     1, r"the data has no field 'nope' \(fields: label, text\); set head\.pair_field"),
+    ("finetune-batch-beyond-memory", lambda w: w.finetune({"trainer.batch_size": 10**9}),
+     1, r"config key 'trainer\.batch_size' \(1,000,000,000\): a step of 1,000,000,000 rows of "
+        r"16 tokens keeps at least [\d,.]+ GiB of activations, more than this machine's"),
     ("predict-nan-weights", predict_on(damaged("clf", "model.weights.h5", poison_weights_file)),
      1, r"model\.weights\.h5 \(model weights\): weight .* is NaN or inf in the file"),
     ("finetune-label-empty", lambda w: w.finetune({"data.train": w.csv(w.write(
@@ -490,6 +514,13 @@ CASES = [
      1, r"backbone\.weights\.h5: backbone weights \(\.weights\.h5\) not found"),
     ("generate-truncated-weights", generate_on(damaged("clm", "backbone.weights.h5", truncated)),
      1, r"backbone\.weights\.h5: cannot read backbone weights"),
+    ("generate-top-k-beyond-vocabulary", generate_on(lambda w: w.runs["clm"], "--sampler",
+                                                     "top_k", "--top-k", "100000"),
+     1, r"sampler option k \(--top-k\) must be at most the vocabulary size \([\d,]+\), got "
+        r"100,000"),
+    ("generate-beams-beyond-vocabulary", generate_on(lambda w: w.runs["clm"], "--sampler",
+                                                     "beam", "--num-beams", "100000"),
+     1, r"sampler option num_beams \(--num-beams\) must be at most the vocabulary size"),
     ("generate-on-encoder-run", lambda w: ["generate", w.runs["enc"], "--prompt", "a"],
      1, r"enc: a pretraining run of an encoder backbone \(Encoder, objective masked_lm\); "
         r"generate needs a decoder run \(objective causal_lm\)"),
@@ -583,6 +614,22 @@ CASES = [
     ("predict-output-folder-missing", lambda w: {
         "args": ["predict", w.runs["clf"], "-o", w.path("no/such/out.jsonl")], "input": "a\n"},
      1, r"folder .*no/such does not exist"),
+    ("predict-output-a-pipe", lambda w: {"args": ["predict", w.runs["clf"], "-o", fifo(
+        w.path("pipe")), "--overwrite"], "input": "a\n"},
+     1, r"--output: .*pipe is not a regular file \(a device, a pipe or a socket\)"),
+    ("evaluate-output-ends-with-a-slash", lambda w: [
+        "evaluate", w.runs["clf"], "--data", w.runs["train_tsv"], "-o", w.path("new") + "/"],
+     1, r"--output: .*new/ is a directory, expected a file name"),
+    ("evaluate-output-under-a-file", lambda w: [
+        "evaluate", w.runs["clf"], "--data", w.runs["train_tsv"], "-o",
+        os.path.join(w.write("afile.txt", "x"), "m.json")],
+     1, r"--output: .*afile\.txt is a file, so .*m\.json cannot be created"),
+    ("predict-output-empty", lambda w: {"args": ["predict", w.runs["clf"], "-o", ""],
+                                        "input": "a\n"},
+     1, r"--output: an empty path; expected a file"),
+    ("data-path-a-pipe", lambda w: w.data({"name": "text_files", "paths": [fifo(w.path("p"))]}),
+     1, r"paths: '.*p' is not a regular file \(a device, a pipe or a socket\); expected a data "
+        r"file"),
     ("tokenizer-train-output-a-file", lambda w: [
         "tokenizer", "train", w.pretrain()[1], "-o", w.write("tokfile", "x")],
      2, r"tokfile.*is a file"),

@@ -57,9 +57,7 @@ class RegressionHead(SequenceClassificationHead):
         total = count = 0
         seen = set()
         for number, example in enumerate(source.build().as_numpy_iterator(), 1):
-            if self.label_field not in example:
-                raise DataError(f"the data has no field '{self.label_field}' "
-                                f"(fields: {', '.join(example)}); set head.label_field")
+            self.require_fields(example, "label_field", "text_field", "pair_field")
             raw = example[self.label_field].decode("utf-8")
             try:
                 value = float(raw)

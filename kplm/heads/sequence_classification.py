@@ -3,7 +3,7 @@ from typing import Literal, Optional
 
 from kplm.checks import check_limits
 from kplm.components import Head
-from kplm.errors import ConfigError, DataError
+from kplm.errors import DataError, listed
 from kplm.hookspecs import hookimpl
 from kplm.models.inference import batch_predictor
 
@@ -50,11 +50,9 @@ class SequenceClassificationHead(Head):
                  dropout: float = 0.1, shuffle_buffer: int = 10000,
                  pooling: Literal["pooler", "cls", "mean"] = "pooler"):
         check_limits(self.limits, locals(), "head")
-        self.labels = list(labels) if labels is not None else None
+        self.labels = self.checked_labels(labels)
         self.text_field, self.pair_field, self.label_field = text_field, pair_field, label_field
         self.dropout, self.shuffle_buffer, self.pooling = dropout, shuffle_buffer, pooling
-        if self.labels is not None and len(set(self.labels)) != len(self.labels):
-            raise ConfigError("head.labels: labels must be distinct")
 
     def get_config(self):
         return {"labels": self.labels, "text_field": self.text_field,
@@ -67,9 +65,7 @@ class SequenceClassificationHead(Head):
         """Learn the label set from a data source (one streaming pass) unless it was given."""
         seen = set()
         for number, example in enumerate(source.build().as_numpy_iterator(), 1):
-            if self.label_field not in example:
-                raise DataError(f"the data has no field '{self.label_field}' "
-                                f"(fields: {', '.join(example)}); set head.label_field")
+            self.require_fields(example, "label_field", "text_field", "pair_field")
             label = example[self.label_field].decode("utf-8")
             if not label.strip():
                 raise DataError(f"example {number}: the label ('{self.label_field}') is empty")
@@ -78,10 +74,12 @@ class SequenceClassificationHead(Head):
             if len(seen) < 2:
                 raise DataError(f"the training data has {len(seen)} distinct label(s); "
                                 "classification needs at least 2")
+            _refuse_spelling_variants(seen)
             self.labels = sorted(seen)
         unknown = seen - set(self.labels)
         if unknown:
-            raise DataError(f"labels {sorted(unknown)} are not in head.labels {self.labels}")
+            raise DataError(f"labels [{listed(map(repr, sorted(unknown)), 80)}] are not in "
+                            f"head.labels [{listed(map(repr, self.labels), 80)}]")
         return self.labels
 
     # --- data -------------------------------------------------------------------------------
@@ -245,6 +243,28 @@ class SequenceClassificationHead(Head):
         return [{"label": self.labels[int(np.argmax(p))],
                  "probabilities": {label: round(float(v), 6) for label, v in zip(self.labels, p)}}
                 for p in probabilities]
+
+
+def _spelling(label):
+    """What two spellings of one label share: ``"1"`` / ``"1.0"`` / ``" 1"``, ``"Positive"`` /
+    ``"POSITIVE"``."""
+    try:
+        return repr(float(label))
+    except ValueError:
+        return label.strip().casefold()
+
+
+def _refuse_spelling_variants(labels):
+    """Refuse learned labels that differ only in spelling (case, number format, spaces): each
+    would be a class of its own, the model split between them."""
+    groups = {}
+    for label in sorted(labels):
+        groups.setdefault(_spelling(label), []).append(label)
+    for variants in groups.values():
+        if len(variants) > 1:
+            raise DataError(f"labels {listed(map(repr, variants), 80)} differ only in spelling "
+                            "(case, number format, spaces) and would be separate classes: "
+                            "write them one way, or list them in head.labels to keep them apart")
 
 
 @hookimpl

@@ -4,7 +4,7 @@ from typing import Optional
 
 from kplm.checks import check_limits
 from kplm.components import Head
-from kplm.errors import ConfigError, DataError
+from kplm.errors import DataError, listed
 from kplm.hookspecs import hookimpl
 from kplm.models.inference import batch_predictor
 
@@ -52,11 +52,9 @@ class TokenClassificationHead(Head):
     def __init__(self, labels: Optional[list[str]] = None, tokens_field: str = "tokens",
                  tags_field: str = "tags", dropout: float = 0.1, shuffle_buffer: int = 10000):
         check_limits(self.limits, locals(), "head")
-        self.labels = list(labels) if labels is not None else None
+        self.labels = self.checked_labels(labels)
         self.tokens_field, self.tags_field = tokens_field, tags_field
         self.dropout, self.shuffle_buffer = dropout, shuffle_buffer
-        if self.labels is not None and len(set(self.labels)) != len(self.labels):
-            raise ConfigError("head.labels: labels must be distinct")
 
     def get_config(self):
         return {"labels": self.labels, "tokens_field": self.tokens_field,
@@ -85,7 +83,8 @@ class TokenClassificationHead(Head):
             self.labels = sorted(seen)
         unknown = seen - set(self.labels)
         if unknown:
-            raise DataError(f"tags {sorted(unknown)} are not in head.labels {self.labels}")
+            raise DataError(f"tags [{listed(map(repr, sorted(unknown)), 80)}] are not in "
+                            f"head.labels [{listed(map(repr, self.labels), 80)}]")
         return self.labels
 
     # --- data -------------------------------------------------------------------------------
@@ -226,7 +225,8 @@ class TokenClassificationHead(Head):
         # IOB shape (``PER``, ``ORG``: another tagging scheme) would score as O: refused.
         shapeless = [t for t in unseen if not re.fullmatch(r"[BI]-\S+", t)]
         if shapeless:
-            raise DataError(f"tags {shapeless} are not in the run's labels {self.labels} "
+            raise DataError(f"tags [{listed(map(repr, shapeless), 80)}] are not in the run's "
+                            f"labels [{listed(map(repr, self.labels), 80)}] "
                             "and are not IOB tags (B-TYPE / I-TYPE) that could be scored as "
                             "missed entities")
         predicted = self._predict_tags(model, self.encode(

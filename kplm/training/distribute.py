@@ -140,6 +140,48 @@ def output_dir(path, strategy=None):
     return tempfile.mkdtemp(prefix=f"kplm-{resolver.task_type}{resolver.task_id}-")
 
 
+def host_memory_bytes():
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_activation_memory(batch_size, accumulation_steps, backbone, row_length, *,
+                            half_precision=False, memory=None):
+    """Refuse, before the first step, a batch whose activations alone cannot fit in this
+    machine's memory (``memory`` bytes; default: all of it), so that a typo such as
+    ``trainer.batch_size=100000`` is one line instead of a machine filled until it swaps or
+    kills. For training on CPUs (accelerators hold activations in their own memory).
+
+    The estimate is a lower bound of what one micro-batch keeps for its backward pass: per
+    token and layer, 8 hidden-wide vectors (input, queries, keys, values, attention output,
+    two layer norms, feed-forward output), 2 intermediate-wide ones and a row of attention
+    probabilities per head; the teacher of a distillation and the optimizer come on top.
+
+    Example:
+    >>> class Tiny: num_layers, hidden_dim, intermediate_dim, num_heads = 2, 128, 512, 2
+    >>> check_activation_memory(32, 1, Tiny(), 128, memory=2**30)  # ~0.1 GiB: fine
+    """
+    dims = [getattr(backbone, name, None)
+            for name in ("num_layers", "hidden_dim", "intermediate_dim", "num_heads")]
+    memory = memory or host_memory_bytes()
+    if not memory or not all(isinstance(d, int) and d > 0 for d in dims):
+        return  # a backbone of another shape: not estimated
+    layers, hidden, intermediate, heads = dims
+    rows = batch_size // max(accumulation_steps, 1)
+    span = min(row_length, getattr(backbone, "sequence_length", None) or row_length)
+    per_token = layers * (8 * hidden + 2 * intermediate + heads * span)
+    need = rows * row_length * per_token * (2 if half_precision else 4)
+    if need > memory:
+        raise ConfigError(
+            f"config key 'trainer.batch_size' ({batch_size:,}): a step of {rows:,} rows of "
+            f"{row_length} tokens keeps at least {need / 2**30:,.1f} GiB of activations, more "
+            f"than this machine's {memory / 2**30:,.1f} GiB; lower trainer.batch_size or raise "
+            "trainer.gradient_accumulation_steps")
+
+
 def check_batch_size(batch_size, accumulation_steps, strategy):
     """Refuse a global batch that does not split evenly into replicas x micro-batches.
 

@@ -106,7 +106,7 @@ def _run(job, *, overwrite, echo, progress):
 
     import keras
 
-    from kplm.training.distribute import check_batch_size, is_chief
+    from kplm.training.distribute import check_activation_memory, check_batch_size, is_chief
 
     # The strategy comes first: a multi-worker strategy must exist before any TensorFlow op runs.
     strategy = strategy_for(trainer.strategy)
@@ -136,6 +136,12 @@ def _run(job, *, overwrite, echo, progress):
         keras.mixed_precision.set_global_policy(f"mixed_{trainer.mixed_precision}")
     with strategy.scope():
         model = job.build(run_dir, resuming, write)
+    import tensorflow as tf
+    if not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")):
+        check_activation_memory(trainer.batch_size, trainer.gradient_accumulation_steps,
+                                job.backbone, job.tokens_per_row(),
+                                half_precision=bool(trainer.mixed_precision))
+    with strategy.scope():
         optimizer = job.optimizer()
         if trainer.mixed_precision == "float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
