@@ -194,26 +194,31 @@ def test_plugins_json_lists_builtins():
     assert by_name["kplm.data.text_files"]["version"]
 
 
-def test_testing_registered_loads_a_plugin_module_for_a_block():
-    """``kplm.testing.registered``: a plugin's tests use its components in-process."""
+def _toy_plugin(module_name, objective_name):
+    """A plugin module registering one objective: ``(module, objective class)``."""
     import types
 
     from kplm.components import Objective
     from kplm.hookspecs import hookimpl
-    from kplm.testing import registered
 
     class Toy(Objective):
         pass
 
-    module = types.ModuleType("kplm_toy_plugin")
+    module = types.ModuleType(module_name)
 
     @hookimpl
     def register_objectives(register):
-        register("toy", Toy)
+        register(objective_name, Toy)
     module.register_objectives = register_objectives
+    return module, Toy
 
+
+def test_testing_registered_loads_a_plugin_module_for_a_block():
+    """``kplm.testing.registered``: a plugin's tests use its components in-process."""
+    from kplm.testing import registered
+    module, toy = _toy_plugin("kplm_toy_plugin", "toy")
     with registered(module) as registry:
-        assert registry.get("objective", "toy") is Toy
+        assert registry.get("objective", "toy") is toy
         assert any(r["name"] == "kplm_toy_plugin" and not r["builtin"]
                    for r in plugins.list_plugins())
     assert "toy" not in plugins.get_registry().names("objective")
@@ -223,26 +228,13 @@ def test_testing_registered_loads_a_plugin_module_for_a_block():
 def test_testing_registered_uses_a_plugin_that_is_also_installed():
     """A plugin's tests run with the package installed too: ``registered`` finds its module
     already loaded (under its entry point's name) and neither fails nor unloads it."""
-    import types
-
-    from kplm.components import Objective
-    from kplm.hookspecs import hookimpl
     from kplm.testing import registered
-
-    class Toy(Objective):
-        pass
-
-    module = types.ModuleType("kplm_toy_installed")
-
-    @hookimpl
-    def register_objectives(register):
-        register("toy_installed", Toy)
-    module.register_objectives = register_objectives
+    module, toy = _toy_plugin("kplm_toy_installed", "toy_installed")
     assert plugins.add_plugin(module, "toy-entry-point")  # as an installed entry point loads it
     try:
         with registered(module) as registry:
-            assert registry.get("objective", "toy_installed") is Toy
-        assert plugins.get_registry().get("objective", "toy_installed") is Toy  # still loaded
+            assert registry.get("objective", "toy_installed") is toy
+        assert plugins.get_registry().get("objective", "toy_installed") is toy  # still loaded
     finally:
         plugins.remove_plugin("toy-entry-point")
     assert "toy_installed" not in plugins.get_registry().names("objective")
