@@ -202,7 +202,7 @@ def export(run_dir, fmt, output, overwrite):
     from kplm.pretrained.huggingface import HF_EXPORT_NAMES
     from kplm.pretrained.presets import PRESET_NAMES
     from kplm.serving import SAVED_MODEL_NAMES
-    output = output or os.path.join(run_dir, "export", fmt)
+    output = output if output is not None else os.path.join(run_dir, "export", fmt)
     from kplm.pretrained.bart import EXPORT_NAMES as BART_EXPORT_NAMES
     from kplm.pretrained.t5 import EXPORT_NAMES as T5_EXPORT_NAMES
     names = {"saved_model": SAVED_MODEL_NAMES, "keras_hub": PRESET_NAMES,

@@ -158,10 +158,11 @@ def encode_prompts(tokenizer, prompts, max_length):
     return {"token_ids": token_ids.numpy(), "padding_mask": padding_mask.numpy()}, lengths
 
 
-def check_sampler_size(backbone, options, *, rows, max_length):
+def check_sampler_size(backbone, options, *, rows, max_length, memory=None):
     """Refuse (``ConfigError``, before any work) a ``k`` or ``num_beams`` above the vocabulary
     size, and beams whose key/value cache for ``rows`` prompts at a time would not fit in half
-    of this machine's memory (a typo of ``--num-beams`` would otherwise fill it)."""
+    of ``memory`` bytes (default: this machine's; a typo of ``--num-beams`` would otherwise
+    fill it)."""
     vocabulary = getattr(backbone, "vocabulary_size", None)
     for key, flag in (("k", "--top-k"), ("num_beams", "--num-beams")):
         value = options.get(key)
@@ -174,7 +175,7 @@ def check_sampler_size(backbone, options, *, rows, max_length):
         return
     from kplm.training.distribute import host_memory_bytes
     need = rows * beams * (layers * 2 * max_length * width + 2 * (vocabulary or 0)) * 4
-    memory = host_memory_bytes()
+    memory = memory or host_memory_bytes()
     if memory and need > memory / 2:
         raise ConfigError(f"sampler option num_beams (--num-beams) {beams:,} would hold about "
                           f"{need / 2**30:.1f} GiB of decoder cache for {rows} prompt(s) at a "

@@ -48,6 +48,7 @@ import glob
 import os
 import re
 import shutil
+import stat
 
 from kplm.errors import ConfigError, clip
 
@@ -506,9 +507,9 @@ def _listing(path, skip=(), times=True, contents=False):
             entry = [os.path.relpath(full, path), info.st_size]
             if times:
                 entry.append(info.st_mtime_ns)
-            if contents:
-                entry.append(os.readlink(full) if os.path.islink(full)
-                             else _file_digest(full))
+            if contents:  # a link's target, a regular file's digest (never a pipe's read)
+                entry.append(os.readlink(full) if os.path.islink(full) else
+                             _file_digest(full) if stat.S_ISREG(info.st_mode) else "?")
             found.append(entry)
     return found
 

@@ -344,8 +344,9 @@ def test_samplers_larger_than_the_vocabulary_or_the_memory_are_refused(generator
                      else "beam", **{key: vocabulary + 1})
     check_sampler_size(model.backbone, {"num_beams": vocabulary}, rows=2, max_length=8)
 
-    class Wide:  # the cache of 4 beams of a model this wide would not fit
-        vocabulary_size, num_layers, hidden_dim = 10**6, 10**3, 10**6
+    class Wide:  # the cache of 4 beams of a model this wide would not fit in 1 GiB
+        vocabulary_size, num_layers, hidden_dim = 10**4, 12, 4096
     with pytest.raises(ConfigError, match=r"num_beams \(--num-beams\) 4 would hold about "
                                           r"[\d.]+ GiB of decoder cache for 2 prompt\(s\)"):
-        check_sampler_size(Wide(), {"num_beams": 4}, rows=2, max_length=8)
+        check_sampler_size(Wide(), {"num_beams": 4}, rows=2, max_length=1024, memory=2**30)
+    check_sampler_size(Wide(), {"num_beams": 4}, rows=2, max_length=8, memory=2**30)

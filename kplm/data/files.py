@@ -47,10 +47,11 @@ def expand_paths(patterns, key):
         if not found and matches and all(os.path.isdir(m) for m in matches):
             raise DataError(f"{key}: {shown(pattern)} is a directory; name the files in it "
                             f"(e.g. {shown(os.path.join(pattern, '*.txt'))})")
-        if not found and matches:
-            what = ("a symbolic link to nothing (or a loop)" if not os.path.exists(matches[0])
+        odd = [m for m in matches if not os.path.isdir(m)]
+        if not found and odd:
+            what = ("a symbolic link to nothing (or a loop)" if not os.path.exists(odd[0])
                     else "not a regular file (a device, a pipe or a socket)")
-            raise DataError(f"{key}: {shown(matches[0])} is {what}; expected a data file")
+            raise DataError(f"{key}: {shown(odd[0])} is {what}; expected a data file")
         if not found:
             raise DataError(f"{key}: no file matches {shown(pattern)}")
         files.extend(found)

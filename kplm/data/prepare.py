@@ -176,10 +176,12 @@ def _prepare(config, output, overwrite, echo, progress, workers):
     learned_path = os.path.join(output, LEARNED_WITH)
     learned_with = json.loads(json.dumps({"tokenizer": {"name": tok_args["name"], **tok_options},
                                           "data.train": sources["train"][1]}, default=str))
-    if (tok_options.get("vocabulary") is None and _saved_kind(tok_dir) == tok_args["name"]
-            and _read_json(learned_path) == learned_with):
+    if tok_options.get("vocabulary") is None and _learned_with(learned_path, tok_dir) == (
+            learned_with):
         say(f"reusing the tokenizer learned by an earlier run ({tok_dir})")
     else:
+        if os.path.exists(learned_path):
+            os.remove(learned_path)  # ours (SHARDS_NAMES); first: a kill below leaves none
         tokenizer = tok_cls(**tok_options)
         if tokenizer.tokens is None:
             import_tensorflow()
@@ -189,12 +191,9 @@ def _prepare(config, output, overwrite, echo, progress, workers):
         if os.path.isdir(tok_dir):
             shutil.rmtree(tok_dir)
         tokenizer.save(tok_dir)
-        if tok_options.get("vocabulary") is None:  # learned here: say from what
-            with open(learned_path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(learned_with, f, indent=2, sort_keys=True)
-            os.replace(learned_path + ".tmp", learned_path)
-        elif os.path.exists(learned_path):
-            os.remove(learned_path)  # ours (SHARDS_NAMES): the tokenizer is no longer learned
+        if tok_options.get("vocabulary") is None:  # learned here: say from what, and which
+            from kplm.runs import write_json
+            write_json(learned_path, {**learned_with, "sha256": tokenizer_hash(tok_dir)})
     tok_sha = tokenizer_hash(tok_dir)
 
     # --- plan: one shard per input file; keep the finished ones ------------------------------
@@ -281,20 +280,17 @@ def _prepare(config, output, overwrite, echo, progress, workers):
 prepare_data = prepare
 
 
-def _read_json(path):
+def _learned_with(path, tok_dir):
+    """The record ``path`` holds of what the tokenizer in ``tok_dir`` was learned with (without
+    its ``sha256``), or None when there is none or ``tok_dir`` is not the tokenizer it names."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+            record = json.load(f)
+        if not isinstance(record, dict) or record.pop("sha256", None) != tokenizer_hash(tok_dir):
+            return None
+    except (OSError, ValueError, ConfigError):  # unreadable, or no tokenizer there
         return None
-
-
-def _saved_kind(directory):
-    try:
-        with open(os.path.join(directory, "tokenizer.json"), encoding="utf-8") as f:
-            return json.load(f).get("name")
-    except (OSError, ValueError):
-        return None
+    return record
 
 
 def _same_input(old, new):

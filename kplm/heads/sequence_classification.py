@@ -248,9 +248,10 @@ class SequenceClassificationHead(Head):
 def _spelling(label):
     """What two spellings of one label share: ``"1"`` / ``"1.0"`` / ``" 1"``, ``"Positive"`` /
     ``"POSITIVE"``."""
+    from decimal import Decimal, InvalidOperation
     try:
-        return repr(float(label))
-    except ValueError:
+        return str(Decimal(label.strip()).normalize())  # exact: 10**16 + 1 is not 10**16
+    except (InvalidOperation, ValueError):
         return label.strip().casefold()
 
 

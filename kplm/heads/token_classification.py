@@ -64,11 +64,7 @@ class TokenClassificationHead(Head):
     # --- labels -----------------------------------------------------------------------------
     def _tag_sequences(self, source):
         for example in source.build().as_numpy_iterator():
-            for field in (self.tokens_field, self.tags_field):
-                if field not in example:
-                    raise DataError(f"the data has no field '{field}' (fields: "
-                                    f"{', '.join(example)}); use a conll source or set "
-                                    f"head.{field}")
+            self.require_fields(example, "tokens_field", "tags_field")
             yield [t.decode("utf-8") for t in example[self.tags_field]]
 
     def prepare(self, source):

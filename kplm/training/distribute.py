@@ -148,17 +148,18 @@ def host_memory_bytes():
         return None
 
 
-def check_activation_memory(batch_size, accumulation_steps, backbone, row_length, *,
+def check_activation_memory(batch_size, parts, backbone, row_length, *,
                             half_precision=False, memory=None):
     """Refuse, before the first step, a batch whose activations alone cannot fit in this
     machine's memory (``memory`` bytes; default: all of it), so that a typo such as
     ``trainer.batch_size=100000`` is one line instead of a machine filled until it swaps or
     kills. For training on CPUs (accelerators hold activations in their own memory).
 
-    The estimate is a lower bound of what one micro-batch keeps for its backward pass: per
-    token and layer, 8 hidden-wide vectors (input, queries, keys, values, attention output,
-    two layer norms, feed-forward output), 2 intermediate-wide ones and a row of attention
-    probabilities per head; the teacher of a distillation and the optimizer come on top.
+    The estimate is a lower bound of what one micro-batch (``batch_size / parts``: micro-batches
+    x replicas) of rows of at least ``row_length`` tokens keeps for its backward pass: per token
+    and layer, 8 hidden-wide vectors (input, queries, keys, values, attention output, two layer
+    norms, feed-forward output), 2 intermediate-wide ones and a row of attention probabilities
+    per head; the teacher of a distillation and the optimizer come on top.
 
     Example:
     >>> class Tiny: num_layers, hidden_dim, intermediate_dim, num_heads = 2, 128, 512, 2
@@ -170,14 +171,14 @@ def check_activation_memory(batch_size, accumulation_steps, backbone, row_length
     if not memory or not all(isinstance(d, int) and d > 0 for d in dims):
         return  # a backbone of another shape: not estimated
     layers, hidden, intermediate, heads = dims
-    rows = batch_size // max(accumulation_steps, 1)
+    rows = batch_size // max(parts, 1)
     span = min(row_length, getattr(backbone, "sequence_length", None) or row_length)
     per_token = layers * (8 * hidden + 2 * intermediate + heads * span)
     need = rows * row_length * per_token * (2 if half_precision else 4)
     if need > memory:
         raise ConfigError(
-            f"config key 'trainer.batch_size' ({batch_size:,}): a step of {rows:,} rows of "
-            f"{row_length} tokens keeps at least {need / 2**30:,.1f} GiB of activations, more "
+            f"config key 'trainer.batch_size' ({batch_size:,}): a step of {rows:,} rows of at "
+            f"least {row_length} tokens keeps at least {need / 2**30:,.1f} GiB of activations, more "
             f"than this machine's {memory / 2**30:,.1f} GiB; lower trainer.batch_size or raise "
             "trainer.gradient_accumulation_steps")
 

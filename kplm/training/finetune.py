@@ -318,6 +318,12 @@ class FinetuneJob(Job):
     def tokens_per_row(self):
         return self.head.tokens_per_row(self.sequence_length)
 
+    def fewest_tokens_per_row(self):
+        """With length bucketing a batch is cut to its longest row, at least one bucket."""
+        if self.options.length_bucketing and self.head.length_bucketing:
+            return min(self.options.bucket_width, self.tokens_per_row())
+        return self.tokens_per_row()
+
     def describe(self, model, strategy):
         spec = self.spec
         source = (f"init_from {spec.init_from}" if spec.init_from else

@@ -55,6 +55,11 @@ class Job:
         """Tokens one training row holds (for tokens/s)."""
         return self.backbone.sequence_length
 
+    def fewest_tokens_per_row(self):
+        """The fewest tokens a training batch's rows may be cut to (the memory check's lower
+        bound): ``tokens_per_row`` unless batches are cut to their rows' lengths."""
+        return self.tokens_per_row()
+
     def describe(self, model, strategy):
         """The line printed when training starts."""
         return f"{self.kind} for {self.trainer.steps} steps"
@@ -138,8 +143,9 @@ def _run(job, *, overwrite, echo, progress):
         model = job.build(run_dir, resuming, write)
     import tensorflow as tf
     if not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")):
-        check_activation_memory(trainer.batch_size, trainer.gradient_accumulation_steps,
-                                job.backbone, job.tokens_per_row(),
+        check_activation_memory(trainer.batch_size, trainer.gradient_accumulation_steps *
+                                strategy.num_replicas_in_sync, job.backbone,
+                                job.fewest_tokens_per_row(),
                                 half_precision=bool(trainer.mixed_precision))
     with strategy.scope():
         optimizer = job.optimizer()
