@@ -141,11 +141,21 @@ def output_dir(path, strategy=None):
 
 
 def host_memory_bytes():
-    """This machine's physical memory in bytes, or None where the system does not say."""
+    """The memory this process may use, in bytes: the machine's physical memory, or a
+    container's (cgroup) limit when lower; None where the system does not say."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit, encoding="ascii") as f:
+                value = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        if value.isdigit() and 0 < int(value) < memory:
+            memory = int(value)
+    return memory
 
 
 def check_activation_memory(batch_size, parts, backbone, row_length, *,
