@@ -372,6 +372,24 @@ CASES = [
     ("conll-column-count-line-4", lambda w: w.data({"name": "conll", "paths": [w.write(
         "d.conll", "Paris NNP B-LOC\nis VBZ O\n\nHi O\n")]}),
      1, r"d\.conll:4: expected 3 columns \(as on the first token line\), found 2"),
+    ("conll-token-column-only", lambda w: w.data({"name": "conll", "paths": [w.write(
+        "d.conll", "Hi\nParis\n\nnice\n")]}),
+     1, r"d\.conll:1: token_column 0 and tag_column -1 are the same column of 1: expected a "
+        r"token and a tag column"),
+    ("finetune-ner-bioes-tags", lambda w: w.finetune({
+        "data.train": {"name": "conll", "paths": [w.write(
+            "d.conll", "Bob S-PER\nwent O\nto O\nNew B-LOC\nYork E-LOC\n\nHi O\n")]},
+        "head": {"name": "token_classification"}}),
+     1, r"data\.train \(.*d\.conll\): tags \['E-LOC', 'S-PER'\] are not IOB2 \(O, B-TYPE, "
+        r"I-TYPE\); convert the tags \(BIOES: S- to B-, E- to I-\)"),
+    ("finetune-regression-label-python-only-number", lambda w: w.finetune({
+        "data.train": w.csv(w.write("r.tsv", "sentence\tlabel\na\t1\nb\t1_0\n")),
+        "head": {"name": "regression"}}),
+     1, r"data\.train \(.*r\.tsv\): example 2: label '1_0' is not a number"),
+    ("finetune-regression-label-beyond-float32", lambda w: w.finetune({
+        "data.train": w.csv(w.write("r.tsv", "sentence\tlabel\na\t1\nb\t1e39\n")),
+        "head": {"name": "regression"}}),
+     1, r"data\.train \(.*r\.tsv\): example 2: label '1e39' is out of float32's range"),
     ("conll-invalid-utf8", lambda w: w.data({"name": "conll", "paths": [w.write(
         "d.conll", b"Paris B-LOC\n\xff O\n")]}),
      1, r"d\.conll:2: invalid UTF-8"),

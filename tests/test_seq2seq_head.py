@@ -151,6 +151,9 @@ def test_head_refuses_encoder_backbone_and_loads_encoder_decoder_runs(tmp_path, 
                                  intermediate_dim=32, sequence_length=8))
     saved = EncoderDecoder(vocabulary_size=len(tokenizer.tokens), num_layers=1, hidden_dim=16,
                            intermediate_dim=32, sequence_length=16, decoder_sequence_length=12)
+    with pytest.raises(ConfigError, match=r"head\.num_beams' \(100,000\) must be at most the "
+                                          rf"vocabulary size \({len(tokenizer.tokens):,}\)"):
+        Seq2SeqHead(num_beams=100_000).build_model(saved)  # more beams than tokens: a typo
     runs.save_backbone(saved, str(tmp_path))
     tokenizer.save(str(tmp_path / runs.TOKENIZER))
     backbone, loaded_tokenizer = load_pretrained(str(tmp_path))

@@ -253,7 +253,8 @@ def test_exported_saved_model_tags_raw_lines_like_predict(ner_run, tmp_path):
     export_saved_model(run_dir, exported, echo=None)
     sentences = re.split(r"\n[ \t]*\n", open(WNUT_TRAIN, encoding="utf-8").read().strip())[:40]
     lines = ["  ".join(row.split()[0] for row in s.splitlines()) for s in sentences]
-    lines += ["", "Über  café  東京", " ".join(["word"] * 150)]  # empty, accents, truncated
+    lines += ["", "Über  café  東京", " ".join(["word"] * 150),  # empty, accents, truncated
+              "Bob\u3000Paris\u00a0is x\u2028y\u0085z"]  # Python's whitespace, not ASCII
     served = serve_in_fresh_process(exported, {"text": lines})
     run = FinetunedRun(run_dir)
     expected = run.predict([{"text": line} for line in lines])
@@ -271,6 +272,9 @@ def test_exported_saved_model_tags_raw_lines_like_predict(ner_run, tmp_path):
         n = len(p["tags"])
         tags = served["tags"][i][:n]
         assert len(tied[i]) == n and set(served["tags"][i][n:]) <= {""}
+        assert served["words"][i][:n] == words[i], (lines[i], served["words"][i])
+        assert [(s, e) for s, e in zip(served["word_start"][i][:n], served["word_end"][i][:n])] \
+            == run.head.words(lines[i])[1]
         assert [t for t, tie in zip(tags, tied[i]) if not tie] == \
             [t for t, tie in zip(p["tags"], tied[i]) if not tie], (lines[i], tags, p["tags"])
         k = served["num_entities"][i]

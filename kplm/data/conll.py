@@ -65,6 +65,11 @@ class ConllFiles(FileSource):
                                     f"found {len(columns)}")
                 if width is None:
                     width = len(columns)
+                    if self.token_column % width == self.tag_column % width:
+                        raise DataError(
+                            f"{path}:{number}: token_column {self.token_column} and tag_column "
+                            f"{self.tag_column} are the same column of {width}: expected a "
+                            "token and a tag column")
                 elif len(columns) != width:
                     raise DataError(f"{path}:{number}: expected {width} columns (as on the "
                                     f"first token line), found {len(columns)}")

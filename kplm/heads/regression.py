@@ -1,10 +1,15 @@
 """The ``regression`` head: a real-valued score for a text or a text pair (STS-B style)."""
+import re
 from typing import Literal, Optional
 
 from kplm.errors import DataError, shown
 from kplm.heads.sequence_classification import SequenceClassificationHead
 from kplm.hookspecs import hookimpl
 from kplm.models.inference import batch_predictor
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 class RegressionHead(SequenceClassificationHead):
@@ -59,12 +64,14 @@ class RegressionHead(SequenceClassificationHead):
         for number, example in enumerate(source.build().as_numpy_iterator(), 1):
             self.require_fields(example, "label_field", "text_field", "pair_field")
             raw = example[self.label_field].decode("utf-8")
-            try:
-                value = float(raw)
-            except ValueError:
-                value = math.nan
+            # as the training graph parses it (tf.strings.to_number): ASCII digits only, no
+            # "1_0" or Arabic-Indic digits that Python's float() would take
+            value = float(raw) if _NUMBER.fullmatch(raw.strip()) else math.nan
             if not math.isfinite(value):
                 raise DataError(f"example {number}: label {shown(raw)} is not a number")
+            if abs(value) > _FLOAT32_MAX:
+                raise DataError(f"example {number}: label {shown(raw)} is out of float32's range "
+                                "(about 3.4e38)")
             total, count = total + value, count + 1
             if len(seen) < 2:
                 seen.add(value)

@@ -147,6 +147,10 @@ class Seq2SeqHead(Head):
                               f"{type(backbone).__name__} (family "
                               f"{getattr(backbone, 'family', 'encoder')!r})")
         self._target_length(backbone.sequence_length, backbone)
+        vocabulary = getattr(backbone, "vocabulary_size", None)
+        if vocabulary and self.num_beams > vocabulary:  # more beams than tokens: only memory
+            raise ConfigError(f"config key 'head.num_beams' ({self.num_beams:,}) must be at most "
+                              f"the vocabulary size ({vocabulary:,})")
         self._decoder_limit = backbone.decoder_sequence_length
         from kplm.models.seq2seq_lm import Seq2SeqLM
         return Seq2SeqLM(backbone)

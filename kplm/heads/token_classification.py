@@ -76,6 +76,10 @@ class TokenClassificationHead(Head):
             if len(seen) < 2:
                 raise DataError(f"the training data has {len(seen)} distinct tag(s); "
                                 "token classification needs at least 2")
+            other = sorted(t for t in seen if t != "O" and not re.fullmatch(r"[BI]-\S+", t))
+            if other:  # conlleval reads every other tag as O: entities would go unscored
+                raise DataError(f"tags [{listed(map(repr, other), 80)}] are not IOB2 (O, "
+                                "B-TYPE, I-TYPE); convert the tags (BIOES: S- to B-, E- to I-)")
             self.labels = sorted(seen)
         unknown = seen - set(self.labels)
         if unknown:
@@ -283,10 +287,11 @@ class TokenClassificationHead(Head):
         outside = len(self.labels)
         prefixes = tf.constant([_split(t)[0] for t in self.labels] + ["O"])
         kinds = tf.constant([_split(t)[1] for t in self.labels] + [""])
-        whitespace = tf_text.WhitespaceTokenizer()
 
         def serve(text):
-            words, starts, ends = whitespace.tokenize_with_offsets(text)
+            # the words ``words()`` finds (Python's whitespace); tf_text.WhitespaceTokenizer
+            # splits U+3000, U+00A0, U+2028 ... inside their UTF-8 bytes
+            words, starts, ends = tf_text.regex_split_with_offsets(text, WHITESPACE_RE2)
             pieces = words_to_pieces(tokenizer, words.flat_values)
             first = tf.ragged.range(pieces.row_lengths()).flat_values == 0
             word_of_piece = tf.gather(tf.ragged.range(words.row_lengths()).flat_values,
@@ -362,6 +367,12 @@ class TokenClassificationHead(Head):
         gold = list(self._tag_sequences(eval_source))
         scores = entity_scores(gold, [[top] * len(tags) for tags in gold])
         return {"majority_tag": top, "accuracy": scores["accuracy"], "f1": scores["f1"]}
+
+
+#: ``str.isspace()``'s characters as an RE2 class: the word separators of ``words`` (Python's
+#: ``\S+``), in the exported graph.
+WHITESPACE_RE2 = (r"[\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
+                  r"\x{202f}\x{205f}\x{3000}]+")
 
 
 @hookimpl
