@@ -139,7 +139,8 @@ def evaluate(run_dir, paths, output, overwrite):
                    "(written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace the --output file if it exists.")
 def predict(run_dir, input_path, output, overwrite):
-    """Predict with a fine-tuned RUN_DIR; writes one JSON object per input line."""
+    """Predict with a fine-tuned RUN_DIR; writes one JSON object per non-blank input line
+    (blank lines are skipped)."""
     rule = dict(what="--output", file=True, overwrite=overwrite,
                 inputs=[run_dir, getattr(input_path, "name", None)])
     from kplm.data.files import input_lines, shown_input

@@ -402,6 +402,17 @@ CASES = [
              "answers": [{"text": "Bob", "answer_start": 0}]}]}]}]}))]}),
      1, r"d\.json/data\[0\]\.paragraphs\[0\]\.qas\[0\] \(id q1\): answers\[0\] 'Bob' does "
         r"not match"),
+    ("squad-answer-text-empty", lambda w: w.data({"name": "squad", "paths": [w.write(
+        "d.json", json.dumps({"data": [{"paragraphs": [{"context": "Ada wrote it.", "qas": [
+            {"id": "q1", "question": "Who?",
+             "answers": [{"text": "", "answer_start": -1}]}]}]}]}))]}),
+     1, r"\(id q1\): answers\[0\] has an empty 'text' \(an unanswerable question\? set "
+        r"require_answers: false"),
+    ("squad-impossible-with-answers", lambda w: w.data({"name": "squad", "paths": [w.write(
+        "d.json", json.dumps({"data": [{"paragraphs": [{"context": "Ada wrote it.", "qas": [
+            {"id": "q1", "question": "Who?", "is_impossible": True,
+             "answers": [{"text": "Ada", "answer_start": 0}]}]}]}]}))]}),
+     1, r"\(id q1\): is_impossible is true but 'answers' holds 1; expected an empty list"),
     ("tfrecord-manifest-damaged", lambda w: w.data({"name": "tfrecord", "path": os.path.dirname(
         w.write("shards/manifest.json", json.dumps(
             {"format": "kplm-tfrecord", "complete": True, "splits": [1]})))}),

@@ -89,6 +89,10 @@ class SquadFiles(FileSource):
             raise DataError(f"{where}: expected a non-empty 'answers' list (an unanswerable "
                             f"SQuAD v2 question{flagged}? set require_answers: false to read "
                             "it without a span)")
+        if qa.get("is_impossible") is True and answers:
+            raise DataError(f"{where}: is_impossible is true but 'answers' holds "
+                            f"{len(answers)}; expected an empty list (SQuAD v2 keeps the "
+                            "plausible ones under 'plausible_answers')")
         texts, starts = [], []
         for k, answer in enumerate(answers):
             text = answer.get("text") if isinstance(answer, dict) else None
@@ -96,6 +100,10 @@ class SquadFiles(FileSource):
             if not isinstance(text, str) or not isinstance(start, int) or isinstance(start, bool):
                 raise DataError(f"{where}: answers[{k}] needs a 'text' string and an integer "
                                 "'answer_start'")
+            if self.require_answers and not text.strip():
+                raise DataError(f"{where}: answers[{k}] has an empty 'text' (an unanswerable "
+                                "question? set require_answers: false to read it without a "
+                                "span)")
             found = context[start:start + len(text)] if start >= 0 else ""
             if found != text:
                 raise DataError(f"{where}: answers[{k}] {shown(text, 60)} does not match the "
