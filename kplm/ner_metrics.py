@@ -21,6 +21,12 @@ def _split(tag):
     return "O", ""
 
 
+def is_entity_tag(tag):
+    """Whether ``tag`` is an IOB2 entity tag (``B-TYPE`` / ``I-TYPE``); conlleval reads any
+    other tag as ``O``."""
+    return _split(tag)[0] != "O"
+
+
 def extract_entities(tags):
     """``[(type, start, end)]`` of the entities in one tag sequence (``end`` exclusive)."""
     entities = []

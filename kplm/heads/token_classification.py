@@ -76,7 +76,8 @@ class TokenClassificationHead(Head):
             if len(seen) < 2:
                 raise DataError(f"the training data has {len(seen)} distinct tag(s); "
                                 "token classification needs at least 2")
-            other = sorted(t for t in seen if t != "O" and not re.fullmatch(r"[BI]-\S+", t))
+            from kplm.ner_metrics import is_entity_tag
+            other = sorted(t for t in seen if t != "O" and not is_entity_tag(t))
             if other:  # conlleval reads every other tag as O: entities would go unscored
                 raise DataError(f"tags [{listed(map(repr, other), 80)}] are not IOB2 (O, "
                                 "B-TYPE, I-TYPE); convert the tags (BIOES: S- to B-, E- to I-)")
@@ -218,12 +219,12 @@ class TokenClassificationHead(Head):
 
         Gold ``B-``/``I-`` tags the run was not trained on are scored as conlleval scores them
         (their entities are missed) and listed under ``unseen_tags``."""
-        from kplm.ner_metrics import entity_scores
+        from kplm.ner_metrics import entity_scores, is_entity_tag
         gold = list(self._tag_sequences(source))
         unseen = sorted({t for tags in gold for t in tags} - set(self.labels))
         # conlleval scores a gold entity of a type the tagger never saw as a miss; a tag of no
         # IOB shape (``PER``, ``ORG``: another tagging scheme) would score as O: refused.
-        shapeless = [t for t in unseen if not re.fullmatch(r"[BI]-\S+", t)]
+        shapeless = [t for t in unseen if not is_entity_tag(t)]
         if shapeless:
             raise DataError(f"tags [{listed(map(repr, shapeless), 80)}] are not in the run's "
                             f"labels [{listed(map(repr, self.labels), 80)}] "
