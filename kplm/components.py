@@ -47,6 +47,13 @@ class DataSource(Component):
     def build(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def located(self):
+        """Yield ``(place, example)`` for every example of ``build()``, the example as NumPy
+        values (strings as bytes) and ``place`` where it is, for errors about one example:
+        ``"FILE:LINE"`` where the source knows it, else ``"example N"`` (the default)."""
+        for number, example in enumerate(self.build().as_numpy_iterator(), 1):
+            yield f"example {number}", example
+
     def texts(self):
         """The dataset of scalar strings in ``text_field`` (what tokenizers learn from)."""
         field = self.text_field

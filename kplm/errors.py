@@ -94,6 +94,15 @@ def in_files(source):
     return f" ({listed(paths, 160)})"
 
 
+def about_data(key, source, error):
+    """A ``DataError`` of ``error`` (about ``source``'s examples) under ``key`` (``data.train``,
+    ``--data``), naming the source's files unless the message starts with one of them
+    (``FILE:LINE: ...``)."""
+    files = tuple(getattr(source, "files", None) or ()) if not isinstance(source, dict) else ()
+    named = bool(files) and str(error).startswith(files)
+    return DataError(f"{key}{'' if named else in_files(source)}: {error}")
+
+
 def describe(error):
     """The first line of an exception from a library (h5py, json, ...), clipped: what a
     ``KplmError`` quotes of it."""

@@ -326,12 +326,12 @@ class FinetunedRun:
 
     def evaluate(self, source, batch_size=64):
         """The head's metrics over a data source."""
-        from kplm.errors import DataError, in_files
+        from kplm.errors import DataError, about_data
         try:
             return self.head.evaluate(self.model, source, self.tokenizer,
                                       batch_size=batch_size, sequence_length=self.sequence_length)
         except DataError as e:  # labels the run does not know, a label that is not a number
-            raise DataError(f"--data{in_files(source)}: {e}") from None
+            raise about_data("--data", source, e) from None
 
     def predict(self, examples, batch_size=64):
         """``examples``: dicts of the head's input fields -> one prediction dict each."""

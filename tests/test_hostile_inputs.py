@@ -380,16 +380,36 @@ CASES = [
         "data.train": {"name": "conll", "paths": [w.write(
             "d.conll", "Bob S-PER\nwent O\nto O\nNew B-LOC\nYork E-LOC\n\nHi O\n")]},
         "head": {"name": "token_classification"}}),
-     1, r"data\.train \(.*d\.conll\): tags \['E-LOC', 'S-PER'\] are not IOB2 \(O, B-TYPE, "
+     1, r"data\.train: .*d\.conll:1: tags \['E-LOC', 'S-PER'\] are not IOB2 \(O, B-TYPE, "
         r"I-TYPE\); convert the tags \(BIOES: S- to B-, E- to I-\)"),
+    ("finetune-header-read-as-row", lambda w: w.finetune({"data.train": {
+        "name": "csv", "paths": [w.write("h.tsv", "sentence\tlabel\n" + "good film\tpos\n"
+                                         "bad film\tneg\n" * 6)],
+        "header": False, "columns": {"text": 0, "label": 1}}}),
+     1, r"data\.train: .*h\.tsv:1: label 'label' occurs only here, on the file's first line: "
+        r"a header read as a row\? Set header: true"),
+    ("finetune-regression-header-read-as-row", lambda w: w.finetune({"data.train": {
+        "name": "csv", "paths": [w.write("h.tsv", "sentence\tscore\na\t1\nb\t2\n")],
+        "header": False, "columns": {"text": 0, "label": 1}}, "head": {"name": "regression"}}),
+     1, r"data\.train: .*h\.tsv:1: label 'score' is not a number \(a header line\? set "
+        r"header: true\)"),
+    ("finetune-label-not-in-head-labels", lambda w: w.finetune({
+        "data.train": w.csv(w.write("d.tsv", tsv_with(9, b"the film\tpso"))),
+        "head": {"name": "sequence_classification", "labels": ["neg", "pos"]}}),
+     1, r"data\.train: .*d\.tsv:9: labels \['pso'\] are not in head\.labels"),
+    ("finetune-ner-tag-not-in-head-labels-jsonl", lambda w: w.finetune({
+        "data.train": {"name": "conll", "paths": [w.write(
+            "d.conll", "Bob B-PER\nwent O\n\nto O\nParis B-LCO\n")]},
+        "head": {"name": "token_classification", "labels": ["B-LOC", "B-PER", "O"]}}),
+     1, r"data\.train: .*d\.conll:4: tags \['B-LCO'\] are not in head\.labels"),
     ("finetune-regression-label-python-only-number", lambda w: w.finetune({
         "data.train": w.csv(w.write("r.tsv", "sentence\tlabel\na\t1\nb\t1_0\n")),
         "head": {"name": "regression"}}),
-     1, r"data\.train \(.*r\.tsv\): example 2: label '1_0' is not a number"),
+     1, r"data\.train: .*r\.tsv:3: label '1_0' is not a number"),
     ("finetune-regression-label-beyond-float32", lambda w: w.finetune({
         "data.train": w.csv(w.write("r.tsv", "sentence\tlabel\na\t1\nb\t1e39\n")),
         "head": {"name": "regression"}}),
-     1, r"data\.train \(.*r\.tsv\): example 2: label '1e39' is out of float32's range"),
+     1, r"data\.train: .*r\.tsv:3: label '1e39' is out of float32's range"),
     ("conll-invalid-utf8", lambda w: w.data({"name": "conll", "paths": [w.write(
         "d.conll", b"Paris B-LOC\n\xff O\n")]}),
      1, r"d\.conll:2: invalid UTF-8"),
@@ -472,7 +492,7 @@ CASES = [
      1, r"x\.tsv:12: invalid UTF-8"),
     ("evaluate-label-unknown-names-the-file", lambda w: [
         "evaluate", w.runs["clf"], "--data", w.write("x.tsv", tsv_with(3, b"the film\tmeh", 20))],
-     1, r"--data \(.*x\.tsv\): labels \['meh'\] are not in head\.labels \['neg', 'pos'\]"),
+     1, r"--data: .*x\.tsv:3: labels \['meh'\] are not in head\.labels \['neg', 'pos'\]"),
     ("predict-head-labels-edited", predict_on(damaged(
         "clf", "head.json", lambda p: edit_json(p, labels=["neg", "pos", "meh"]))),
      1, r"clf: head\.json does not match model\.json \(num_classes: 2 in model\.json, 3 from "
@@ -504,7 +524,7 @@ CASES = [
      1, r"model\.weights\.h5 \(model weights\): weight .* is NaN or inf in the file"),
     ("finetune-label-empty", lambda w: w.finetune({"data.train": w.csv(w.write(
         "d.tsv", tsv_with(7, b"the film\t")))}),
-     1, r"data\.train \(.*d\.tsv\): example 6: the label \('label'\) is empty"),
+     1, r"data\.train: .*d\.tsv:7: the label \('label'\) is empty"),
     ("finetune-data-train-null", lambda w: w.finetune({"data.train": None}),
      1, r"config key 'data\.train' is required"),
     ("evaluate-run-metrics-damaged", lambda w: ["evaluate", damaged(

@@ -317,3 +317,23 @@ def test_evaluate_scores_unseen_gold_tags_as_missed_entities(ner_run, tmp_path):
     with pytest.raises(DataError, match=r"tags \['SHIP'\] are not in the run's labels .* not "
                                         r"IOB tags"):
         run.evaluate(run.source([str(other)]))
+
+
+def test_evaluate_and_predict_report_words_cut_by_sequence_length(ner_run, tmp_path):
+    """Words past the run's sequence_length (64: [CLS], 62 words of one piece, [SEP]) are
+    predicted O; evaluate and predict say how many, not only lower the scores."""
+    from kplm.runs import FinetunedRun
+    run = FinetunedRun(ner_run[0])
+    assert run.sequence_length == 64
+    assert len(run.tokenizer.build()("the")) == 1  # one piece
+    data = tmp_path / "long.conll"
+    data.write_text("".join("the\tO\n" for _ in range(100)) + "\nthe\tO\nthe\tO\n")
+    metrics = run.evaluate(run.source([str(data)]))
+    assert metrics["truncated"] == {"sentences": 1, "words": 100 - 62}
+    short = tmp_path / "short.conll"
+    short.write_text("the\tO\nthe\tO\n")
+    assert "truncated" not in run.evaluate(run.source([str(short)]))
+    predicted = run.predict([{"text": " ".join(["the"] * 100)}, {"text": "the the"}])
+    assert predicted[0]["truncated_words"] == 38 and len(predicted[0]["tags"]) == 100
+    assert predicted[0]["tags"][62:] == ["O"] * 38
+    assert "truncated_words" not in predicted[1]

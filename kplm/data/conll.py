@@ -89,6 +89,13 @@ class ConllFiles(FileSource):
             raise DataError(f"{', '.join(self.files)}: no sentences")
 
 
+    def located(self):
+        """``("FILE:LINE", example)`` per sentence (its first token's line)."""
+        import numpy as np
+        for path, start, tokens, tags in self.records():
+            yield f"{path}:{start}", {"tokens": np.array([t.encode("utf-8") for t in tokens]),
+                                      "tags": np.array([t.encode("utf-8") for t in tags])}
+
     def build(self):
         import tensorflow as tf
 

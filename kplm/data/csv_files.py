@@ -139,14 +139,20 @@ class CsvFiles(FileSource):
         if not rows:
             raise DataError(f"{', '.join(self.files)}: no rows")
 
+    def located(self):
+        """``("FILE:LINE", example)`` per row, as ``build()`` gives the examples."""
+        fields = self.fields()
+        for path, line, record in self.records():
+            yield f"{path}:{line}", {f: record[f].encode("utf-8") for f in fields}
+
     def build(self):
         import tensorflow as tf
 
         fields = self.fields()
 
         def generate():
-            for _, _, record in self.records():
-                yield {f: record[f].encode("utf-8") for f in fields}
+            for _, example in self.located():
+                yield example
 
         return generator_dataset(generate, {f: tf.TensorSpec([], tf.string) for f in fields})
 

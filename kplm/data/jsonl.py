@@ -96,16 +96,22 @@ class JsonLines(FileSource):
         if not nonempty:
             raise DataError(f"{', '.join(self.files)}: no text (the corpus is empty)")
 
+    def located(self):
+        """``("FILE:LINE", example)`` per example, as ``build()`` gives them."""
+        fields = list(self.fields)
+        labelled = len(fields) > 1  # an example (kept, as CSV rows are), not a corpus line
+        for path, number, example in self._records():
+            if labelled or example[self.text_field].strip():
+                yield f"{path}:{number}", {f: example[f].encode("utf-8") for f in fields}
+
     def build(self):
         import tensorflow as tf
 
         fields = list(self.fields)
-        labelled = len(fields) > 1  # an example (kept, as CSV rows are), not a corpus line
 
         def generate():
-            for _, _, example in self._records():
-                if labelled or example[self.text_field].strip():
-                    yield {f: example[f].encode("utf-8") for f in fields}
+            for _, example in self.located():
+                yield example
 
         return generator_dataset(generate, {f: tf.TensorSpec([], tf.string) for f in fields})
 

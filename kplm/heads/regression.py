@@ -61,16 +61,17 @@ class RegressionHead(SequenceClassificationHead):
         import math
         total = count = 0
         seen = set()
-        for number, example in enumerate(source.build().as_numpy_iterator(), 1):
+        for place, example in source.located():
             self.require_fields(example, "label_field", "text_field", "pair_field")
             raw = example[self.label_field].decode("utf-8")
             # as the training graph parses it (tf.strings.to_number): ASCII digits only, no
             # "1_0" or Arabic-Indic digits that Python's float() would take
             value = float(raw) if _NUMBER.fullmatch(raw.strip()) else math.nan
             if not math.isfinite(value):
-                raise DataError(f"example {number}: label {shown(raw)} is not a number")
+                hint = " (a header line? set header: true)" if place.endswith(":1") else ""
+                raise DataError(f"{place}: label {shown(raw)} is not a number{hint}")
             if abs(value) > _FLOAT32_MAX:
-                raise DataError(f"example {number}: label {shown(raw)} is out of float32's range "
+                raise DataError(f"{place}: label {shown(raw)} is out of float32's range "
                                 "(about 3.4e38)")
             total, count = total + value, count + 1
             if len(seen) < 2:

@@ -63,23 +63,24 @@ class SequenceClassificationHead(Head):
     # --- labels -----------------------------------------------------------------------------
     def prepare(self, source):
         """Learn the label set from a data source (one streaming pass) unless it was given."""
-        seen = set()
-        for number, example in enumerate(source.build().as_numpy_iterator(), 1):
+        seen = {}  # label -> [count, where first seen]
+        for place, example in source.located():
             self.require_fields(example, "label_field", "text_field", "pair_field")
             label = example[self.label_field].decode("utf-8")
             if not label.strip():
-                raise DataError(f"example {number}: the label ('{self.label_field}') is empty")
-            seen.add(label)
+                raise DataError(f"{place}: the label ('{self.label_field}') is empty")
+            seen.setdefault(label, [0, place])[0] += 1
         if self.labels is None:
             if len(seen) < 2:
                 raise DataError(f"the training data has {len(seen)} distinct label(s); "
                                 "classification needs at least 2")
             _refuse_spelling_variants(seen)
+            _refuse_header_label(seen)
             self.labels = sorted(seen)
-        unknown = seen - set(self.labels)
+        unknown = sorted(set(seen) - set(self.labels))
         if unknown:
-            raise DataError(f"labels [{listed(map(repr, sorted(unknown)), 80)}] are not in "
-                            f"head.labels [{listed(map(repr, self.labels), 80)}]")
+            raise DataError(f"{seen[unknown[0]][1]}: labels [{listed(map(repr, unknown), 80)}] "
+                            f"are not in head.labels [{listed(map(repr, self.labels), 80)}]")
         return self.labels
 
     # --- data -------------------------------------------------------------------------------
@@ -266,6 +267,18 @@ def _refuse_spelling_variants(labels):
             raise DataError(f"labels {listed(map(repr, variants), 80)} differ only in spelling "
                             "(case, number format, spaces) and would be separate classes: "
                             "write them one way, or list them in head.labels to keep them apart")
+
+
+def _refuse_header_label(seen):
+    """Refuse a learned label seen once, on the first line of its file, beside at least two
+    others: a header row read as data (``header: false`` on a file that has one) would
+    otherwise be a class of its own. ``seen``: label -> [count, place]."""
+    for label, (count, place) in seen.items():
+        if count == 1 and place.endswith(":1") and len(seen) > 2 and sum(
+                n for n, _ in seen.values()) >= 10:
+            raise DataError(f"{place}: label {label!r} occurs only here, on the file's first "
+                            "line: a header read as a row? Set header: true in the data "
+                            "section (or list the labels in head.labels to keep it)")
 
 
 @hookimpl

@@ -15,7 +15,8 @@ class TokenClassificationHead(Head):
     """Tags every word of a sentence (e.g. NER with IOB2 tags ``B-TYPE``/``I-TYPE``/``O``).
 
     Each word is split into WordPieces and the sentence framed as ``[CLS] pieces [SEP]``,
-    truncated to ``sequence_length`` (words cut off are predicted ``O``). A word's tag is learned
+    truncated to ``sequence_length`` (words cut off are predicted ``O``, and counted:
+    ``evaluate``'s ``truncated``, ``predict``'s ``truncated_words``). A word's tag is learned
     and predicted on its first piece only; the other pieces weigh 0 in the loss and metrics. The
     training metric ``accuracy`` is over those first pieces; ``evaluate`` adds entity-level
     precision, recall and F1 exactly as conlleval (``kplm.ner_metrics``). ``predict`` takes
@@ -69,9 +70,11 @@ class TokenClassificationHead(Head):
 
     def prepare(self, source):
         """Learn the tag set from a data source (one streaming pass) unless it was given."""
-        seen = set()
-        for tags in self._tag_sequences(source):
-            seen.update(tags)
+        seen = {}  # tag -> where first seen
+        for place, example in source.located():
+            self.require_fields(example, "tokens_field", "tags_field")
+            for tag in example[self.tags_field]:
+                seen.setdefault(tag.decode("utf-8"), place)
         if self.labels is None:
             if len(seen) < 2:
                 raise DataError(f"the training data has {len(seen)} distinct tag(s); "
@@ -79,13 +82,14 @@ class TokenClassificationHead(Head):
             from kplm.ner_metrics import is_entity_tag
             other = sorted(t for t in seen if t != "O" and not is_entity_tag(t))
             if other:  # conlleval reads every other tag as O: entities would go unscored
-                raise DataError(f"tags [{listed(map(repr, other), 80)}] are not IOB2 (O, "
-                                "B-TYPE, I-TYPE); convert the tags (BIOES: S- to B-, E- to I-)")
+                raise DataError(f"{seen[other[0]]}: tags [{listed(map(repr, other), 80)}] are "
+                                "not IOB2 (O, B-TYPE, I-TYPE); convert the tags (BIOES: S- to "
+                                "B-, E- to I-)")
             self.labels = sorted(seen)
-        unknown = seen - set(self.labels)
+        unknown = sorted(set(seen) - set(self.labels))
         if unknown:
-            raise DataError(f"tags [{listed(map(repr, sorted(unknown)), 80)}] are not in "
-                            f"head.labels [{listed(map(repr, self.labels), 80)}]")
+            raise DataError(f"{seen[unknown[0]]}: tags [{listed(map(repr, unknown), 80)}] are "
+                            f"not in head.labels [{listed(map(repr, self.labels), 80)}]")
         return self.labels
 
     # --- data -------------------------------------------------------------------------------
@@ -188,18 +192,21 @@ class TokenClassificationHead(Head):
 
     def _predict_tags(self, model, batches, sequence_length, batch_size):
         """Per sentence, in input order, the predicted tag of every word (``O`` for words
-        truncated away). Rows are run sorted by token count, batches cut to their longest."""
+        truncated away), and the number of words truncated away. Rows are run sorted by token
+        count, batches cut to their longest."""
         import numpy as np
 
         from kplm.data.bucketing import sorted_by_length
-        out, predict = {}, batch_predictor(model)
+        out, cut, predict = {}, {}, batch_predictor(model)
         for rows, batch in sorted_by_length(batches, sequence_length=sequence_length,
                                             batch_size=batch_size):
             x = {k: batch[k] for k in ("token_ids", "segment_ids", "padding_mask")}
             predicted = np.argmax(predict(x), axis=-1)
             out.update(zip(rows.tolist(), self.postprocess(predicted, batch["word_ids"],
                                                            batch["num_words"])))
-        return [out[i] for i in range(len(out))]
+            kept = (np.asarray(batch["word_ids"]) >= 0).sum(axis=-1)  # first pieces kept
+            cut.update(zip(rows.tolist(), (np.asarray(batch["num_words"]) - kept).tolist()))
+        return [out[i] for i in range(len(out))], [cut[i] for i in range(len(cut))]
 
     def postprocess(self, predicted, word_ids, num_words):
         """Tag ids per piece ``[n, length]`` -> a list of word tags per sentence."""
@@ -230,7 +237,7 @@ class TokenClassificationHead(Head):
                             f"labels [{listed(map(repr, self.labels), 80)}] "
                             "and are not IOB tags (B-TYPE / I-TYPE) that could be scored as "
                             "missed entities")
-        predicted = self._predict_tags(model, self.encode(
+        predicted, cut = self._predict_tags(model, self.encode(
             source.build(), tokenizer, batch_size=batch_size, sequence_length=sequence_length,
             with_labels=False), sequence_length, batch_size)
         scores = entity_scores(gold, predicted)
@@ -238,6 +245,8 @@ class TokenClassificationHead(Head):
                                           "predicted_entities", "per_type")}
         if unseen:  # counted as misses: the tagger cannot predict them
             metrics["unseen_tags"] = unseen
+        if any(cut):  # words past sequence_length, predicted O: said, not hidden in the F1
+            metrics["truncated"] = {"sentences": sum(n > 0 for n in cut), "words": sum(cut)}
         return metrics
 
     @staticmethod
@@ -267,9 +276,10 @@ class TokenClassificationHead(Head):
         packed = (encode({self.tokens_field: tf.ragged.constant(
             words[i:i + chunk], dtype=tf.string, ragged_rank=1)})
             for i in range(0, len(words), chunk))
-        tags = self._predict_tags(model, packed, sequence_length, batch_size)
-        return [{"entities": self.entities(ex[self.text_field], t), "tags": t}
-                for ex, t in zip(examples, tags)]
+        tags, cut = self._predict_tags(model, packed, sequence_length, batch_size)
+        return [{"entities": self.entities(ex[self.text_field], t), "tags": t,
+                 **({"truncated_words": n} if n else {})}
+                for ex, t, n in zip(examples, tags, cut)]
 
     # --- serving --------------------------------------------------------------------------------
     def serving_endpoint(self, model, tokenizer, sequence_length):

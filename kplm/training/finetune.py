@@ -8,7 +8,7 @@ from typing import Optional
 from kplm import runs
 from kplm.config import (check_arguments, check_callbacks, check_data, check_run_header,
                          check_section)
-from kplm.errors import ConfigError, DataError, KplmError, in_files
+from kplm.errors import ConfigError, DataError, KplmError, about_data
 from kplm.training.run import Job, common_metrics, run
 from kplm.training.runtime import build, is_pretrained
 from kplm.training.finetune_options import FinetuneOptions
@@ -143,7 +143,7 @@ class FinetuneJob(Job):
             try:
                 self.head.prepare(source)
             except DataError as e:
-                raise DataError(f"data.{split}{in_files(source)}: {e}") from None
+                raise about_data(f"data.{split}", source, e) from None
         if self.distillation is not None and self.distillation.cache and (
                 self.head.distillation == "tokens"):
             raise ConfigError("config key 'distillation.cache': token classification runs its "
