@@ -417,3 +417,36 @@ def test_a_changed_tokenizer_section_is_learned_again(corpus, prepared, tmp_path
     assert json.load(open(os.path.join(out, "tokenizer", "tokenizer.json")))["lowercase"] is False
     assert manifest["tokenizer"]["sha256"] != prepared["manifest"]["tokenizer"]["sha256"]
     assert all(_mtimes(out)[f] != t for f, t in before.items())
+
+
+def test_a_tokenizer_setting_the_shards_were_not_made_with_is_refused(prepared, tmp_path):
+    """Prepared shards bring their tokenizer; a tokenizer setting of another one in the
+    pretraining config would be ignored without a word: refused, naming the key. The settings
+    the shards were prepared with (the same config), or none, pass."""
+    from kplm.errors import ConfigError
+    from kplm.training.pretrain import PretrainJob
+
+    from conftest import TINY
+
+    def job(tokenizer):
+        config = copy.deepcopy(TINY)
+        config.update(run_dir=str(tmp_path / "run"),
+                      data={"train": {"name": "tfrecord", "path": prepared["out"]}})
+        config.pop("tokenizer", None)
+        if tokenizer is not None:
+            config["tokenizer"] = tokenizer
+        return PretrainJob(config)
+
+    job(dict(TOKENIZER)).check()  # as prepared
+    job(None).check()
+    job({"name": "wordpiece"}).check()
+    with pytest.raises(ConfigError, match=r"^config key 'tokenizer\.vocabulary_size' \(500\): the "
+                                          r"tokenizer the shards in .* bring was made with 400 "
+                                          r"\(.*tokenizer_learned_with\.json\)"):
+        job({**TOKENIZER, "vocabulary_size": 500}).check()
+    with pytest.raises(ConfigError, match=r"^config key 'tokenizer\.lowercase' \(False\)"):
+        job({"name": "wordpiece", "lowercase": False}).check()
+    with pytest.raises(ConfigError, match=r"^config key 'tokenizer\.name' \('sentencepiece'\): "
+                                          r"the shards in .* hold ids of a wordpiece tokenizer"):
+        job({"name": "sentencepiece"}).check()
+    assert not os.path.exists(tmp_path / "run")

@@ -103,6 +103,46 @@ class TFRecordShards(DataSource):
             tokenizer.save(tmp)
             check_tokenizer(self.path, tmp, tokenizer_name="the run's tokenizer")
 
+    def check_tokenizer_section(self, section, explicit):
+        """Refuse (``ConfigError`` naming the key) a setting of the config's ``tokenizer``
+        section (``section``, resolved; ``explicit``: the keys the config itself writes) that
+        the tokenizer these shards bring was not made with: pretraining on the shards uses
+        theirs, so the setting would be ignored without a word. Compared with what ``kplm data
+        prepare`` recorded it learned the tokenizer with, else with the tokenizer's own
+        ``tokenizer.json``; a setting neither holds cannot be told apart and passes."""
+        import json
+
+        from kplm.data.prepare import LEARNED_WITH
+        name = self.manifest["tokenizer"]["name"]
+        record, recorded_in = {}, os.path.join(self.tokenizer_dir, "tokenizer.json")
+        learned = os.path.join(self.path, LEARNED_WITH)
+        for path in (learned, recorded_in):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    found = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if path == learned:  # only a record of these shards' very tokenizer
+                if not isinstance(found, dict) or found.get("sha256") != self.tokenizer_sha256:
+                    continue
+                found = found.get("tokenizer")
+            if isinstance(found, dict):
+                record, recorded_in = found, path
+                break
+        for key in explicit:
+            value = section.get(key)
+            if key == "name" and value != name:
+                raise ConfigError(f"config key 'tokenizer.name' ({shown(value)}): the shards in "
+                                  f"{self.path} hold ids of a {name} tokenizer, which pretraining "
+                                  "on them uses; remove the key, or prepare the shards again "
+                                  "with this tokenizer")
+            if key not in ("name", "vocabulary") and key in record and record[key] != value:
+                raise ConfigError(f"config key 'tokenizer.{key}' ({shown(value)}): the tokenizer "
+                                  f"the shards in {self.path} bring was made with "
+                                  f"{shown(record[key])} ({recorded_in}), and pretraining on the "
+                                  "shards uses it; remove the key, or prepare the shards again "
+                                  "with this setting")
+
     def size_bytes(self):
         return sum(os.path.getsize(f) for f in self.files)
 

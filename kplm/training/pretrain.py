@@ -155,6 +155,12 @@ class PretrainJob(Job):
         self.train_source.check()
         if self.validation_source is not None:
             self.validation_source.check()
+        explicit = self.config.get("tokenizer")
+        explicit = ["name"] if isinstance(explicit, str) else list(explicit or ())
+        if (self.tokenizer is not None and self.tokenizer.tokens is None
+                and hasattr(self.train_source, "check_tokenizer_section")):
+            # prepared shards bring their tokenizer: a setting of another would be ignored
+            self.train_source.check_tokenizer_section(spec.tokenizer, explicit)
         self.callbacks = [build(cls, section) for cls, section in spec.callbacks]
 
     def resolved(self):
