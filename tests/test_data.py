@@ -15,6 +15,9 @@ def texts(source):
 def test_lines_skip_blanks_and_strip(tmp_path):
     (tmp_path / "a.txt").write_text(" first \n\n second\r\n")
     assert texts(TextFiles(paths=[str(tmp_path / "a.txt")])) == ["first", "second"]
+    # a UTF-8 byte-order mark (Windows editors write one) is not text of the first line
+    (tmp_path / "bom.txt").write_bytes("\ufeffthe first\r\nsecond\r\n".encode("utf-8"))
+    assert texts(TextFiles(paths=[str(tmp_path / "bom.txt")])) == ["the first", "second"]
 
 
 def test_documents_never_cross_files(tmp_path):

@@ -60,7 +60,9 @@ class TextFiles(FileSource):
         if self.encoding_errors == "replace":
             lines = lines.map(lambda s: tf.strings.unicode_transcode(
                 s, "UTF-8", "UTF-8", errors="replace"))
-        lines = lines.map(lambda s: tf.strings.strip(tf.strings.regex_replace(s, "\r$", "")))
+        # "\r" of CRLF files; a UTF-8 byte-order mark (a file's first line, as the checks read)
+        lines = lines.map(lambda s: tf.strings.strip(tf.strings.regex_replace(
+            s, "\r$|^\ufeff", "")))
         if self.format == "lines":
             texts = lines.filter(lambda s: tf.strings.length(s) > 0)
         else:
