@@ -43,12 +43,13 @@ def _check_file_output(output, rule, may_be_ours):
 
 def _holds_predictions_of(text, given):
     """Whether ``text`` may be ``kplm predict``'s output for the input lines ``given``: one JSON
-    object per non-blank line, holding that line's text(s)."""
-    lines = [line for _, line in given if line.strip()]
+    object per non-blank line, holding its number and text(s)."""
+    lines = [(number, line) for number, line in given if line.strip()]
     rows = [json.loads(row) for row in text.splitlines()]
     return len(rows) == len(lines) and all(
-        isinstance(row, dict) and set(line.split("\t")) <= set(map(str, row.values()))
-        for row, line in zip(rows, lines))
+        isinstance(row, dict) and row.get("input_line") == number
+        and set(line.split("\t")) <= set(map(str, row.values()))
+        for row, (number, line) in zip(rows, lines))
 
 
 def _write_file_output(output, rule, text):
@@ -140,7 +141,7 @@ def evaluate(run_dir, paths, output, overwrite):
 @click.option("--overwrite", is_flag=True, help="Replace the --output file if it exists.")
 def predict(run_dir, input_path, output, overwrite):
     """Predict with a fine-tuned RUN_DIR; writes one JSON object per non-blank input line
-    (blank lines are skipped)."""
+    (blank lines are skipped), its number in "input_line"."""
     rule = dict(what="--output", file=True, overwrite=overwrite,
                 inputs=[run_dir, getattr(input_path, "name", None)])
     from kplm.data.files import input_lines, shown_input
@@ -153,10 +154,11 @@ def predict(run_dir, input_path, output, overwrite):
     from kplm.runs import FinetunedRun
     run = FinetunedRun(run_dir)
     head = run.head
-    examples = []
+    examples, numbers = [], []
     for number, line in given:
         if not line.strip():
             continue
+        numbers.append(number)
         if head.pair_field:
             parts = line.split("\t")
             if len(parts) != 2:
@@ -168,8 +170,8 @@ def predict(run_dir, input_path, output, overwrite):
                             "per line; give a TSV file's text column alone (cut -f N FILE)")
         else:
             examples.append({head.text_field: line})
-    lines = [json.dumps({**ex, **p}, ensure_ascii=False)
-             for ex, p in zip(examples, run.predict(examples))]
+    lines = [json.dumps({"input_line": number, **ex, **p}, ensure_ascii=False)
+             for number, ex, p in zip(numbers, examples, run.predict(examples))]
     if output is not None:
         if not _write_file_output(output, rule, "".join(line + "\n" for line in lines)):
             click.echo(f"{output} already holds these predictions: nothing to do", err=True)

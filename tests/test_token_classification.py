@@ -222,6 +222,7 @@ def test_evaluate_and_predict_spans(ner_run, tmp_path):
     assert result.returncode == 0, result.stderr
     predictions = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [p["text"] for p in predictions] == lines
+    assert [p["input_line"] for p in predictions] == [1, 3]  # the blank line 2 is skipped
     from kplm.heads.token_classification import TokenClassificationHead
     head_labels = json.load(open(os.path.join(run_dir, "head.json")))["labels"]
     run_head = TokenClassificationHead(labels=head_labels)
