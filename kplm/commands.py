@@ -112,6 +112,12 @@ def evaluate(run_dir, paths, output, overwrite):
         from kplm.errors import KplmError
         from kplm.runs import read_json
         path = os.path.join(run_dir, "metrics.json")
+        if not os.path.exists(path) and os.path.exists(os.path.join(run_dir, "config.yaml")):
+            # a run killed before its end: a metrics.json made here would mark it finished,
+            # and its own command would then never finish it (its validation, best weights)
+            raise KplmError(f"{run_dir} has no metrics.json: the run did not finish; run its "
+                            "kplm finetune command again to finish it, or write these "
+                            "metrics elsewhere with -o FILE")
         existing = read_json(path, "the run's metrics") if os.path.exists(path) else {}
         if not isinstance(existing, dict) or not isinstance(existing.get("evaluate", {}), dict):
             raise KplmError(f"{path}: expected a JSON object of the run's metrics")

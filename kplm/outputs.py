@@ -19,8 +19,11 @@ plugin commands through ``kplm.atomic_output`` / ``kplm.check_output``.
    replaced is moved aside to ``.NAME.old-PID`` and deleted once the new one is in place.
    Resumable outputs (a training run, prepared shards) are written in place instead
    (``open_in_place``): when the command fails before writing anything resumable, what it created
-   is removed and a replaced previous output is put back. Siblings of dead processes that match
-   kplm's own pattern are cleaned by the next writer of the same path (``clean_stale``).
+   is removed and a replaced previous output is put back; after that, the previous output stays
+   aside until the new one is complete (a finished run, a complete manifest), whatever kills
+   come between. Siblings of dead processes that match kplm's own pattern are cleaned by the
+   next writer of the same path (``clean_stale``), and a moved-aside output whose path is
+   missing is put back by the next check of it (``check_output``).
 
 Every refusal is one line, an ``OutputError`` (a ``KplmError``) naming the path.
 
@@ -197,6 +200,8 @@ def check_output(path, *, what="output", file=False, overwrite=False, inputs=(),
     if os.path.islink(absolute) and not resume:  # a rename would replace the link itself
         raise OutputError(f"{what}: {shown} is a symbolic link; give the path it points to")
     real = os.path.realpath(absolute)
+    if not os.path.lexists(real):  # a killed replacement moved it aside: judged as it was
+        _put_back(real)
     parent = os.path.dirname(real)
     existing = parent
     while not os.path.lexists(existing):
@@ -275,18 +280,16 @@ def _remove(path):
         os.remove(path)
 
 
-def clean_stale(path, *, started=None, names=None):
-    """Clean the siblings of ``path`` that a dead kplm process left (``.NAME.tmp-PID``,
-    ``.NAME.old-PID``; nothing else is touched). A ``.old`` one is put back when ``path`` is
-    missing, or when ``started(path)`` says the new output never started and ``path`` holds only
-    ``names``; otherwise it is deleted."""
-    path = os.path.realpath(path)
+def _stale_siblings(path):
+    """``(tag, sibling path)`` of each ``.NAME.tmp-PID`` / ``.NAME.old-PID`` of ``path`` whose
+    process is gone, the newest first."""
     parent, name = os.path.split(path)
     pattern = re.compile(_SIBLING.format(name=re.escape(name)))
     try:
         entries = os.listdir(parent)
     except OSError:
-        return
+        return []
+    found = []
     for entry in entries:
         match = pattern.match(entry)
         if not match:
@@ -297,7 +300,33 @@ def clean_stale(path, *, started=None, names=None):
         if pid != os.getpid() and _alive(pid):
             continue
         stale = os.path.join(parent, entry)
-        if match.group(1) == "tmp":
+        try:
+            found.append((os.lstat(stale).st_mtime, match.group(1), stale))
+        except OSError:
+            continue
+    return [(tag, stale) for _, tag, stale in sorted(found, reverse=True)]
+
+
+def _put_back(path):
+    """Put back the previous output a killed replacement moved aside (``.NAME.old-PID``) while
+    ``path`` is missing: the state before that command."""
+    for tag, stale in _stale_siblings(path):
+        if tag == "old" and not os.path.lexists(path):
+            os.rename(stale, path)
+
+
+def clean_stale(path, *, started=None, names=None, complete=None):
+    """Clean the siblings of ``path`` that a dead kplm process left (``.NAME.tmp-PID``,
+    ``.NAME.old-PID``; nothing else is touched). A ``.old`` one (a previous output an
+    interrupted ``--overwrite`` moved aside) is put back when ``path`` is missing, or when
+    ``started(path)`` says the new output never started and ``path`` holds only ``names``. A
+    resumable output (``complete`` given) keeps it until ``complete(path)``: the previous
+    output is deleted only once the one replacing it is whole. Otherwise it is deleted.
+    Returns the ``.old`` siblings kept."""
+    path = os.path.realpath(path)
+    kept = []
+    for tag, stale in _stale_siblings(path):
+        if tag == "tmp":
             _remove(stale)
             continue
         restore = not os.path.lexists(path)
@@ -307,8 +336,11 @@ def clean_stale(path, *, started=None, names=None):
                 _remove(path)
         if restore:
             os.rename(stale, path)
+        elif complete is not None and not (os.path.isdir(path) and complete(path)):
+            kept.append(stale)
         else:
             _remove(stale)
+    return kept
 
 
 def _make_parents(directory):
@@ -380,10 +412,11 @@ class InPlaceOutput:
     """A resumable output directory written in place (a training run, prepared shards).
 
     ``open()`` creates it (with missing parents) or, with ``replace``, first moves the previous
-    output aside to ``.NAME.old-PID``. ``close(ok)``: on success, or when ``started(path)`` says
-    something resumable was written, the previous output is deleted; otherwise what ``open()``
-    did is undone: created directories removed, an existing empty one emptied again, the
-    previous output put back.
+    output aside to ``.NAME.old-PID``. ``close(ok)``: on success the previous output is
+    deleted (and any an earlier interrupted replacement left, ``clean_stale``); when
+    ``started(path)`` says something resumable was written, it stays aside until a later
+    command completes the new output; otherwise what ``open()`` did is undone: created
+    directories removed, an existing empty one emptied again, the previous output put back.
     """
 
     def __init__(self, path, *, replace=False, started=None):
@@ -403,11 +436,15 @@ class InPlaceOutput:
         return self
 
     def close(self, ok):
-        if ok or (self.started is not None and os.path.isdir(self.path)
-                  and self.started(self.path)):
+        if ok:  # the new output is whole: the previous ones go
             if self.aside is not None:
                 _remove(self.aside)
+            for tag, stale in _stale_siblings(self.path):
+                if tag == "old":
+                    _remove(stale)
             return
+        if self.started is not None and os.path.isdir(self.path) and self.started(self.path):
+            return  # resumable: a previous output waits aside until the new one completes
         if self.created is not None:
             shutil.rmtree(self.created, ignore_errors=True)
         elif self.was_empty and os.path.isdir(self.path):

@@ -527,6 +527,10 @@ CASES = [
      1, r"data\.train: .*d\.tsv:7: the label \('label'\) is empty"),
     ("finetune-data-train-null", lambda w: w.finetune({"data.train": None}),
      1, r"config key 'data\.train' is required"),
+    ("evaluate-run-unfinished", lambda w: ["evaluate", damaged(
+        "clf", "metrics.json", os.remove)(w), "--data", w.runs["train_tsv"]],
+     1, r"has no metrics\.json: the run did not finish; run its kplm finetune command again "
+        r"to finish it, or write these metrics elsewhere with -o FILE"),
     ("evaluate-run-metrics-damaged", lambda w: ["evaluate", damaged(
         "clf", "metrics.json", write_text("[1, 2"))(w), "--data", w.runs["train_tsv"]],
      1, r"metrics\.json: cannot read the run's metrics"),

@@ -206,12 +206,16 @@ def test_leftovers_of_dead_processes_are_cleaned_and_only_those(tmp_path):
 
 def test_in_place_outputs_keep_what_started_and_undo_the_rest(tmp_path):
     """Training runs and prepared shards are resumable, so they are written in place: a replaced
-    previous output is deleted once the new one has started, and put back when it never did
-    (in this process, or after it was killed)."""
+    previous output is put back when the new one never started (in this process, or after it
+    was killed); once it has started, the previous one waits aside until the new one is
+    complete, whatever kills or errors come between, and only then is deleted."""
     from kplm.outputs import RUN_NAMES, clean_stale, in_place_outputs, open_in_place
 
     def started(path):
         return os.path.exists(os.path.join(path, "checkpoints"))
+
+    def complete(path):
+        return os.path.exists(os.path.join(path, "metrics.json"))
 
     run = fake_run(str(tmp_path / "run"))
     previous = snapshot(run)
@@ -227,6 +231,18 @@ def test_in_place_outputs_keep_what_started_and_undo_the_rest(tmp_path):
             os.makedirs(os.path.join(run, "checkpoints"))
             raise RuntimeError("after the first checkpoint: the new run is kept")
     assert os.listdir(run) == ["checkpoints"]
+    aside = tmp_path / f".run.old-{os.getpid()}"
+    assert snapshot(str(aside)) == previous  # the previous run waits: the new one is not whole
+    kept = clean_stale(run, started=started, names=RUN_NAMES, complete=complete)
+    assert kept == [str(aside)] and snapshot(str(aside)) == previous  # a resume: still waits
+    with in_place_outputs():  # the resumed run ends: the previous one goes
+        open_in_place(run, started=started)
+        open(os.path.join(run, "metrics.json"), "w").close()
+    no_siblings(tmp_path)
+    # killed after the first checkpoint of a replacement, then the new run found finished
+    pid = _reaped_pid()
+    fake_run(str(tmp_path / f".run.old-{pid}"))
+    assert clean_stale(run, started=started, names=RUN_NAMES, complete=complete) == []
     no_siblings(tmp_path)
     # a process killed before its first checkpoint: the next writer puts the previous run back
     pid = _reaped_pid()

@@ -243,6 +243,36 @@ def test_non_finite_gradients_skip_the_update_and_equal_a_run_without_the_batch(
     np.testing.assert_allclose(result.history["mae"], clean.history["mae"], rtol=1e-5)
 
 
+def test_a_run_that_stopped_early_resumes_stopped(tmp_path):
+    """A run ended early (patience, a callback) and killed before its end (the last evaluation,
+    metrics.json) trains no further when run again: its stop is in the checkpoint."""
+    import keras
+
+    from kplm.training.loop import train
+
+    class StopAtSecondInterval(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    model = _plain_model()
+    stopped = train(model, _dataset(), steps=40, eval_every=5, checkpoint_dir=str(tmp_path),
+                    checkpoint_every=5, callbacks=[StopAtSecondInterval()])
+    assert stopped.step == 10
+    weights = [w.copy() for w in model.get_weights()]
+    again = _plain_model(seed=1)  # another process: the same command, without a stop this time
+    resumed = train(again, _dataset(), steps=40, eval_every=5, checkpoint_dir=str(tmp_path),
+                    checkpoint_every=5)
+    assert resumed.resumed_from == 10 and resumed.step == 10
+    for got, want in zip(again.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+    # the flag does not leak into the next run of the same model object
+    assert model.stop_training  # left by the callback
+    fresh = train(model, _dataset(), steps=20, eval_every=5, checkpoint_dir=str(tmp_path / "b"),
+                  checkpoint_every=5)
+    assert fresh.step == 20 and int(model.optimizer.iterations) == 20
+
+
 def test_too_many_skipped_steps_in_a_row_restore_the_last_good_checkpoint(tmp_path):
     from kplm.training.loop import train
     # batches 13-15 are non-finite; after 3 skips in a row (> 2) the guard goes back to the

@@ -162,7 +162,13 @@ def _prepare(config, output, overwrite, echo, progress, workers):
     def started(path):
         return os.path.exists(os.path.join(path, MANIFEST))
 
-    outputs.clean_stale(output, started=started, names=outputs.SHARDS_NAMES)
+    def complete(path):  # a replaced output waits aside (.NAME.old-PID) until then
+        try:
+            return read_manifest(path, "--output").get("complete") is True
+        except DataError:
+            return False
+
+    outputs.clean_stale(output, started=started, names=outputs.SHARDS_NAMES, complete=complete)
     outputs.check_output(output, what="--output", kind="shards", resume=True,
                          overwrite=overwrite, names=outputs.SHARDS_NAMES,
                          inputs=outputs.config_inputs(config))

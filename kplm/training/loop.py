@@ -118,11 +118,13 @@ class _RunState:
         self.batches, self.recoveries, self.skipped, self.history = 0, [], [], {}
         self.interval = {"sums": {}, "steps": 0}
         self.in_a_row = 0
+        self.stopped = False  # ended early (patience, a callback): a resume trains no further
 
     def to_json(self, monitor):
         return {"batches": self.batches, "recoveries": [list(r) for r in self.recoveries],
                 "skipped_steps": list(self.skipped), "history": self.history,
                 "interval": self.interval, "in_a_row": self.in_a_row,
+                "stopped": self.stopped,
                 "monitor": monitor.state() if monitor is not None else None}
 
     def load(self, saved, monitor):
@@ -133,6 +135,7 @@ class _RunState:
         interval = saved.get("interval") or {}
         self.interval = {"sums": dict(interval.get("sums", {})), "steps": interval.get("steps", 0)}
         self.in_a_row = saved.get("in_a_row", 0)
+        self.stopped = bool(saved.get("stopped", False))
         if monitor is not None:
             monitor.load_state(saved.get("monitor"))
 
@@ -205,6 +208,7 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
     def save(step):
         require_finite(model, f"the checkpoint of step {step} in {shown_dir}")
         state.batches = feed.batches
+        state.stopped = bool(getattr(model, "stop_training", False))
         store.save(checkpoint, step, state.to_json(monitor))
         saved_at["step"] = step
 
@@ -218,6 +222,7 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
         return restored
 
     # --- start, or continue where the newest checkpoint left off -------------------------------
+    model.stop_training = False  # not a flag an earlier train() or fit() left (saved below)
     if not resume:
         store.clear()  # a new run: another run's checkpoints must not be pruned into or restored
     restored = None
@@ -247,7 +252,7 @@ def train(model, dataset, *, steps, eval_every, checkpoint_dir, checkpoint_every
 
     # --- the loop --------------------------------------------------------------------------------
     callbacks.on_train_begin()
-    model.stop_training = False
+    model.stop_training = state.stopped  # a run that had stopped early, resumed: it stays so
     with _signals_to(flag):
         while now() < steps and not model.stop_training:
             step = now()

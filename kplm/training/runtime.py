@@ -174,12 +174,17 @@ def start_run(run_dir, overwrite, resolved, write=True, finished=None, kind=None
             return config_text, "finished"
         return config_text, "resume" if CheckpointDirectory(
             os.path.join(run_dir, runs.CHECKPOINTS)).checkpoints() else "new"
-    outputs.clean_stale(run_dir, started=run_started, names=outputs.RUN_NAMES)
+    # a run an interrupted --overwrite moved aside waits (.NAME.old-PID) until this one ends
+    outputs.clean_stale(run_dir, started=run_started, names=outputs.RUN_NAMES,
+                        complete=lambda path: os.path.exists(os.path.join(path, runs.METRICS)))
     plan = prepare_run_dir(run_dir, overwrite, config_text, outputs.config_inputs(resolved),
                            finished=finished, kind=kind)
-    if plan not in ("resume", "finished"):
+    if plan == "resume":  # its end deletes a run an interrupted --overwrite left aside
+        outputs.open_in_place(run_dir, started=run_started)
+    elif plan != "finished":
         # inside kplm.outputs.in_place_outputs() (pretrain, finetune), a run failing before its
         # first checkpoint leaves run_dir as it was; a replaced run waits in .NAME.old-PID
+        # until the new one finishes
         outputs.open_in_place(run_dir, replace=plan == "replace", started=run_started)
         write_text(os.path.join(run_dir, runs.CONFIG), config_text)
     return config_text, plan
