@@ -55,10 +55,11 @@ def _holds_predictions_of(text, given):
 def _write_file_output(output, rule, text):
     """Write ``text`` to ``output`` atomically; False (nothing written) where the file holds
     exactly ``text`` already."""
-    from kplm.outputs import atomic_output, check_output
+    from kplm.outputs import atomic_output, check_output, clean_stale
     if not rule["overwrite"] and os.path.isfile(output):
         with open(output, "rb") as f:
             if f.read() == text.encode("utf-8"):
+                clean_stale(output)  # a temporary a kill before the rename left
                 return False
         check_output(output, **rule)  # another output there: refused, as without the wait
     with atomic_output(output, **rule) as tmp, open(tmp, "w", encoding="utf-8") as f:
