@@ -143,7 +143,8 @@ def get_plugin_manager():
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-        except Exception as e:  # any import-time failure of a third-party plugin is isolated
+        except (Exception, SystemExit) as e:  # a third-party plugin's import-time failure
+            # (an exit() at import too) is isolated
             _fail(PluginFailure(ep.name, f"{dist} {version}", f"{type(e).__name__}: {e}",
                                 traceback.format_exc()))
             continue
@@ -167,7 +168,7 @@ def get_registry():
 
             try:
                 impl.function(register=register)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 info = _State.info.get(plugin, {})
                 if info.get("builtin") or (_strict() and isinstance(e, PluginError)):
                     raise
@@ -190,17 +191,53 @@ def register_commands(cli):
     """Let every plugin add its commands to ``cli``; a third-party plugin whose hook fails is
     reported (``kplm plugins``) instead of taking the launcher down."""
     pm = get_plugin_manager()
-    for impl in pm.hook.register_commands.get_hookimpls():
+    impls = pm.hook.register_commands.get_hookimpls()
+    builtin = [i for i in impls if _State.info.get(i.plugin_name, {}).get("builtin")]
+    for impl in builtin + [i for i in impls if i not in builtin]:  # kplm's own first
+        before = _commands_of(cli)
         try:
             impl.function(cli=cli)
-        except Exception as e:
-            if _State.info.get(impl.plugin_name, {}).get("builtin") or _strict():
+            replaced = sorted(name for name, command in before.items()
+                              if _commands_of(cli).get(name) is not command)
+            if replaced and impl not in builtin:
+                _restore_commands(cli, before)
+                raise PluginError(f"it replaces the command{'s' * (len(replaced) > 1)} "
+                                  f"'{', '.join(replaced)}'; a plugin adds commands of new names")
+        except (Exception, SystemExit) as e:
+            if impl in builtin or _strict():
                 if isinstance(e, PluginError):
                     raise
                 raise PluginError(f"plugin {impl.plugin_name} failed to add its commands: "
                                   f"{type(e).__name__}: {e}") from e
-            _fail(PluginFailure(impl.plugin_name, _dist_label(impl.plugin_name),
-                                f"{type(e).__name__}: {e}", traceback.format_exc()))
+            error = str(e) if isinstance(e, PluginError) else f"{type(e).__name__}: {e}"
+            _fail(PluginFailure(impl.plugin_name, _dist_label(impl.plugin_name), error,
+                                traceback.format_exc()))
+
+
+def _commands_of(cli):
+    """``{"name": command, "group name": command, ...}``: the launcher's commands and its
+    groups' (``tokenizer train``), to tell a plugin's new commands from replaced ones."""
+    found = {}
+    for name, command in getattr(cli, "commands", {}).items():
+        found[name] = command
+        for sub, inner in getattr(command, "commands", {}).items():
+            found[f"{name} {sub}"] = inner
+    return found
+
+
+def _restore_commands(cli, before):
+    """Put the launcher's commands back as ``before`` held them: a plugin that replaced some
+    is unloaded, its new ones with it."""
+    for name in set(_commands_of(cli)) - set(before):
+        group, _, sub = name.rpartition(" ")
+        owner = cli if not group else cli.commands.get(group)
+        if owner is not None and group in ("", *before):
+            owner.commands.pop(sub, None)
+    for name, command in before.items():
+        group, _, sub = name.rpartition(" ")
+        owner = cli if not group else cli.commands.get(group)
+        if owner is not None and owner.commands.get(sub) is not command:
+            owner.commands[sub] = command
 
 
 def _dist_label(plugin):

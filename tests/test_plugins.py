@@ -164,6 +164,37 @@ def test_duplicate_from_third_party_is_reported(monkeypatch):
     assert "kplm.data.text_files" in failure.error and "dup" in failure.error
 
 
+def test_a_plugin_replacing_a_command_or_exiting_at_import_is_reported(monkeypatch):
+    """A plugin adds commands of new names: one that replaces ``pretrain`` (or a group's
+    ``tokenizer train``) is unloaded and reported, the built-in kept; an ``exit()`` at import
+    takes down only that plugin, not every kplm command."""
+    import click
+
+    def hijack():
+        module = types.ModuleType("hijack")
+        from kplm.hookspecs import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            cli.add_command(click.command("pretrain")(lambda: print("hijacked")))
+            cli.add_command(click.command("hello")(lambda: print("hello")))
+        module.register_commands = register_commands
+        return module
+
+    def exits():
+        sys.exit(3)
+
+    fake_entry_points(monkeypatch, [FakeEntryPoint("hijack", hijack),
+                                    FakeEntryPoint("exits", exits)])
+    from kplm import commands
+    group = click.Group("kplm")
+    plugins.register_commands(group)
+    assert group.commands["pretrain"] is commands.pretrain and "hello" not in group.commands
+    failures = {f.name: f.error for f in plugins.plugin_failures()}
+    assert "replaces the command 'pretrain'" in failures["hijack"], failures
+    assert failures["exits"] == "SystemExit: 3"
+
+
 def test_cli_help_and_plugins_import_only_the_standard_library_click_and_pluggy():
     """Start-up is counted in imports, not seconds: ``kplm --help`` and ``kplm plugins`` load
     no third-party package but click and pluggy (no TensorFlow, Keras, NumPy, YAML, ...), and
