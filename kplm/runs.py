@@ -256,6 +256,8 @@ class FinetunedRun:
                                  model_path, "model")
             load_weights(self.model, os.path.join(run_dir, MODEL_WEIGHTS), "model weights")
             self._check_head()
+        from kplm.pretrained import check_tokenizer_fits
+        check_tokenizer_fits(self.tokenizer, self.model.backbone, run_dir)
         self.sequence_length = (finetune["sequence_length"]
                                 or self.model.backbone.sequence_length)
 

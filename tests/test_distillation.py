@@ -388,6 +388,23 @@ def test_select_layers_copies_the_chosen_blocks():
     with pytest.raises(ConfigError, match=r"backbone.keep_layers': layer 4 does not exist; "
                                           r"the checkpoint has 4 layers"):
         select_layers(teacher, [0, 4])
+    # an encoder-decoder (BART's shape): the chosen blocks on both sides (block 0 was copied
+    # for any choice); T5's nested stacks are refused, not copied wrong
+    from kplm.models.encoder_decoder import EncoderDecoder
+    from kplm.models.t5 import T5EncoderDecoder
+    bart = EncoderDecoder(vocabulary_size=50, num_layers=3, hidden_dim=16, num_heads=2,
+                          intermediate_dim=32, sequence_length=8)
+    kept = select_layers(bart, [2])
+    assert kept.num_layers == 1 and kept.num_decoder_layers == 1
+    for side in ("encoder", "decoder"):
+        for a, b in zip(kept.get_layer(f"{side}_layer_0").get_weights(),
+                        bart.get_layer(f"{side}_layer_2").get_weights()):
+            np.testing.assert_array_equal(a, b)
+    t5 = T5EncoderDecoder(vocabulary_size=50, num_layers=2, hidden_dim=16, num_heads=2,
+                          intermediate_dim=32)
+    with pytest.raises(ConfigError, match=r"T5EncoderDecoder backbones cannot keep some of "
+                                          r"their layers"):
+        select_layers(t5, [1])
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import zipfile
 
 import numpy as np
@@ -157,6 +158,66 @@ def test_bad_checkpoints_get_one_line_errors(tiny_dirs, tmp_path):
         open(os.path.join(tiny_dirs["bert"], "model.safetensors"), "rb").read())
     with pytest.raises(DataError, match=r"does not fit .* under its config.json"):
         load_encoder(str(broken))
+
+
+def _edit_json(name, change):
+    def edit(directory):
+        path = os.path.join(directory, name)
+        found = json.load(open(path)) if os.path.exists(path) else {}
+        json.dump(change(found), open(path, "w"))
+    return edit
+
+
+def _edit_vocab(change):
+    def edit(directory):
+        path = os.path.join(directory, "vocab.txt")
+        tokens = open(path).read().splitlines()
+        open(path, "w").write("\n".join(change(tokens)) + "\n")
+    return edit
+
+
+def _as_tokenizer_json(directory):
+    tokens = open(os.path.join(directory, "vocab.txt")).read().splitlines()
+    os.remove(os.path.join(directory, "vocab.txt"))
+    vocab = {t: 2 * i for i, t in enumerate(tokens)}  # ids with gaps
+    json.dump({"model": {"type": "WordPiece", "vocab": vocab}},
+              open(os.path.join(directory, "tokenizer.json"), "w"))
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    (_edit_json("tokenizer_config.json", lambda c: {**c, "do_lower_case": "no"}),
+     r"tokenizer_config\.json: do_lower_case: expected true or false, got 'no'"),
+    (_edit_json("tokenizer_config.json", lambda c: [c]),
+     r"tokenizer_config\.json: expected a JSON object, got list"),
+    (_as_tokenizer_json, r"tokenizer\.json: model\.vocab ids must be 0 to \d+, one token each; "
+                         r"id 1 is missing"),
+    (_edit_vocab(lambda t: t[:10] + [t[7]] + t[11:]),
+     r"vocab\.txt:11: the token .* is on line 8 too; each token is listed once"),
+    (_edit_vocab(lambda t: t[:10] + [""] + t[11:]), r"vocab\.txt:11: an empty token"),
+    (_edit_vocab(lambda t: t + [f"extra{i}" for i in range(50)]),
+     r"the tokenizer has \d+ tokens but the model's embedding table \d+ rows"),
+    (_edit_json("config.json", lambda c: {**c, "model_type": ["bert"]}),
+     r"config\.json: model_type \['bert'\] is not supported"),
+    (_edit_json("config.json", lambda c: {**c, "hidden_act": ["gelu"]}),
+     r"config\.json: hidden_act \['gelu'\] is not supported"),
+    (_edit_json("config.json", lambda c: {**c, "num_hidden_layers": "2"}),
+     r"config\.json: num_hidden_layers: expected a whole number, got '2'"),
+    (_edit_json("config.json", lambda c: {**c, "hidden_size": 10 ** 9}),
+     r"config\.json: a model of about [\d,]+ parameters .* more than this machine's"),
+], ids=["lowercase-string", "tokenizer-config-list", "tokenizer-json-id-gaps",
+        "vocab-duplicate", "vocab-empty-line", "vocab-beyond-embeddings", "model-type-list",
+        "activation-list", "layers-string", "hidden-size-absurd"])
+def test_damaged_checkpoint_files_are_refused_in_one_line(tiny_dirs, tmp_path, damage, pattern):
+    """Damage a Hugging Face directory's tokenizer or config files: one line naming the file,
+    never a traceback, a renumbered vocabulary or a model of the wrong size."""
+    from kplm.errors import KplmError
+    from kplm.pretrained import load_pretrained
+    path = str(tmp_path / "bert")
+    shutil.copytree(tiny_dirs["bert"], path)
+    damage(path)
+    with pytest.raises(KplmError, match=pattern) as error:
+        load_pretrained(path)
+    assert "\n" not in str(error.value)
 
 
 def test_hf_export_round_trip_is_exact(tiny_dirs, tmp_path):

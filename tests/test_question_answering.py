@@ -236,3 +236,7 @@ def test_exported_saved_model_answers_raw_questions_like_predict(qa_run, tmp_pat
         assert abs(served["score"][i] - p["score"]) < 1e-4
     assert sum(bool(p["answer"]) for p in expected) > 30
     assert max(len(ex["context"]) for ex in examples) > 1000  # several windows per context
+    # a batch whose every context is empty (a gather over no context tokens failed)
+    served = serve_in_fresh_process(exported, {"question": ["Who?", "What?"],
+                                               "context": ["", "   "]})
+    assert list(served["answer"]) == ["", ""] and list(served["score"]) == [0.0, 0.0]

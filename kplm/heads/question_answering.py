@@ -400,9 +400,11 @@ class QuestionAnsweringHead(Head):
             best = tf.argmax(flat_scores, axis=1)
             best_score = tf.reduce_max(flat_scores, axis=1)
             s_pos, e_pos = best // length, best % length
-            span_start = tf.gather(take(c_start).to_tensor(), tf.maximum(s_pos - offset, 0),
+            def padded(ragged):  # a column more: a batch of empty contexts leaves none
+                return tf.pad(ragged.to_tensor(), [[0, 0], [0, 1]])
+            span_start = tf.gather(padded(take(c_start)), tf.maximum(s_pos - offset, 0),
                                    batch_dims=1)
-            span_end = tf.gather(take(c_end).to_tensor(), tf.maximum(e_pos - offset, 0),
+            span_end = tf.gather(padded(take(c_end)), tf.maximum(e_pos - offset, 0),
                                  batch_dims=1)
             # the best window of each example (the first one on ties, as predict)
             per_example = tf.RaggedTensor.from_value_rowids(best_score, example,

@@ -1,5 +1,7 @@
 """A shallower copy of a Transformer backbone: some of its blocks, all of its other weights
 (DistilBERT's student initialisation: every other layer of the teacher)."""
+import re
+
 from kplm.errors import ConfigError, shown
 
 
@@ -20,11 +22,18 @@ def check_keep_layers(keep, key="backbone.keep_layers"):
                           f">= 0 (such as [0, 2, 4]), got {shown(keep)}")
 
 
+#: Names of the Transformer blocks ``select_layers`` picks from, by block-name prefix: kplm's
+#: ``Encoder`` / ``Decoder`` (``transformer_layer_{i}``) and ``EncoderDecoder`` (BART:
+#: ``encoder_layer_{i}``, ``decoder_layer_{i}``).
+_BLOCK = re.compile(r"^(transformer|encoder|decoder)_layer_(\d+)$")
+
+
 def select_layers(backbone, keep, key="backbone.keep_layers"):
     """A new backbone of the same class and configuration with ``len(keep)`` Transformer blocks:
     block ``i`` is a copy of ``backbone``'s block ``keep[i]``; embeddings, layer norms and pooler
     are copied as they are. Works for kplm's ``Encoder`` and ``Decoder`` (blocks named
-    ``transformer_layer_{i}``).
+    ``transformer_layer_{i}``) and ``EncoderDecoder`` (BART's shape: ``keep`` picks the blocks
+    of the encoder and of the decoder alike); another backbone (T5's) is refused.
 
     Example:
     >>> from kplm.models.encoder import Encoder
@@ -34,19 +43,31 @@ def select_layers(backbone, keep, key="backbone.keep_layers"):
     2
     """
     check_keep_layers(keep, key)
-    total = backbone.num_layers
+    blocks = {}
+    for layer in backbone.layers:
+        match = _BLOCK.match(layer.name)
+        if match:
+            blocks.setdefault(match.group(1), set()).add(int(match.group(2)))
+    if not blocks or any(n != set(range(len(n))) for n in blocks.values()):
+        raise ConfigError(f"config key '{key}': {type(backbone).__name__} backbones cannot keep "
+                          "some of their layers (kplm's encoders, decoders and BART-shaped "
+                          "encoder-decoders can); remove the key")
+    total = min(len(n) for n in blocks.values())
     if keep[-1] >= total:
         raise ConfigError(f"config key '{key}': layer {keep[-1]} does not exist; the checkpoint "
                           f"has {total} layers (0-{total - 1})")
     config = backbone.get_config()
     config["num_layers"] = len(keep)
+    if "num_decoder_layers" in config:
+        config["num_decoder_layers"] = len(keep)
     student = type(backbone).from_config(config)
     source = {layer.name: layer for layer in backbone.layers}
     for layer in student.layers:
         if not layer.weights:
             continue
         name = layer.name
-        if name.startswith("transformer_layer_"):
-            name = f"transformer_layer_{keep[int(name.rsplit('_', 1)[1])]}"
+        match = _BLOCK.match(name)
+        if match:
+            name = f"{match.group(1)}_layer_{keep[int(match.group(2))]}"
         layer.set_weights(source[name].get_weights())
     return student

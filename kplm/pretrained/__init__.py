@@ -137,13 +137,29 @@ def load_pretrained(path, dtype=None, key="init_from"):
     fmt = check_checkpoint(path, key)
     if fmt == "kplm":
         from kplm import runs
-        backbone = runs.load_backbone(path)
-        return backbone, runs.load_tokenizer(path)
-    if fmt == "keras_hub":
+        backbone, tokenizer = runs.load_backbone(path), runs.load_tokenizer(path)
+    elif fmt == "keras_hub":
         from kplm.pretrained.presets import load_preset
-        return load_preset(path, dtype=dtype)
-    from kplm.pretrained import huggingface
-    return huggingface.load_backbone(path, dtype=dtype), huggingface.load_tokenizer(path)
+        backbone, tokenizer = load_preset(path, dtype=dtype)
+    else:
+        from kplm.pretrained import huggingface
+        backbone = huggingface.load_backbone(path, dtype=dtype)
+        tokenizer = huggingface.load_tokenizer(path)
+    check_tokenizer_fits(tokenizer, backbone, path)
+    return backbone, tokenizer
+
+
+def check_tokenizer_fits(tokenizer, backbone, path):
+    """Refuse (``DataError``, one line) a tokenizer with more tokens than ``backbone`` has
+    embedding rows: its last ids would index past the table (a traceback mid-training, as soon
+    as the text holds one of them)."""
+    from kplm.errors import DataError
+    rows = getattr(backbone, "vocabulary_size", None)
+    tokens = len(tokenizer.tokens) if getattr(tokenizer, "tokens", None) is not None else None
+    if rows and tokens and tokens > rows:
+        raise DataError(f"{path}: the tokenizer has {tokens:,} tokens but the model's embedding "
+                        f"table {rows:,} rows; the vocabulary and the weights are not of one "
+                        "model")
 
 
 class _CheckpointBackbone(PretrainedBackbone):

@@ -33,23 +33,57 @@ def is_checkpoint(path):
         return False
     try:
         with open(config, encoding="utf-8") as f:
-            return "model_type" in json.load(f)
-    except (OSError, ValueError):
+            found = json.load(f)
+    except (OSError, ValueError, RecursionError):
         return False
+    return isinstance(found, dict) and "model_type" in found
 
 
 def read_config_json(path):
     """The ``config.json`` of the model directory ``path``, as a dict (its ``model_type`` not
     checked: ``kplm.pretrained.huggingface.read_config`` does)."""
     config_path = os.path.join(path, "config.json")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no config.json; expected a Hugging Face model directory") \
-            from None
-    except ValueError as e:
-        raise DataError(f"{config_path}: not valid JSON: {describe(e)}") from None
+    if not os.path.lexists(config_path):
+        raise ConfigError(f"{path}: no config.json; expected a Hugging Face model directory")
+    config = _read_json_object(config_path)
+    check_config_size(config, config_path)
+    return config
+
+
+#: config.json keys of a model's sizes, per meaning, as the supported families spell them.
+_SIZE_KEYS = {"vocabulary": ("vocab_size",), "width": ("hidden_size", "d_model", "n_embd"),
+              "layers": ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers",
+                         "decoder_layers", "num_decoder_layers"),
+              "inner": ("intermediate_size", "d_ff", "n_inner", "encoder_ffn_dim",
+                        "decoder_ffn_dim"),
+              "positions": ("max_position_embeddings", "n_positions")}
+
+
+def check_config_size(config, config_path):
+    """Refuse (``DataError``, one line naming the file) a ``config.json`` whose size keys are
+    not whole numbers, or describe a model whose float32 weights alone exceed this machine's
+    memory (``hidden_size: 1e9`` was an out-of-memory traceback)."""
+    from kplm.training.distribute import host_memory_bytes
+    sizes = {}
+    for meaning, keys in _SIZE_KEYS.items():
+        for key in keys:
+            value = config.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DataError(f"{config_path}: {key}: expected a whole number, got "
+                                f"{shown(value)}")
+            sizes[meaning] = sizes.get(meaning, 0) + value if meaning == "layers" else max(
+                sizes.get(meaning, 0), value)
+    width, inner = sizes.get("width", 0), sizes.get("inner") or 4 * sizes.get("width", 0)
+    parameters = (width * (sizes.get("vocabulary", 0) + sizes.get("positions", 0))
+                  + sizes.get("layers", 0) * (4 * width * width + 2 * width * inner))
+    memory = host_memory_bytes()
+    if memory and 4 * parameters > memory:
+        raise DataError(f"{config_path}: a model of about {parameters:,} parameters "
+                        f"({4 * parameters / 2 ** 30:,.1f} GiB in float32), more than this "
+                        f"machine's {memory / 2 ** 30:.1f} GiB of memory; is config.json "
+                        "damaged?")
 
 
 def config_value(config, key, path, default=None):
@@ -65,7 +99,7 @@ def activation(config, key, default, path="."):
     """The Keras activation of the Hugging Face activation ``config[key]`` (``default`` when
     missing); a ``ConfigError`` naming the file for one kplm has no equivalent of."""
     name = config.get(key, default)
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ConfigError(f"{path}/config.json: {key} {shown(name)} is not supported "
                           f"({', '.join(ACTIVATIONS)})")
     return ACTIVATIONS[name]
@@ -82,10 +116,11 @@ def load_state_dict(path):
             return _widen(load_file(st))
         except (SafetensorError, OSError, ValueError) as e:
             raise DataError(f"{st}: cannot read: {describe(e)}") from None
-        except TypeError as e:  # bfloat16 tensors: numpy has no such dtype
-            if "bfloat16" not in str(e) and "bf16" not in str(e).lower():
-                raise
-            return _load_bf16_safetensors(st)
+        except (TypeError, AttributeError, KeyError):  # a dtype numpy lacks (bfloat16, fp8)
+            try:
+                return _load_bf16_safetensors(st)
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                raise DataError(f"{st}: cannot read: {describe(e)}") from None
     pt = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(pt):
         from kplm.pretrained.torch_zip import load_torch_state_dict
@@ -111,6 +146,9 @@ def _load_bf16_safetensors(path):
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if info.get("dtype") not in dtypes:
+            raise DataError(f"{path}: weight {name} is {shown(info.get('dtype'))}; kplm reads "
+                            f"{', '.join(dtypes)} tensors")
         begin, end = info["data_offsets"]
         array = np.frombuffer(data[begin:end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
         if info["dtype"] == "BF16":
@@ -139,14 +177,38 @@ def fast_tokenizer_model(path, kind):
     fast = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(fast):
         return None
-    try:
-        with open(fast, encoding="utf-8") as f:
-            model = json.load(f).get("model", {})
-    except ValueError as e:
-        raise DataError(f"{fast}: not valid JSON: {describe(e)}") from None
+    found = _read_json_object(fast)
+    model = found.get("model")
+    if not isinstance(model, dict):
+        raise DataError(f"{fast}: no 'model' object; is it a Hugging Face tokenizer.json?")
     if model.get("type") != kind:
-        raise ConfigError(f"{fast}: a {model.get('type')} tokenizer; expected {kind}")
+        raise ConfigError(f"{fast}: a {shown(model.get('type'))} tokenizer; expected {kind}")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab or not all(
+            isinstance(t, str) and isinstance(i, int) and not isinstance(i, bool)
+            for t, i in vocab.items()):
+        raise DataError(f"{fast}: model.vocab must map tokens to integer ids")
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):  # rows of the embedding table, one token each
+        at = next(i for i, found in enumerate(ids) if found != i)
+        what = f"id {ids[at]} is given twice" if ids[at] < at else f"id {at} is missing"
+        raise DataError(f"{fast}: model.vocab ids must be 0 to {len(ids) - 1}, one token "
+                        f"each; {what}")
     return model
+
+
+def _read_json_object(path):
+    """The JSON object in ``path``, or a ``DataError`` line naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: not valid JSON: {describe(e)}") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it: {describe(e)}") from None
+    if not isinstance(found, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(found).__name__}")
+    return found
 
 
 def read_tokenizer_config(path):
@@ -154,8 +216,12 @@ def read_tokenizer_config(path):
     tok_config = os.path.join(path, "tokenizer_config.json")
     if not os.path.isfile(tok_config):
         return {}
-    with open(tok_config, encoding="utf-8") as f:
-        return json.load(f)
+    options = _read_json_object(tok_config)
+    for key in ("do_lower_case", "strip_accents"):  # bool("no") would be True
+        if options.get(key) is not None and not isinstance(options[key], bool):
+            raise DataError(f"{tok_config}: {key}: expected true or false, got "
+                            f"{shown(options[key])}")
+    return options
 
 
 def assign_weights(mapping, state, path, convert):
@@ -170,7 +236,12 @@ def assign_weights(mapping, state, path, convert):
         if name not in state:
             missing.append(name)
             continue
-        value = convert(np.asarray(state[name]), kind, tuple(variable.shape))
+        try:
+            value = convert(np.asarray(state[name]), kind, tuple(variable.shape))
+        except ValueError as e:  # a reshape of the wrong number of elements
+            raise DataError(f"{path}: weight {name} of shape {np.shape(state[name])} does not "
+                            f"fit {variable.path} {tuple(variable.shape)} ({describe(e)})") \
+                from None
         if tuple(value.shape) != tuple(variable.shape):
             raise DataError(f"{path}: weight {name} has shape {state[name].shape}, which does not "
                             f"fit {variable.path} {tuple(variable.shape)} under its config.json")

@@ -50,7 +50,7 @@ def read_config(path):
     """``(family, config dict)`` of the checkpoint in ``path``; refuses unsupported models."""
     config = read_config_json(path)
     model_type = config.get("model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise ConfigError(f"{os.path.join(path, 'config.json')}: model_type {shown(model_type)} "
                           f"is not supported; kplm imports {', '.join(sorted(FAMILIES))}")
     return FAMILIES[model_type], config

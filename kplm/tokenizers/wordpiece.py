@@ -168,12 +168,29 @@ def _read_vocabulary(path):
         raise ConfigError(f"tokenizer.vocabulary: {path} not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"tokenizer.vocabulary: cannot read {path}: {describe(e)}") from None
+    tokens = [t[:-1] if t.endswith("\r") else t for t in tokens]  # a CRLF file
     while tokens and not tokens[-1]:
         tokens.pop()
+    check_tokens(tokens, path)
     missing = [t for t in SPECIAL_TOKENS if t not in tokens]
     if missing:
         raise ConfigError(f"tokenizer.vocabulary: {path} lacks the special tokens {missing}")
     return tokens
+
+
+def check_tokens(tokens, path):
+    """Refuse (``ConfigError``) a vocabulary whose ids (line numbers) would not be one token
+    each: an empty token, or one listed twice (``tensorflow_text`` refuses it with a
+    traceback; a lookup would give one of the two ids)."""
+    first = {}
+    for number, token in enumerate(tokens, 1):
+        if not token.strip():
+            raise ConfigError(f"tokenizer.vocabulary: {path}:{number}: an empty token; a "
+                              "vocabulary holds one token per line, its id the line number")
+        if token in first:
+            raise ConfigError(f"tokenizer.vocabulary: {path}:{number}: the token {token!r} is "
+                              f"on line {first[token]} too; each token is listed once")
+        first[token] = number
 
 
 def _atomic_write(path, text):
