@@ -281,6 +281,11 @@ def generate(run_dir, prompts, prompt_file, sampler, max_length, top_k, top_p, n
     """Continue prompts with a causal_lm pretraining RUN_DIR; one JSON line per prompt."""
     from kplm.errors import KplmError
     prompts = list(prompts)
+    for number, prompt in enumerate(prompts, 1):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of another encoding in the shell's argument
+            raise KplmError(f"--prompt {number}: not valid UTF-8 text") from None
     if prompt_file is not None:
         from kplm.data.files import input_lines
         name = getattr(prompt_file, "name", "-")  # stdin under click.testing has no name

@@ -242,6 +242,9 @@ CASES = [
      1, r"nope\.yaml: config file not found"),
     ("config-is-a-directory", lambda w: ["pretrain", w.dir],
      2, r"'CONFIG'.*is a directory.*kplm pretrain --help"),
+    # bytes of another encoding on the command line (Python keeps them as lone surrogates)
+    ("set-not-utf8", lambda w: w.pretrain() + ["--set", "run_dir=caf\udce9"],
+     1, r"--set 'run_dir=caf.*': not valid UTF-8 text"),
     ("set-without-equals", lambda w: w.pretrain() + ["--set", "trainer.steps"],
      1, r"--set 'trainer\.steps': expected KEY=VALUE"),
     ("set-into-a-value", lambda w: w.pretrain() + ["--set", "seed.x=1"],
@@ -568,6 +571,9 @@ CASES = [
                                                       lambda p: open(p, "ab").write(b"\xff\n"))),
      1, r"vocab\.txt.*(invalid UTF-8|can't decode)"),
     # --- generate ----------------------------------------------------------------------------
+    ("generate-prompt-not-utf8", lambda w: ["generate", w.runs["clm"], "--prompt", "ok",
+                                            "--prompt", "caf\udce9"],
+     1, r"--prompt 2: not valid UTF-8 text"),
     ("generate-missing-weights", generate_on(damaged("clm", "backbone.weights.h5", remove)),
      1, r"backbone\.weights\.h5: backbone weights \(\.weights\.h5\) not found"),
     ("generate-truncated-weights", generate_on(damaged("clm", "backbone.weights.h5", truncated)),
