@@ -530,3 +530,17 @@ def test_gpt2_matches_transformers_in_hidden_states_tokens_and_greedy_generation
         PretrainSpec({**base, "objective": {"name": "masked_lm"}})
     PretrainSpec({**base, "objective": {"name": "causal_lm"}})
     assert config["model_type"] == "gpt2"
+
+
+def test_byte_bpe_merges_must_make_tokens_of_the_vocabulary():
+    """A merge whose result the vocabulary lacks gave id -1 inside the graph (a training
+    traceback at the first label of it): refused when the tokenizer is read."""
+    from kplm.testing import tiny_byte_bpe
+    from kplm.tokenizers.byte_bpe import ByteBPE
+    vocab, merges = tiny_byte_bpe(200)
+    ByteBPE().set_vocabulary(vocab, merges)
+    made = "".join(merges[0].split(" "))
+    with pytest.raises(ConfigError, match=rf"merge 1 '{merges[0]}' makes '{made}', which the "
+                                          r"vocabulary lacks"):
+        ByteBPE().set_vocabulary({t: i for i, t in enumerate(
+            t for t in sorted(vocab, key=vocab.get) if t != made)}, merges)

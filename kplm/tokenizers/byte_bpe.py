@@ -47,6 +47,13 @@ class ByteBPE(Tokenizer):
         missing = [t for t in self.special.values() if t not in vocab]
         if missing:
             raise ConfigError(f"tokenizer.vocabulary lacks the special tokens {missing}")
+        for number, merge in enumerate(merges, 1):  # a merge's token missing: id -1 in graph
+            parts = merge.split(" ")
+            if len(parts) != 2 or "".join(parts) not in vocab:
+                raise ConfigError(f"tokenizer.vocabulary: merge {number} {merge!r} "
+                                  + ("is not two symbols" if len(parts) != 2 else
+                                     f"makes {''.join(parts)!r}, which the vocabulary lacks")
+                                  + "; the vocabulary and merges are not of one tokenizer")
         size = max(vocab.values()) + 1
         tokens = [""] * size
         for token, index in vocab.items():
