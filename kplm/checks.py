@@ -68,6 +68,20 @@ def _bound(text):
         return text  # another argument of the same section
 
 
+def check_rules(limits):
+    """Raise ``ValueError`` naming the first rule of ``limits`` (argument name -> rule or list
+    of rules) that is not one of kplm's (``">= 1"``, ``"[0, 1)"``, ``"multiple of num_heads"``,
+    with an optional ``" (why)"``)."""
+    for name, rules in limits.items():
+        for rule in (rules,) if isinstance(rules, str) else rules:
+            try:
+                if not isinstance(rule, str) or not _RULE.match(rule):
+                    raise ValueError(f"unknown limit rule {rule!r}")
+                _parse(rule)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+
+
 def check_limits(limits, values, path):
     """Check ``values`` (argument name -> value) against ``limits``; raise ``ConfigError``
     naming ``path.name`` (the config key) for the first value outside them."""

@@ -68,6 +68,13 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except Exception as e:  # a bug: a plugin's is named, kplm's shows its traceback
+            from kplm.plugins import plugin_in_traceback
+            plugin = None if _debug() else plugin_in_traceback(e.__traceback__)
+            if plugin is None:
+                raise
+            _error(f"plugin {plugin} failed: {type(e).__name__}: {describe(e)} (a bug in the "
+                   "plugin; kplm --debug ... shows where)", ctx, 1)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -240,6 +240,33 @@ def _restore_commands(cli, before):
             owner.commands[sub] = command
 
 
+def plugin_in_traceback(tb):
+    """``"NAME (DISTRIBUTION VERSION)"`` of the third-party plugin whose code the deepest frame
+    of traceback ``tb`` that belongs to one ran in, or None (kplm's own code, a library's)."""
+    import inspect
+    if _State.pm is None:
+        return None
+    places = {}
+    for name, info in _State.info.items():
+        plugin = _State.pm.get_plugin(name)
+        module = inspect.getmodule(plugin) if plugin is not None else None
+        path = getattr(module, "__file__", None)
+        if info.get("builtin") or not path:
+            continue
+        root = os.path.dirname(os.path.abspath(path))
+        if os.path.basename(path) != "__init__.py" and module.__name__.count(".") == 0:
+            root = os.path.abspath(path)  # a one-module plugin: that file only
+        places[root] = name
+    found = None
+    while tb is not None:
+        filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        for root, name in places.items():
+            if filename == root or filename.startswith(root + os.sep):
+                found = name
+        tb = tb.tb_next
+    return f"{found} ({_dist_label(found)})" if found else None
+
+
 def _dist_label(plugin):
     info = _State.info.get(plugin, {})
     return f"{info.get('distribution', '?')} {info.get('version', '?')}"

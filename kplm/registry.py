@@ -64,6 +64,14 @@ def _check_base(kind, name, obj, plugin):
         raise PluginError(
             f"plugin {plugin} registered {kind} '{name}' as {obj!r}, which is not a subclass of "
             f"{expected}")
+    limits = getattr(obj, "limits", None)  # checked against every config: a bad rule now
+    if isinstance(limits, dict):
+        from kplm.checks import check_rules
+        try:
+            check_rules(limits)
+        except ValueError as e:
+            raise PluginError(f"plugin {plugin} registered {kind} '{name}' whose limits are "
+                              f"not kplm's rules: {e}") from None
     if "name" not in vars(obj):
         obj.name = name
 

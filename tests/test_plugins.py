@@ -269,3 +269,61 @@ def test_testing_registered_uses_a_plugin_that_is_also_installed():
     finally:
         plugins.remove_plugin("toy-entry-point")
     assert "toy_installed" not in plugins.get_registry().names("objective")
+
+
+def test_a_bug_in_a_plugin_is_one_line_naming_the_plugin(monkeypatch, tmp_path):
+    """A plugin's own exception (not a KplmError) is a bug in the plugin: one line naming it
+    and its distribution, with --debug for the traceback; kplm's own bugs keep theirs."""
+    import importlib
+
+    import yaml
+    from click.testing import CliRunner
+
+    from kplm.cli import cli
+    (tmp_path / "buggy_source.py").write_text(
+        "import kplm\n\n"
+        "class Lines(kplm.DataSource):\n"
+        "    def __init__(self, paths: list[str]):\n"
+        "        self.paths = paths\n\n"
+        "    def check(self):\n"
+        "        raise ValueError('boom')\n\n"
+        "@kplm.hookimpl\n"
+        "def register_data_sources(register):\n"
+        "    register('buggy_lines', Lines)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_entry_points(monkeypatch, [FakeEntryPoint(
+        "buggy", lambda: importlib.import_module("buggy_source"))])
+    plugins.reset()  # importing the launcher loaded the plugins: again, with the fake one
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "data": {
+        "train": {"name": "buggy_lines", "paths": ["x.txt"]}}}))
+    result = CliRunner().invoke(cli, ["pretrain", str(config)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == ("Error: plugin buggy (kplm-buggy 9.9) failed: ValueError: boom (a bug "
+                         "in the plugin; kplm --debug ... shows where)"), result.output
+    assert len(lines) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_component_with_a_limit_rule_kplm_cannot_read_is_reported_at_registration(
+        monkeypatch):
+    def odd_limits():
+        class Lines(DataSource):
+            limits = {"size": "between 1 and 5"}
+
+            def __init__(self, paths: list[str], size: int = 2):
+                self.paths, self.size = paths, size
+
+        module = types.ModuleType("odd")
+        from kplm.hookspecs import hookimpl
+
+        @hookimpl
+        def register_data_sources(register):
+            register("odd_lines", Lines)
+        module.register_data_sources = register_data_sources
+        return module
+    fake_entry_points(monkeypatch, [FakeEntryPoint("odd", odd_limits)])
+    assert "odd_lines" not in plugins.get_registry().names("data_source")
+    (failure,) = plugins.plugin_failures()
+    assert "whose limits are not kplm's rules: size: unknown limit rule 'between 1 and 5'" in \
+        failure.error
