@@ -89,6 +89,8 @@ def check_limits(limits, values, path):
         value = values.get(name)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue  # unset, or a type check_value reports
+        if isinstance(value, float) and math.isinf(value):  # "> 0" would let it through
+            raise ConfigError(f"{path}.{name} must be a finite number, got {value}")
         for rule in (rules,) if isinstance(rules, str) else rules:
             checks, text, why = _parse(rule)
             for op, bound in checks:

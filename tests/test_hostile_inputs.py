@@ -245,6 +245,9 @@ CASES = [
     # bytes of another encoding on the command line (Python keeps them as lone surrogates)
     ("set-not-utf8", lambda w: w.pretrain() + ["--set", "run_dir=caf\udce9"],
      1, r"--set 'run_dir=caf.*': not valid UTF-8 text"),
+    ("set-infinite-epsilon", lambda w: w.pretrain() + ["--set",
+                                                      "backbone.layer_norm_epsilon=.inf"],
+     1, r"config key 'backbone\.layer_norm_epsilon': expected a finite number, got inf"),
     ("set-without-equals", lambda w: w.pretrain() + ["--set", "trainer.steps"],
      1, r"--set 'trainer\.steps': expected KEY=VALUE"),
     ("set-into-a-value", lambda w: w.pretrain() + ["--set", "seed.x=1"],

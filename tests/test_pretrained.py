@@ -202,11 +202,13 @@ def _as_tokenizer_json(directory):
      r"config\.json: hidden_act \['gelu'\] is not supported"),
     (_edit_json("config.json", lambda c: {**c, "num_hidden_layers": "2"}),
      r"config\.json: num_hidden_layers: expected a whole number, got '2'"),
+    (_edit_json("config.json", lambda c: {**c, "layer_norm_eps": float("inf")}),
+     r"config\.json: backbone\.layer_norm_epsilon must be a finite number, got inf"),
     (_edit_json("config.json", lambda c: {**c, "hidden_size": 10 ** 9}),
      r"config\.json: a model of about [\d,]+ parameters .* more than this machine's"),
 ], ids=["lowercase-string", "tokenizer-config-list", "tokenizer-json-id-gaps",
         "vocab-duplicate", "vocab-empty-line", "vocab-beyond-embeddings", "model-type-list",
-        "activation-list", "layers-string", "hidden-size-absurd"])
+        "activation-list", "layers-string", "epsilon-infinite", "hidden-size-absurd"])
 def test_damaged_checkpoint_files_are_refused_in_one_line(tiny_dirs, tmp_path, damage, pattern):
     """Damage a Hugging Face directory's tokenizer or config files: one line naming the file,
     never a traceback, a renumbered vocabulary or a model of the wrong size."""
