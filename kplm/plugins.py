@@ -12,17 +12,23 @@ A name in KPLM_LOAD_PLUGINS or KPLM_DISABLE_PLUGINS that no installed plugin has
 
 The plugin manager (and the registry filled from it) is the only global state in kplm.
 """
+import contextlib
 import importlib
 import importlib.metadata
+import inspect
 import os
+import sys
 import traceback
 import warnings
 
 import pluggy
 
 from kplm import hookspecs
-from kplm.errors import PluginError, PluginWarning, listed, shown
+from kplm.errors import PluginError, PluginWarning, clip, listed, shown
 from kplm.registry import KINDS, Registry
+
+#: The hooks a plugin implements (``kplm.hookspecs``).
+_HOOKS = sorted(name for name in vars(hookspecs) if name.startswith("register_"))
 
 DEFAULT_PLUGINS = (
     "kplm.data.text_files",
@@ -136,16 +142,33 @@ def get_plugin_manager():
     for ep in entry_points:
         if ep.name in disabled or (only is not None and ep.name not in only):
             continue
-        if pm.get_plugin(ep.name) is not None:
-            continue
         dist = ep.dist.metadata["Name"] if ep.dist else "?"
         version = ep.dist.version if ep.dist else "?"
+        if pm.get_plugin(ep.name) is not None:
+            holder = _State.info.get(ep.name, {})
+            if holder.get("distribution") == dist:
+                continue  # one distribution seen twice on the path
+            _fail(PluginFailure(ep.name, f"{dist} {version}", (
+                f"its entry point name {ep.name!r} is taken by "
+                f"{'kplm itself' if holder.get('builtin') else holder.get('distribution', '?')}"
+                "; rename the entry point")))
+            continue
         try:
-            plugin = ep.load()
+            with contextlib.redirect_stdout(sys.stderr):  # a print at import is not output
+                plugin = ep.load()
             pm.register(plugin, name=ep.name)
+            try:
+                pm.check_pending()  # a @hookimpl of no kplm hook (a misspelled name)
+                if not pm.get_hookcallers(plugin):
+                    raise PluginError(f"it implements no kplm hook ({', '.join(_HOOKS)}), "
+                                      "or its functions lack @kplm.hookimpl")
+            except Exception:
+                pm.unregister(plugin)
+                raise
         except (Exception, SystemExit) as e:  # a third-party plugin's import-time failure
             # (an exit() at import too) is isolated
-            _fail(PluginFailure(ep.name, f"{dist} {version}", f"{type(e).__name__}: {e}",
+            error = str(e) if isinstance(e, PluginError) else f"{type(e).__name__}: {e}"
+            _fail(PluginFailure(ep.name, f"{dist} {version}", clip(error, 300),
                                 traceback.format_exc()))
             continue
         _State.info[ep.name] = {"distribution": dist, "version": version, "builtin": False}
@@ -167,7 +190,9 @@ def get_registry():
                 registry.register(_kind, name, component, _plugin)
 
             try:
-                impl.function(register=register)
+                if inspect.isgenerator(impl.function(register=register)):
+                    raise PluginError(f"its {hook_name} hook is a generator (it yields), so it "
+                                      "never ran; call register(name, component) instead")
             except (Exception, SystemExit) as e:
                 info = _State.info.get(plugin, {})
                 if info.get("builtin") or (_strict() and isinstance(e, PluginError)):

@@ -327,3 +327,51 @@ def test_a_component_with_a_limit_rule_kplm_cannot_read_is_reported_at_registrat
     (failure,) = plugins.plugin_failures()
     assert "whose limits are not kplm's rules: size: unknown limit rule 'between 1 and 5'" in \
         failure.error
+
+
+def test_plugins_that_would_register_nothing_are_reported(monkeypatch, capsys):
+    """A misspelled hook, a hook that yields, functions without @hookimpl, an entry point named
+    like a built-in plugin: each registered nothing without a word; now each is a failure
+    ``kplm plugins`` lists. A print at import goes to stderr (``kplm plugins --json`` is
+    stdout)."""
+    from kplm.hookspecs import hookimpl
+
+    def module_with(**functions):
+        module = types.ModuleType("m")
+        for name, function in functions.items():
+            setattr(module, name, function)
+        return module
+
+    @hookimpl
+    def register_objective(register):  # no such hook: register_objectives
+        register("x", DataSource)
+
+    @hookimpl
+    def register_data_sources(register):
+        yield register("gen_lines", DataSource)
+
+    def plain(register):
+        register("plain_lines", DataSource)
+
+    def printing():
+        print("hello from a plugin")
+        return good_plugin()
+
+    fake_entry_points(monkeypatch, [
+        FakeEntryPoint("misspelled", lambda: module_with(register_objective=register_objective)),
+        FakeEntryPoint("generator", lambda: module_with(
+            register_data_sources=register_data_sources)),
+        FakeEntryPoint("unmarked", lambda: module_with(register_data_sources=plain)),
+        FakeEntryPoint("kplm.data.jsonl", good_plugin),
+        FakeEntryPoint("printing", printing)])
+    registry = plugins.get_registry()
+    failures = {f.name: f.error for f in plugins.plugin_failures()}
+    assert "unknown hook 'register_objective'" in failures["misspelled"], failures
+    assert "its register_data_sources hook is a generator" in failures["generator"]
+    assert "implements no kplm hook" in failures["unmarked"]
+    assert "entry point name 'kplm.data.jsonl' is taken by kplm itself" in \
+        failures["kplm.data.jsonl"]
+    assert "printing" not in failures and "good_lines" in registry.names("data_source")
+    assert "gen_lines" not in registry.names("data_source")
+    captured = capsys.readouterr()
+    assert "hello from a plugin" in captured.err and "hello" not in captured.out
