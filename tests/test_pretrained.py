@@ -275,6 +275,23 @@ def test_keras_hub_presets_in_and_out(tmp_path):
     np.testing.assert_array_equal(reloaded(x)["sequence_output"], encoder(x)["sequence_output"])
     assert isinstance(keras_hub.tokenizers.Tokenizer.from_preset(str(tmp_path / "kplm")),
                       keras_hub.models.BertTokenizer)
+    # damaged presets: one line naming config.json, or the weight, before Keras builds it
+    from kplm.errors import KplmError
+    for change, pattern in (({"num_layers": "2"}, r"config\.num_layers: expected a whole "
+                                                  r"number >= 1, got '2'"),
+                            ({"hidden_dim": 10 ** 9}, r"a model of about [\d,]+ parameters")):
+        damaged = tmp_path / f"damaged-{next(iter(change))}"
+        shutil.copytree(tmp_path / "bert", damaged)
+        config = json.loads((damaged / "config.json").read_text())
+        config["config"].update(change)
+        (damaged / "config.json").write_text(json.dumps(config))
+        with pytest.raises(KplmError, match=pattern):
+            load_pretrained(str(damaged))
+    bert.weights[0].assign(np.full(bert.weights[0].shape, np.nan, "float32"))
+    bert.save_to_preset(str(tmp_path / "nan"))
+    keras_tokenizer.save_to_preset(str(tmp_path / "nan"))
+    with pytest.raises(KplmError, match=r"is NaN or inf in the file"):
+        load_pretrained(str(tmp_path / "nan"))
 
 
 def _head_of(source, rows):
@@ -457,6 +474,17 @@ def test_masked_lm_head_is_imported_and_matches_transformers(tmp_path, model_typ
     write_tiny_hf_checkpoint(plain, model_type)
     assert initialize_masked_lm_head(plain, MaskedLM(load_encoder(plain))) == (
         "masked-LM head: new (the checkpoint holds none)")
+    # a NaN in the head's weights: the file is named, not the training blamed at step 0
+    from safetensors.numpy import load_file, save_file
+
+    from kplm.errors import KplmError
+    state = load_file(os.path.join(path, "model.safetensors"))
+    encoder_keys = set(load_file(os.path.join(plain, "model.safetensors")))  # no head
+    head = sorted(k for k in state if k not in encoder_keys)
+    state[head[0]] = np.full_like(state[head[0]], np.nan)
+    save_file(state, os.path.join(path, "model.safetensors"))
+    with pytest.raises(KplmError, match=r"is NaN or inf in the file"):
+        initialize_masked_lm_head(path, MaskedLM(load_encoder(path)))
 
 
 def test_task_adaptive_pretraining_on_csv_text_keeps_the_checkpoint_head(tmp_path):

@@ -63,7 +63,6 @@ def check_config_size(config, config_path):
     """Refuse (``DataError``, one line naming the file) a ``config.json`` whose size keys are
     not whole numbers, or describe a model whose float32 weights alone exceed this machine's
     memory (``hidden_size: 1e9`` was an out-of-memory traceback)."""
-    from kplm.training.distribute import host_memory_bytes
     sizes = {}
     for meaning, keys in _SIZE_KEYS.items():
         for key in keys:
@@ -75,6 +74,14 @@ def check_config_size(config, config_path):
                                 f"{shown(value)}")
             sizes[meaning] = sizes.get(meaning, 0) + value if meaning == "layers" else max(
                 sizes.get(meaning, 0), value)
+    check_model_size(sizes, config_path)
+
+
+def check_model_size(sizes, config_path):
+    """Refuse (``DataError`` naming ``config_path``) a model whose float32 weights alone exceed
+    this machine's memory; ``sizes``: ``vocabulary``, ``width``, ``layers`` (all blocks),
+    ``inner`` (feed-forward width; 4 x ``width`` when missing), ``positions``."""
+    from kplm.training.distribute import host_memory_bytes
     width, inner = sizes.get("width", 0), sizes.get("inner") or 4 * sizes.get("width", 0)
     parameters = (width * (sizes.get("vocabulary", 0) + sizes.get("positions", 0))
                   + sizes.get("layers", 0) * (4 * width * width + 2 * width * inner))
@@ -82,8 +89,7 @@ def check_config_size(config, config_path):
     if memory and 4 * parameters > memory:
         raise DataError(f"{config_path}: a model of about {parameters:,} parameters "
                         f"({4 * parameters / 2 ** 30:,.1f} GiB in float32), more than this "
-                        f"machine's {memory / 2 ** 30:.1f} GiB of memory; is config.json "
-                        "damaged?")
+                        f"machine's {memory / 2 ** 30:.1f} GiB of memory; is it damaged?")
 
 
 def config_value(config, key, path, default=None):

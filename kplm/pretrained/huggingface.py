@@ -115,6 +115,8 @@ def initialize_masked_lm_head(path, model):
     weights, note = bert.masked_lm_head_weights(family, config, load_state_dict(path), path)
     if weights is not None and not bert.assign_masked_lm_heads(model, weights, path):
         return None  # the model has no masked-LM head (another objective)
+    if weights is not None:  # a NaN in the head: the file's fault, not the training's
+        require_finite_input(model, path)
     return f"masked-LM head: {note}"
 
 

@@ -16,7 +16,7 @@ Example:
 import json
 import os
 
-from kplm.errors import ConfigError, describe, reading
+from kplm.errors import ConfigError, describe, reading, shown
 from kplm.outputs import EXPORT_STAMP
 
 _BERT = "keras_hub>BertBackbone"
@@ -46,6 +46,7 @@ def load_preset(path, dtype=None):
     name = _registered_name(path)
     if name not in (_BERT, _KPLM):
         raise ConfigError(f"{path}: a {name} preset; kplm reads presets of {_KPLM} and {_BERT}")
+    _check_sizes(path)
     with reading(path, "a keras-hub preset", error=ConfigError):  # a damaged weights file
         loaded = keras_hub.models.Backbone.from_preset(path, dtype=dtype)
     if name == _BERT:
@@ -59,7 +60,40 @@ def load_preset(path, dtype=None):
         for variable in encoder.weights:
             variable.assign(source[variable.path])
         loaded = encoder
-    return loaded, _load_tokenizer(path)
+    from kplm.finite import require_finite_input
+    return require_finite_input(loaded, path), _load_tokenizer(path)
+
+
+#: A preset backbone's size arguments (``config.json``'s ``config``), by meaning.
+_PRESET_SIZES = {"vocabulary_size": "vocabulary", "hidden_dim": "width", "num_layers": "layers",
+                 "intermediate_dim": "inner", "max_sequence_length": "positions",
+                 "sequence_length": "positions", "num_heads": None, "num_segments": None}
+
+
+def _check_sizes(path):
+    """Refuse (one line naming ``config.json``) size arguments that are not whole numbers >= 1,
+    or a model beyond this machine's memory, before Keras builds it (a traceback, an OOM)."""
+    from kplm.errors import DataError
+    from kplm.pretrained.hf_io import check_model_size
+    config_path = os.path.join(path, "config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            section = json.load(f).get("config")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return  # reading the preset names what is wrong with the file
+    if not isinstance(section, dict):
+        return
+    sizes = {}
+    for key, meaning in _PRESET_SIZES.items():
+        value = section.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"{config_path}: config.{key}: expected a whole number >= 1, got "
+                            f"{shown(value)}")
+        if meaning:
+            sizes[meaning] = max(sizes.get(meaning, 0), value)
+    check_model_size(sizes, config_path)
 
 
 def _load_tokenizer(path):

@@ -153,6 +153,15 @@ class WordPiece(Tokenizer):
                 config = json.load(f)
         except FileNotFoundError:
             config = {}
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: cannot read the tokenizer's settings: {describe(e)}") \
+                from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: expected a JSON object of the tokenizer's settings")
+        for key in ("lowercase", "strip_accents"):  # bool("no") would be True
+            if not isinstance(config.get(key, True), bool):
+                raise ConfigError(f"{path}: {key}: expected true or false, got "
+                                  f"{config[key]!r}")
         return cls(vocabulary=directory, lowercase=config.get("lowercase", True),
                    strip_accents=config.get("strip_accents", True),
                    vocabulary_size=config.get("vocabulary_size", 8000))
