@@ -176,6 +176,12 @@ def _edit_vocab(change):
     return edit
 
 
+def _cast_weights(directory, dtype):
+    from safetensors.numpy import load_file, save_file
+    path = os.path.join(directory, "model.safetensors")
+    save_file({k: v.astype(dtype) for k, v in load_file(path).items()}, path)
+
+
 def _as_tokenizer_json(directory):
     tokens = open(os.path.join(directory, "vocab.txt")).read().splitlines()
     os.remove(os.path.join(directory, "vocab.txt"))
@@ -204,11 +210,16 @@ def _as_tokenizer_json(directory):
      r"config\.json: num_hidden_layers: expected a whole number, got '2'"),
     (_edit_json("config.json", lambda c: {**c, "layer_norm_eps": float("inf")}),
      r"config\.json: backbone\.layer_norm_epsilon must be a finite number, got inf"),
+    (_edit_json("config.json", lambda c: {**c, "num_hidden_layers": 1}),
+     r"the weights hold block 1 \(.*\), but config\.json counts 1; config\.json and the "
+     r"weights are not of one model"),
+    (lambda d: _cast_weights(d, "int32"), r"holds int32 values; expected floating-point"),
     (_edit_json("config.json", lambda c: {**c, "hidden_size": 10 ** 9}),
      r"config\.json: a model of about [\d,]+ parameters .* more than this machine's"),
 ], ids=["lowercase-string", "tokenizer-config-list", "tokenizer-json-id-gaps",
         "vocab-duplicate", "vocab-empty-line", "vocab-beyond-embeddings", "model-type-list",
-        "activation-list", "layers-string", "epsilon-infinite", "hidden-size-absurd"])
+        "activation-list", "layers-string", "epsilon-infinite", "fewer-layers-than-weights",
+        "integer-weights", "hidden-size-absurd"])
 def test_damaged_checkpoint_files_are_refused_in_one_line(tiny_dirs, tmp_path, damage, pattern):
     """Damage a Hugging Face directory's tokenizer or config files: one line naming the file,
     never a traceback, a renumbered vocabulary or a model of the wrong size."""

@@ -230,6 +230,30 @@ def read_tokenizer_config(path):
     return options
 
 
+def _refuse_layers_beyond(mapping, state, path):
+    """Refuse (``DataError``) weights of a block ``config.json`` does not count (its
+    ``num_hidden_layers`` lower than the blocks the file holds: the rest were dropped without a
+    word). Blocks are told by the first ``.N.`` of a weight's name."""
+    import re
+    index = re.compile(r"\.(\d+)\.")
+
+    def pattern(name):
+        found = index.search(name)
+        return (name[:found.start()] + ".{}." + name[found.end():], int(found.group(1))) \
+            if found else (None, None)
+    used = {}
+    for _, name, _ in mapping:
+        key, number = pattern(name)
+        if key is not None:
+            used.setdefault(key, set()).add(number)
+    for name in state:
+        key, number = pattern(name)
+        if key in used and number not in used[key] and number > max(used[key]):
+            raise DataError(f"{path}: the weights hold block {number} ({name}), but "
+                            f"config.json counts {max(used[key]) + 1}; config.json and the "
+                            "weights are not of one model")
+
+
 def assign_weights(mapping, state, path, convert):
     """Assign each ``(variable, hf_name, kind)`` of ``mapping`` its weight ``state[hf_name]``,
     converted by ``convert(array, kind, variable_shape)``; returns the names ``state`` lacks.
@@ -242,6 +266,9 @@ def assign_weights(mapping, state, path, convert):
         if name not in state:
             missing.append(name)
             continue
+        if not np.issubdtype(np.asarray(state[name]).dtype, np.floating):
+            raise DataError(f"{path}: weight {name} holds {np.asarray(state[name]).dtype} "
+                            "values; expected floating-point weights")
         try:
             value = convert(np.asarray(state[name]), kind, tuple(variable.shape))
         except ValueError as e:  # a reshape of the wrong number of elements
@@ -252,6 +279,7 @@ def assign_weights(mapping, state, path, convert):
             raise DataError(f"{path}: weight {name} has shape {state[name].shape}, which does not "
                             f"fit {variable.path} {tuple(variable.shape)} under its config.json")
         variable.assign(value.astype(variable.dtype))
+    _refuse_layers_beyond(mapping, state, path)
     return missing
 
 
