@@ -131,3 +131,25 @@ def test_mixture_config_errors_name_the_key(section, message):
     with pytest.raises(ConfigError) as e:
         check_data({"data": {"train": section}}, ["train"], get_registry())
     assert message in str(e.value)
+
+
+def test_a_headerless_file_read_with_header_true_is_refused(tmp_path):
+    """CoLA's TSV has no header: with ``header: true`` (the default) and numbered columns its
+    first example was taken for column names, unsaid. Its label cell recurring as a label
+    below gives it away; a real header with numbered columns still reads."""
+    from kplm.data.csv_files import CsvFiles
+    cola = tmp_path / "cola.tsv"
+    cola.write_text("gj04\t1\t\tOur friends won't buy this analysis.\n"
+                    "gj04\t1\t\tOne more pseudo generalization and I'm giving up.\n"
+                    "gj04\t0\t*\tThey drank the pub.\n")
+    columns = {"text": 3, "label": 1}
+    with pytest.raises(DataError, match=r"cola\.tsv:1: read as the header \(header: true\), but "
+                                        r"its column 1 \('1'\) is also the label of line 2: a "
+                                        r"file without a header\? Set header: false"):
+        CsvFiles(paths=[str(cola)], columns=columns).check()
+    source = CsvFiles(paths=[str(cola)], columns=columns, header=False)
+    source.check()
+    assert [x["label"] for _, x in source.located()] == [b"1", b"1", b"0"]
+    headed = tmp_path / "headed.tsv"
+    headed.write_text("source\tlabel\tmark\tsentence\ngj04\t1\t\tfine.\ngj04\t0\t*\tbad.\n")
+    CsvFiles(paths=[str(headed)], columns=columns).check()

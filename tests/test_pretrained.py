@@ -198,8 +198,9 @@ def _as_tokenizer_json(directory):
     (_as_tokenizer_json, r"tokenizer\.json: model\.vocab ids must be 0 to \d+, one token each; "
                          r"id 1 is missing"),
     (_edit_vocab(lambda t: t[:10] + [t[7]] + t[11:]),
-     r"vocab\.txt:11: the token .* is on line 8 too; each token is listed once"),
-    (_edit_vocab(lambda t: t[:10] + [""] + t[11:]), r"vocab\.txt:11: an empty token"),
+     r"vocab\.txt:11: the token .* is on line 8 too; a vocabulary lists each token once"),
+    (_edit_vocab(lambda t: t[:10] + ["", ""] + t[12:]),
+     r"vocab\.txt:12: an empty line, as line 11 too"),
     (_edit_vocab(lambda t: t + [f"extra{i}" for i in range(50)]),
      r"the tokenizer has \d+ tokens but the model's embedding table \d+ rows"),
     (_edit_json("config.json", lambda c: {**c, "model_type": ["bert"]}),

@@ -3,7 +3,7 @@ import csv
 from typing import Literal, Optional
 
 from kplm.data.files import FileSource, decode_line, generator_dataset, read_lines
-from kplm.errors import DataError, describe, listed, shown
+from kplm.errors import DataError, clip, describe, listed, shown
 from kplm.hookspecs import hookimpl
 
 
@@ -43,6 +43,7 @@ class CsvFiles(FileSource):
         self.header = header
         self.delimiter = delimiter
         self.quoting = quoting
+        self._headers = {}  # path -> its header cells, as records() read them
         self.check_config({"columns": columns, "header": header, "delimiter": delimiter},
                           "data")
         self.text_field = "text" if "text" in self.columns else next(iter(self.columns))
@@ -98,6 +99,8 @@ class CsvFiles(FileSource):
                             raise DataError(f"{path}:{line}: an empty header line; expected "
                                             "the column names (or set header: false)")
                         index = self._index(path, row if self.header else None)
+                        if self.header:
+                            self._headers[path] = [cell.strip() for cell in row]
                         names = len(row)
                         while self.header and names and not row[names - 1].strip():
                             names -= 1  # a trailing delimiter names no column
@@ -135,7 +138,21 @@ class CsvFiles(FileSource):
         return {field: row[i].strip() for field, i in index.items()}
 
     def check(self):
-        rows = sum(1 for _ in self.records())  # every row: a bad one anywhere is reported now
+        """Read every row (a bad one anywhere is reported now). With ``header: true`` and
+        columns given by number, a first line whose cell recurs as a value of its column in the
+        rows below is refused: a file without a header would lose its first example unsaid."""
+        numbered = {f: c for f, c in self.columns.items() if isinstance(c, int)}
+        rows = 0
+        for path, line, example in self.records():
+            rows += 1
+            header = self._headers.get(path) if self.header else None
+            for field, column in numbered.items():
+                if header and column < len(header) and header[column] and (
+                        example[field] == header[column]):
+                    raise DataError(
+                        f"{path}:1: read as the header (header: true), but its column {column} "
+                        f"({clip(header[column], 60)!r}) is also the {field} of line {line}: a "
+                        "file without a header? Set header: false")
         if not rows:
             raise DataError(f"{', '.join(self.files)}: no rows")
 

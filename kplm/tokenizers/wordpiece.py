@@ -189,16 +189,15 @@ def _read_vocabulary(path):
 
 def check_tokens(tokens, path):
     """Refuse (``ConfigError``) a vocabulary whose ids (line numbers) would not be one token
-    each: an empty token, or one listed twice (``tensorflow_text`` refuses it with a
+    each: a token listed twice, empty lines included (``tensorflow_text`` refuses it with a
     traceback; a lookup would give one of the two ids)."""
     first = {}
     for number, token in enumerate(tokens, 1):
-        if not token.strip():
-            raise ConfigError(f"tokenizer.vocabulary: {path}:{number}: an empty token; a "
-                              "vocabulary holds one token per line, its id the line number")
         if token in first:
-            raise ConfigError(f"tokenizer.vocabulary: {path}:{number}: the token {token!r} is "
-                              f"on line {first[token]} too; each token is listed once")
+            what = "an empty line, as" if not token else f"the token {token!r} is on"
+            raise ConfigError(f"tokenizer.vocabulary: {path}:{number}: {what} line "
+                              f"{first[token]} too; a vocabulary lists each token once, on a "
+                              "line of its own (its id the line number)")
         first[token] = number
 
 
