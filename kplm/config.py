@@ -223,6 +223,9 @@ def check_value(value, annotation, path):
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise bad
+        if len(args) == 2:  # dict[K, V]: each key and value as annotated
+            return {check_value(k, args[0], f"{path} (a key)"): check_value(
+                v, args[1], f"{path}.{k}") for k, v in value.items()}
         return value
     if annotation is bool:
         if isinstance(value, bool):

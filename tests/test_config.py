@@ -136,3 +136,13 @@ def test_debug_flag_shows_traceback(tmp_path):
 def test_resolved_config_is_plain_yaml(tiny_config):
     text = yaml.safe_dump(PretrainSpec(tiny_config).resolved())
     assert yaml.safe_load(text)["backbone"]["num_layers"] == 1
+
+
+def test_a_mapping_argument_checks_its_keys_and_values():
+    """A plugin's ``dict[str, int]`` argument: every value as annotated (a dict was taken
+    whole, whatever it held)."""
+    from kplm.config import check_value
+    from kplm.errors import ConfigError
+    assert check_value({"a": 2, "b": 3.0}, dict[str, int], "objective.weights") == {"a": 2, "b": 3}
+    with pytest.raises(ConfigError, match=r"config key 'objective\.weights\.b'"):
+        check_value({"a": 2, "b": "many"}, dict[str, int], "objective.weights")

@@ -480,7 +480,7 @@ CASES = [
      1, r"hf/config\.json: backbone\.num_heads must be >= 1, got 0"),
     ("finetune-hf-config-string-size", lambda w: w.finetune({"init_from": hf_checkpoint(
         w, hidden_size="big")}),
-     1, r"hf/config\.json: the backbone's hidden_dim must be an integer, got 'big'"),
+     1, r"hf/config\.json: hidden_size: expected a whole number, got 'big'"),
     ("callback-argument-of-wrong-type", lambda w: w.finetune(
         {"callbacks": [{"name": "early_stopping", "monitor": 5}]}),
      1, r"config key 'callbacks\[0\]\.monitor': expected str, got 5"),
