@@ -103,6 +103,18 @@ def about_data(key, source, error):
     return DataError(f"{key}{'' if named else in_files(source)}: {error}")
 
 
+def require_utf8_text(value, where):
+    """Refuse (``DataError`` naming ``where``) a string holding an unpaired UTF-16 surrogate
+    (JSON's ``"\\ud83d"`` alone, a cut emoji in scraped text): no UTF-8 text, it fails deep in
+    TensorFlow. Returns ``value``."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: holds an unpaired surrogate (\\u{ord(value[e.start]):04x} at "
+                        f"character {e.start + 1}), which is not text; fix or drop it") from None
+    return value
+
+
 def describe(error):
     """The first line of an exception from a library (h5py, json, ...), clipped: what a
     ``KplmError`` quotes of it."""

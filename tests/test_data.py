@@ -153,3 +153,42 @@ def test_a_headerless_file_read_with_header_true_is_refused(tmp_path):
     headed = tmp_path / "headed.tsv"
     headed.write_text("source\tlabel\tmark\tsentence\ngj04\t1\t\tfine.\ngj04\t0\t*\tbad.\n")
     CsvFiles(paths=[str(headed)], columns=columns).check()
+
+
+def test_held_out_file_quirks_are_read_right_or_refused(tmp_path):
+    """Quirks of real exports: a cut emoji's lone surrogate in JSON (a TensorFlow traceback
+    later), JSON's NaN as a label (learned as a class "NaN"), -DOCSTART- with no blank line
+    after a sentence (two documents' sentences merged), a TSV written with CSV quoting (the
+    quotes kept as text)."""
+    from kplm.data.conll import ConllFiles
+    from kplm.data.csv_files import CsvFiles
+    from kplm.data.squad import SquadFiles
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "fine", "label": 1}\n{"text": "cut \\ud83d", "label": 0}\n')
+    fields = {"text": "text", "label": "label"}
+    with pytest.raises(DataError, match=r"d\.jsonl:2: field 'text': holds an unpaired surrogate "
+                                        r"\(\\ud83d at character 5\)"):
+        JsonLines(paths=[str(jsonl)], fields=fields).check()
+    jsonl.write_text('{"text": "fine", "label": 1}\n{"text": "odd", "label": NaN}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:2: field 'label' is NaN; expected a string "
+                                        r"or a finite number"):
+        JsonLines(paths=[str(jsonl)], fields=fields).check()
+    squad = tmp_path / "s.json"
+    squad.write_text('{"data": [{"paragraphs": [{"context": "Ada \\udc00 wrote it.", "qas": '
+                     '[{"id": "q1", "question": "Who?", "answers": [{"text": "Ada", '
+                     '"answer_start": 0}]}]}]}]}')
+    with pytest.raises(DataError, match=r"s\.json/data\[0\]\.paragraphs\[0\]\.qas\[0\] \(id q1\): "
+                                        r"the context: holds an unpaired surrogate"):
+        SquadFiles(paths=[str(squad)]).check()
+    conll = tmp_path / "d.conll"
+    conll.write_text("Paris B-LOC\nlast O\n-DOCSTART- -X- -X- O\nBob B-PER\n")
+    assert [tokens for _, _, tokens, _ in ConllFiles(paths=[str(conll)]).records()] == [
+        ["Paris", "last"], ["Bob"]]
+    tsv = tmp_path / "pandas.tsv"
+    tsv.write_text('sentence\tlabel\n"She said ""hi"" to me"\t1\nplain\t0\n')
+    columns = {"text": "sentence", "label": "label"}
+    with pytest.raises(DataError, match=r"pandas\.tsv:2: the cell .* is CSV-quoted .* set "
+                                        r"quoting: csv"):
+        CsvFiles(paths=[str(tsv)], columns=columns).check()
+    assert [x["text"] for _, x in CsvFiles(paths=[str(tsv)], columns=columns,
+                                           quoting="csv").located()][0] == b'She said "hi" to me'

@@ -11,9 +11,9 @@ class ConllFiles(FileSource):
 
     Each non-blank line holds one token and its columns (split on ``delimiter``; None: any
     whitespace, so tokens never contain whitespace); a blank (or whitespace-only) line ends a
-    sentence; ``-DOCSTART-`` lines are skipped. The first token line of a file fixes its column
-    count: a line with another count, or too few columns for ``token_column`` / ``tag_column``, is
-    refused with the file and line, as is invalid UTF-8.
+    sentence, and so does a ``-DOCSTART-`` line (skipped). The first token line of a file fixes
+    its column count: a line with another count, or too few columns for ``token_column`` /
+    ``tag_column``, is refused with the file and line, as is invalid UTF-8.
 
     Args:
         paths: list of str. Files or glob patterns (``.gz`` read transparently).
@@ -58,7 +58,10 @@ class ConllFiles(FileSource):
                 columns = line.split(self.delimiter)
                 if self.delimiter is not None:
                     columns = [c.strip() for c in columns]
-                if columns[0] == "-DOCSTART-":
+                if columns[0] == "-DOCSTART-":  # a document boundary ends a sentence too
+                    if tokens:
+                        yield path, start, tokens, tags
+                    tokens, tags = [], []
                     continue
                 if len(columns) < need:
                     raise DataError(f"{path}:{number}: expected at least {need} columns, "

@@ -128,8 +128,19 @@ class CsvFiles(FileSource):
 
     def _pick(self, path, line, row, index, width):
         need = max(index.values()) + 1
+        unquoted = self.quoting == "auto" and self._dialect(path)[1] == csv.QUOTE_NONE
         if len(row) < need:
-            raise DataError(f"{path}:{line}: expected at least {need} columns, found {len(row)}")
+            hint = ("; a quoted cell spanning lines (a TSV written with CSV quoting)? set "
+                    "quoting: csv" if unquoted and row and row[0].startswith('"') else "")
+            raise DataError(f"{path}:{line}: expected at least {need} columns, found "
+                            f"{len(row)}{hint}")
+        for i in index.values():  # pandas' to_csv(sep="\t") quotes: "She said ""hi"""
+            cell = row[i].strip()
+            if unquoted and len(cell) > 2 and cell[0] == cell[-1] == '"' and '""' in cell[1:-1]:
+                raise DataError(f"{path}:{line}: the cell {clip(cell, 60)!r} is CSV-quoted "
+                                "(quotes around it, doubled inside), but tab-separated files "
+                                "are read unquoted: set quoting: csv to read it (quoting: none "
+                                "keeps the quotes)")
         if len(row) < width[0] or any(cell.strip() for cell in row[width[0]:]):
             quoted = "" if self._dialect(path)[1] == csv.QUOTE_NONE else " or a quote"
             raise DataError(f"{path}:{line}: {len(row)} columns where {width[1]} has "

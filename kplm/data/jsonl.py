@@ -1,9 +1,10 @@
 """JSON Lines files: one JSON object per line, fields picked by key."""
 import json
+import math
 from typing import Optional
 
 from kplm.data.files import FileSource, decode_line, generator_dataset, read_lines
-from kplm.errors import DataError, listed, shown
+from kplm.errors import DataError, listed, require_utf8_text, shown
 from kplm.hookspecs import hookimpl
 
 
@@ -85,6 +86,11 @@ class JsonLines(FileSource):
             if isinstance(value, (list, dict)) or value is None:
                 raise DataError(f"{path}:{number}: field '{key}' must be a string or a number, "
                                 f"got {type(value).__name__}")
+            if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN, Infinity
+                raise DataError(f"{path}:{number}: field '{key}' is {json.dumps(value)}; "
+                                "expected a string or a finite number")
+            if isinstance(value, str):
+                require_utf8_text(value, f"{path}:{number}: field '{key}'")
             example[field] = value if isinstance(value, str) else json.dumps(value)
         return example
 

@@ -2,7 +2,7 @@
 import json
 
 from kplm.data.files import FileSource, generator_dataset, open_lines
-from kplm.errors import DataError, reading, shown
+from kplm.errors import DataError, reading, require_utf8_text, shown
 from kplm.hookspecs import hookimpl
 
 
@@ -93,6 +93,8 @@ class SquadFiles(FileSource):
             raise DataError(f"{where}: is_impossible is true but 'answers' holds "
                             f"{len(answers)}; expected an empty list (SQuAD v2 keeps the "
                             "plausible ones under 'plausible_answers')")
+        require_utf8_text(qa["question"], f"{where}: the question")
+        require_utf8_text(context, f"{where}: the context")
         texts, starts = [], []
         for k, answer in enumerate(answers):
             text = answer.get("text") if isinstance(answer, dict) else None
