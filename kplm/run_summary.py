@@ -159,6 +159,13 @@ def _alive(status):
     return True
 
 
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def _best(points, mode):
     values = [v for _, _, v in points]
     return (max if mode == "max" else min)(values) if values else None
@@ -208,6 +215,11 @@ def summarize(run_dir, scalars=None):
                      "interrupted": f"interrupted at step {row['step']}",
                      "not started": "not started",
                      "damaged": "finished? metrics.json unreadable"}[row["state"]]
+    if row["state"] != "finished":  # what an interrupted --overwrite keeps until this one ends
+        parent, name = os.path.split(os.path.abspath(run_dir))
+        aside = sorted(n for n in _listdir(parent) if n.startswith(f".{name}.old-"))
+        if aside:
+            row["status"] += f" (the run it replaces waits in {aside[-1]})"
 
     # the best validation metric
     name, mode, value = None, "min", None

@@ -108,6 +108,10 @@ def test_runs_lists_a_run_whose_config_is_damaged(tmp_path):
     (run / "metrics.json").write_text("{")  # damaged: not taken for an interrupted run
     row = summarize(str(run))
     assert row["state"] == "damaged" and row["status"] == "finished? metrics.json unreadable"
+    # an --overwrite interrupted after its first checkpoint: the run it replaces is said
+    (tmp_path / ".bad.old-12345").mkdir()
+    assert summarize(str(run))["status"] == ("finished? metrics.json unreadable (the run it "
+                                             "replaces waits in .bad.old-12345)")
 
 
 def test_runs_refuses_a_folder_without_runs_in_one_line(tmp_path):
