@@ -68,6 +68,9 @@ def test_parallel_text_source(tmp_path):
     with pytest.raises(DataError) as e:
         ParallelText(source=source, target=target).check()
     assert f"{source} has 3 lines" in str(e.value) and f"{target} has 5" in str(e.value)
+    with open(target, "w", encoding="utf-8") as f:  # an editor's blank lines at the end
+        f.write("b\nb\nb\n\n  \n")
+    assert len(list(ParallelText(source=source, target=target).build())) == 3
 
 
 def test_scores_hand_counted():

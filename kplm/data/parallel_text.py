@@ -12,7 +12,8 @@ class ParallelText(FileSource):
     ``target`` is the target of line *i* of ``source`` (e.g. ``train.en`` / ``train.de``).
     ``.gz`` files are read transparently. Pairs where either side is blank are skipped. A
     different number of lines in the two files is refused (``check()``, streaming), naming both
-    files and their counts.
+    files and their counts, unless the longer one's extra lines are blank (an editor's
+    trailing empty line: no pair is lost).
 
     Tokenizers learn from both sides (``texts()`` yields each pair's source, then its target).
 
@@ -50,16 +51,17 @@ class ParallelText(FileSource):
     def _pairs(self):
         """Yield ``(line number, source bytes, target bytes)``, checking alignment and UTF-8."""
         source, target = self.files
-        counts = [0, 0]
+        counts, beyond = [0, 0], [0, 0]  # lines, and non-blank lines past the other's end
         for (number, a), (_, b) in zip_longest(read_lines(source), read_lines(target),
                                                fillvalue=(None, None)):
             counts[0] += a is not None
             counts[1] += b is not None
-            if a is None or b is None:
-                continue  # keep counting the longer file for the message
+            if a is None or b is None:  # keep counting the longer file for the message
+                beyond[a is None] += bool((a if b is None else b).strip())
+                continue
             a, b = (decode_line(path, number, line) for path, line in ((source, a), (target, b)))
             yield number, a.strip(), b.strip()
-        if counts[0] != counts[1]:
+        if counts[0] != counts[1] and any(beyond):  # blank lines at one end only: no pairs
             raise DataError(f"source {source} has {counts[0]:,} lines but target {target} has "
                             f"{counts[1]:,}; the files must be line-aligned")
 
