@@ -224,7 +224,9 @@ def check_value(value, annotation, path):
         if not isinstance(value, dict):
             raise bad
         if len(args) == 2:  # dict[K, V]: each key and value as annotated
-            return {check_value(k, args[0], f"{path} (a key)"): check_value(
+            def key(k):  # YAML reads `1:` as a number: a name all the same where K is str
+                return str(k) if args[0] is str and isinstance(k, (int, float)) else k
+            return {check_value(key(k), args[0], f"{path} (a key)"): check_value(
                 v, args[1], f"{path}.{k}") for k, v in value.items()}
         return value
     if annotation is bool:

@@ -444,7 +444,15 @@ class InPlaceOutput:
                     _remove(stale)
             return
         if self.started is not None and os.path.isdir(self.path) and self.started(self.path):
-            return  # resumable: a previous output waits aside until the new one completes
+            if self.aside is not None:  # resumable: the previous output waits until it is whole
+                import warnings
+
+                from kplm.errors import KplmWarning
+                warnings.warn(f"the output {show(self.path)} replaces waits in "
+                              f"{show(self.aside)} until the new one is complete (the same "
+                              "command again completes it; delete it to discard it)",
+                              KplmWarning, stacklevel=2)
+            return
         if self.created is not None:
             shutil.rmtree(self.created, ignore_errors=True)
         elif self.was_empty and os.path.isdir(self.path):

@@ -201,3 +201,28 @@ def test_pooling_choices_and_regression_starting_score():
     assert head.initial_score == pytest.approx(np.mean(scores))
     model = head.build_model(encoder)
     assert model.output_dense.weights[1].numpy()[0] == pytest.approx(np.mean(scores))
+
+
+def test_a_label_seen_once_on_line_one_is_a_label_where_no_header_is_in_doubt(tmp_path):
+    """A rare intent first in a JSONL file (no header there), or in a CSV read with its
+    header, is a label like any other; only a csv source read with ``header: false`` refuses
+    it (kplm.heads.sequence_classification._refuse_header_label)."""
+    from kplm.data.csv_files import CsvFiles
+    from kplm.data.jsonl import JsonLines
+    from kplm.heads.sequence_classification import SequenceClassificationHead
+    from kplm.errors import DataError
+    jsonl = tmp_path / "intents.jsonl"
+    jsonl.write_text('{"text": "fly me to rome", "label": "book_flight"}\n' + "".join(
+        f'{{"text": "t{i}", "label": "{["weather", "play_music"][i % 2]}"}}\n'
+        for i in range(12)))
+    labels = SequenceClassificationHead().prepare(JsonLines(paths=[str(jsonl)], fields={
+        "text": "text", "label": "label"}))
+    assert labels == ["book_flight", "play_music", "weather"]
+    tsv = tmp_path / "emotions.tsv"
+    tsv.write_text("text\tlabel\nso angry\tanger\n" + "".join(
+        f"t{i}\t{['joy', 'sadness'][i % 2]}\n" for i in range(12)))
+    assert SequenceClassificationHead().prepare(CsvFiles(paths=[str(tsv)], columns={
+        "text": "text", "label": "label"})) == ["anger", "joy", "sadness"]
+    with pytest.raises(DataError, match=r"emotions\.tsv:1: label 'label' occurs only here"):
+        SequenceClassificationHead().prepare(CsvFiles(paths=[str(tsv)], header=False,
+                                                      columns={"text": 0, "label": 1}))

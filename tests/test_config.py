@@ -144,5 +144,6 @@ def test_a_mapping_argument_checks_its_keys_and_values():
     from kplm.config import check_value
     from kplm.errors import ConfigError
     assert check_value({"a": 2, "b": 3.0}, dict[str, int], "objective.weights") == {"a": 2, "b": 3}
+    assert check_value({1: 0.5}, dict[str, float], "objective.weights") == {"1": 0.5}  # `1:`
     with pytest.raises(ConfigError, match=r"config key 'objective\.weights\.b'"):
         check_value({"a": 2, "b": "many"}, dict[str, int], "objective.weights")

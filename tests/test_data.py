@@ -153,6 +153,13 @@ def test_a_headerless_file_read_with_header_true_is_refused(tmp_path):
     headed = tmp_path / "headed.tsv"
     headed.write_text("source\tlabel\tmark\tsentence\ngj04\t1\t\tfine.\ngj04\t0\t*\tbad.\n")
     CsvFiles(paths=[str(headed)], columns=columns).check()
+    # pandas writes integer column names for unnamed columns: a header, even where a label
+    # below is "1"
+    pandas = tmp_path / "pandas.csv"
+    pandas.write_text("0,1\nreview one,0\nreview two,1\n")
+    source = CsvFiles(paths=[str(pandas)], columns={"text": 0, "label": 1})
+    source.check()
+    assert [x["label"] for _, x in source.located()] == [b"0", b"1"]
 
 
 def test_held_out_file_quirks_are_read_right_or_refused(tmp_path):

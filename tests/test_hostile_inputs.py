@@ -392,8 +392,8 @@ CASES = [
         "name": "csv", "paths": [w.write("h.tsv", "sentence\tlabel\n" + "good film\tpos\n"
                                          "bad film\tneg\n" * 6)],
         "header": False, "columns": {"text": 0, "label": 1}}}),
-     1, r"data\.train: .*h\.tsv:1: label 'label' occurs only here, on the file's first line: "
-        r"a header read as a row\? Set header: true"),
+     1, r"data\.train: .*h\.tsv:1: label 'label' occurs only here, on the file's first line, "
+        r"read with header: false: a header read as a row\? Set header: true"),
     ("finetune-regression-header-read-as-row", lambda w: w.finetune({"data.train": {
         "name": "csv", "paths": [w.write("h.tsv", "sentence\tscore\na\t1\nb\t2\n")],
         "header": False, "columns": {"text": 0, "label": 1}}, "head": {"name": "regression"}}),

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from kplm.errors import KplmWarning
+
 from conftest import ROOT, TRAIN
 
 SST_TRAIN = os.path.join(ROOT, "data", "sst2", "train.tsv")
@@ -225,7 +227,9 @@ def test_in_place_outputs_keep_what_started_and_undo_the_rest(tmp_path):
             open(os.path.join(run, "config.yaml"), "w").close()
             raise KeyboardInterrupt
     assert snapshot(run) == previous
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError), pytest.warns(KplmWarning, match=r"the output .*run "
+                                                    r"replaces waits in .*\.run\.old-\d+ until "
+                                                    r"the new one is complete"):
         with in_place_outputs():
             open_in_place(run, replace=True, started=started)
             os.makedirs(os.path.join(run, "checkpoints"))

@@ -586,3 +586,17 @@ def test_byte_bpe_merges_must_make_tokens_of_the_vocabulary():
                                           r"vocabulary lacks"):
         ByteBPE().set_vocabulary({t: i for i, t in enumerate(
             t for t in sorted(vocab, key=vocab.get) if t != made)}, merges)
+
+
+def test_a_distilbert_shaped_encoder_round_trips_through_a_keras_hub_preset(tmp_path):
+    """No segment embeddings (num_segments 0) is a size the preset check must accept."""
+    from kplm.pretrained import load_pretrained
+    from kplm.pretrained.presets import save_preset
+    hf = str(tmp_path / "distilbert")
+    write_tiny_hf_checkpoint(hf, "distilbert")
+    encoder, tokenizer = load_pretrained(hf)
+    assert encoder.num_segments == 0
+    save_preset(encoder, tokenizer, str(tmp_path / "preset"))
+    again, _ = load_pretrained(str(tmp_path / "preset"))
+    for a, b in zip(again.get_weights(), encoder.get_weights()):
+        np.testing.assert_array_equal(a, b)

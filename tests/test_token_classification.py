@@ -315,8 +315,8 @@ def test_evaluate_scores_unseen_gold_tags_as_missed_entities(ner_run, tmp_path):
     assert after["per_type"]["spaceship"]["recall"] == 0.0
     other = tmp_path / "io.conll"
     other.write_text("Enterprise\tSHIP\ndocks\tO\n")
-    with pytest.raises(DataError, match=r"tags \['SHIP'\] are not in the run's labels .* not "
-                                        r"IOB tags"):
+    with pytest.raises(DataError, match=r"io\.conll:1: tags \['SHIP'\] are not in the run's "
+                                        r"labels .* not IOB tags"):
         run.evaluate(run.source([str(other)]))
 
 

@@ -157,6 +157,8 @@ class CsvFiles(FileSource):
         for path, line, example in self.records():
             rows += 1
             header = self._headers.get(path) if self.header else None
+            if header == [str(i) for i in range(len(header or []))]:
+                header = None  # pandas' integer column names (to_csv of unnamed columns)
             for field, column in numbered.items():
                 if header and column < len(header) and header[column] and (
                         example[field] == header[column]):

@@ -68,7 +68,8 @@ class RegressionHead(SequenceClassificationHead):
             # "1_0" or Arabic-Indic digits that Python's float() would take
             value = float(raw) if _NUMBER.fullmatch(raw.strip()) else math.nan
             if not math.isfinite(value):
-                hint = " (a header line? set header: true)" if place.endswith(":1") else ""
+                hint = (" (a header line? set header: true)" if place.endswith(":1")
+                        and getattr(source, "header", None) is False else "")
                 raise DataError(f"{place}: label {shown(raw)} is not a number{hint}")
             if abs(value) > _FLOAT32_MAX:
                 raise DataError(f"{place}: label {shown(raw)} is out of float32's range "

@@ -75,7 +75,8 @@ class SequenceClassificationHead(Head):
                 raise DataError(f"the training data has {len(seen)} distinct label(s); "
                                 "classification needs at least 2")
             _refuse_spelling_variants(seen)
-            _refuse_header_label(seen)
+            if getattr(source, "header", None) is False:  # a csv source told it has none
+                _refuse_header_label(seen)
             self.labels = sorted(seen)
         unknown = sorted(set(seen) - set(self.labels))
         if unknown:
@@ -271,14 +272,14 @@ def _refuse_spelling_variants(labels):
 
 def _refuse_header_label(seen):
     """Refuse a learned label seen once, on the first line of its file, beside at least two
-    others: a header row read as data (``header: false`` on a file that has one) would
-    otherwise be a class of its own. ``seen``: label -> [count, place]."""
+    others, in data read with ``header: false``: a header row read as data would otherwise be
+    a class of its own. ``seen``: label -> [count, place]."""
     for label, (count, place) in seen.items():
         if count == 1 and place.endswith(":1") and len(seen) > 2 and sum(
                 n for n, _ in seen.values()) >= 10:
             raise DataError(f"{place}: label {label!r} occurs only here, on the file's first "
-                            "line: a header read as a row? Set header: true in the data "
-                            "section (or list the labels in head.labels to keep it)")
+                            "line, read with header: false: a header read as a row? Set "
+                            "header: true (or list the labels in head.labels to keep it)")
 
 
 @hookimpl

@@ -64,15 +64,19 @@ class TokenClassificationHead(Head):
 
     # --- labels -----------------------------------------------------------------------------
     def _tag_sequences(self, source):
-        for example in source.build().as_numpy_iterator():
-            self.require_fields(example, "tokens_field", "tags_field")
+        for _, example in self._located(source):
             yield [t.decode("utf-8") for t in example[self.tags_field]]
+
+    def _located(self, source):
+        """``source.located()``, each example checked for the head's fields."""
+        for place, example in source.located():
+            self.require_fields(example, "tokens_field", "tags_field")
+            yield place, example
 
     def prepare(self, source):
         """Learn the tag set from a data source (one streaming pass) unless it was given."""
         seen = {}  # tag -> where first seen
-        for place, example in source.located():
-            self.require_fields(example, "tokens_field", "tags_field")
+        for place, example in self._located(source):
             for tag in example[self.tags_field]:
                 seen.setdefault(tag.decode("utf-8"), place)
         if self.labels is None:
@@ -227,14 +231,17 @@ class TokenClassificationHead(Head):
         Gold ``B-``/``I-`` tags the run was not trained on are scored as conlleval scores them
         (their entities are missed) and listed under ``unseen_tags``."""
         from kplm.ner_metrics import entity_scores, is_entity_tag
-        gold = list(self._tag_sequences(source))
+        placed = [(place, [t.decode("utf-8") for t in example[self.tags_field]])
+                  for place, example in self._located(source)]
+        gold = [tags for _, tags in placed]
         unseen = sorted({t for tags in gold for t in tags} - set(self.labels))
         # conlleval scores a gold entity of a type the tagger never saw as a miss; a tag of no
         # IOB shape (``PER``, ``ORG``: another tagging scheme) would score as O: refused.
         shapeless = [t for t in unseen if not is_entity_tag(t)]
         if shapeless:
-            raise DataError(f"tags [{listed(map(repr, shapeless), 80)}] are not in the run's "
-                            f"labels [{listed(map(repr, self.labels), 80)}] "
+            first = next(place for place, tags in placed if shapeless[0] in tags)
+            raise DataError(f"{first}: tags [{listed(map(repr, shapeless), 80)}] are not in "
+                            f"the run's labels [{listed(map(repr, self.labels), 80)}] "
                             "and are not IOB tags (B-TYPE / I-TYPE) that could be scored as "
                             "missed entities")
         predicted, cut = self._predict_tags(model, self.encode(

@@ -51,9 +51,11 @@ def read_config_json(path):
 
 
 #: config.json keys of a model's sizes, per meaning, as the supported families spell them.
+#: Layers: the keys of one spelling add up (an encoder's and a decoder's), the largest spelling
+#: counts (BART's config also says num_hidden_layers).
 _SIZE_KEYS = {"vocabulary": ("vocab_size",), "width": ("hidden_size", "d_model", "n_embd"),
-              "layers": ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers",
-                         "decoder_layers", "num_decoder_layers"),
+              "layers": (("num_hidden_layers",), ("n_layer",), ("num_layers",
+                         "num_decoder_layers"), ("encoder_layers", "decoder_layers")),
               "inner": ("intermediate_size", "d_ff", "n_inner", "encoder_ffn_dim",
                         "decoder_ffn_dim"),
               "positions": ("max_position_embeddings", "n_positions")}
@@ -65,15 +67,17 @@ def check_config_size(config, config_path):
     memory (``hidden_size: 1e9`` was an out-of-memory traceback)."""
     sizes = {}
     for meaning, keys in _SIZE_KEYS.items():
-        for key in keys:
-            value = config.get(key)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise DataError(f"{config_path}: {key}: expected a whole number, got "
-                                f"{shown(value)}")
-            sizes[meaning] = sizes.get(meaning, 0) + value if meaning == "layers" else max(
-                sizes.get(meaning, 0), value)
+        for group in keys:
+            total = 0
+            for key in (group if isinstance(group, tuple) else (group,)):
+                value = config.get(key)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise DataError(f"{config_path}: {key}: expected a whole number, got "
+                                    f"{shown(value)}")
+                total += value
+            sizes[meaning] = max(sizes.get(meaning, 0), total)
     check_model_size(sizes, config_path)
 
 

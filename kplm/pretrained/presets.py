@@ -71,8 +71,9 @@ _PRESET_SIZES = {"vocabulary_size": "vocabulary", "hidden_dim": "width", "num_la
 
 
 def _check_sizes(path):
-    """Refuse (one line naming ``config.json``) size arguments that are not whole numbers >= 1,
-    or a model beyond this machine's memory, before Keras builds it (a traceback, an OOM)."""
+    """Refuse (one line naming ``config.json``) size arguments that are not whole numbers >= 1
+    (``num_segments`` >= 0), or a model beyond this machine's memory, before Keras builds it (a
+    traceback, an OOM)."""
     from kplm.errors import DataError
     from kplm.pretrained.hf_io import check_model_size
     config_path = os.path.join(path, "config.json")
@@ -88,9 +89,10 @@ def _check_sizes(path):
         value = section.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DataError(f"{config_path}: config.{key}: expected a whole number >= 1, got "
-                            f"{shown(value)}")
+        least = 0 if key == "num_segments" else 1  # 0 segments: DistilBERT's shape
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise DataError(f"{config_path}: config.{key}: expected a whole number >= {least}, "
+                            f"got {shown(value)}")
         if meaning:
             sizes[meaning] = max(sizes.get(meaning, 0), value)
     check_model_size(sizes, config_path)
