@@ -64,6 +64,18 @@ def good_plugin():
     return module
 
 
+def source_plugin(name, component):
+    """A plugin module registering ``component`` as the data source ``name``."""
+    module = types.ModuleType(f"plugin_{name}")
+    from kplm.hookspecs import hookimpl
+
+    @hookimpl
+    def register_data_sources(register):
+        register(name, component)
+    module.register_data_sources = register_data_sources
+    return module
+
+
 def broken_import():
     raise ImportError("No module named 'missing_dependency'")
 
@@ -149,16 +161,8 @@ def test_load_and_disable_switches(monkeypatch):
 
 
 def test_duplicate_from_third_party_is_reported(monkeypatch):
-    def duplicate():
-        module = types.ModuleType("dup")
-        from kplm.hookspecs import hookimpl
-
-        @hookimpl
-        def register_data_sources(register):
-            register("text_files", DataSource)
-        module.register_data_sources = register_data_sources
-        return module
-    fake_entry_points(monkeypatch, [FakeEntryPoint("dup", duplicate)])
+    fake_entry_points(monkeypatch, [FakeEntryPoint(
+        "dup", lambda: source_plugin("text_files", DataSource))])
     plugins.get_registry()
     (failure,) = plugins.plugin_failures()
     assert "kplm.data.text_files" in failure.error and "dup" in failure.error
@@ -307,22 +311,14 @@ def test_a_bug_in_a_plugin_is_one_line_naming_the_plugin(monkeypatch, tmp_path):
 
 def test_a_component_with_a_limit_rule_kplm_cannot_read_is_reported_at_registration(
         monkeypatch):
-    def odd_limits():
-        class Lines(DataSource):
-            limits = {"size": "between 1 and 5"}
+    class Lines(DataSource):
+        limits = {"size": "between 1 and 5"}
 
-            def __init__(self, paths: list[str], size: int = 2):
-                self.paths, self.size = paths, size
+        def __init__(self, paths: list[str], size: int = 2):
+            self.paths, self.size = paths, size
 
-        module = types.ModuleType("odd")
-        from kplm.hookspecs import hookimpl
-
-        @hookimpl
-        def register_data_sources(register):
-            register("odd_lines", Lines)
-        module.register_data_sources = register_data_sources
-        return module
-    fake_entry_points(monkeypatch, [FakeEntryPoint("odd", odd_limits)])
+    fake_entry_points(monkeypatch, [FakeEntryPoint("odd", lambda: source_plugin("odd_lines",
+                                                                                Lines))])
     assert "odd_lines" not in plugins.get_registry().names("data_source")
     (failure,) = plugins.plugin_failures()
     assert "whose limits are not kplm's rules: size: unknown limit rule 'between 1 and 5'" in \
