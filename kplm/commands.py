@@ -111,9 +111,9 @@ def evaluate(run_dir, paths, output, overwrite):
                            and found.get("data") == list(paths))
     else:  # the run's metrics.json takes the result: read (and check) it before evaluating
         from kplm.errors import KplmError
-        from kplm.runs import read_json
-        path = os.path.join(run_dir, "metrics.json")
-        if not os.path.exists(path) and os.path.exists(os.path.join(run_dir, "config.yaml")):
+        from kplm.runs import CONFIG, METRICS, read_json
+        path = os.path.join(run_dir, METRICS)
+        if not os.path.exists(path) and os.path.exists(os.path.join(run_dir, CONFIG)):
             # a run killed before its end: a metrics.json made here would mark it finished,
             # and its own command would then never finish it (its validation, best weights)
             raise KplmError(f"{run_dir} has no metrics.json: the run did not finish; run its "
@@ -279,13 +279,10 @@ def export(run_dir, fmt, output, overwrite):
 def generate(run_dir, prompts, prompt_file, sampler, max_length, top_k, top_p, num_beams,
              temperature, seed, no_cache):
     """Continue prompts with a causal_lm pretraining RUN_DIR; one JSON line per prompt."""
-    from kplm.errors import KplmError
+    from kplm.errors import KplmError, require_utf8_argument
     prompts = list(prompts)
     for number, prompt in enumerate(prompts, 1):
-        try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError:  # bytes of another encoding in the shell's argument
-            raise KplmError(f"--prompt {number}: not valid UTF-8 text") from None
+        require_utf8_argument(prompt, f"--prompt {number}")
     if prompt_file is not None:
         from kplm.data.files import input_lines
         name = getattr(prompt_file, "name", "-")  # stdin under click.testing has no name

@@ -21,7 +21,7 @@ import typing
 import yaml
 
 from kplm.checks import check_limits
-from kplm.errors import ConfigError, clip, listed, reading, shown
+from kplm.errors import ConfigError, clip, listed, reading, require_utf8_argument, shown
 
 _MISSING = inspect.Parameter.empty
 
@@ -121,10 +121,7 @@ def load_yaml(path):
 def apply_overrides(config, overrides):
     """Apply ``a.b=c`` overrides (values parsed as YAML) to a nested dict, in place; returns it."""
     for item in overrides or ():
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError:  # bytes of another encoding in the shell's argument
-            raise ConfigError(f"--set {shown(item)}: not valid UTF-8 text") from None
+        require_utf8_argument(item, f"--set {shown(item)}", ConfigError)
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {shown(item)}: expected KEY=VALUE, e.g. trainer.steps=100")

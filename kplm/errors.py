@@ -103,6 +103,16 @@ def about_data(key, source, error):
     return DataError(f"{key}{'' if named else in_files(source)}: {error}")
 
 
+def require_utf8_argument(value, where, error=KplmError):
+    """Refuse (``error`` naming ``where``) a command-line argument holding bytes that are not
+    UTF-8 (Python keeps them as lone surrogates: a tokenizer traceback later). Returns it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # bytes of another encoding in the shell's argument
+        raise error(f"{where}: not valid UTF-8 text") from None
+    return value
+
+
 def require_utf8_text(value, where):
     """Refuse (``DataError`` naming ``where``) a string holding an unpaired UTF-16 surrogate
     (JSON's ``"\\ud83d"`` alone, a cut emoji in scraped text): no UTF-8 text, it fails deep in
